@@ -1,0 +1,107 @@
+"""The run config (one MoR training run) and the local-stack config that wraps it."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from services.common.config.base import Section
+from services.common.config.sections import EndpointSection, NodeEndpoint
+from services.common.data.config import WorldConfig
+from services.common.models.config import ModelConfig, SFTConfig
+
+ROUTER_KINDS = ("mor", "prototype", "mean", "min", "max", "static")
+_ROUTER_RE = re.compile(rf"^({'|'.join(ROUTER_KINDS)}|single:[a-z0-9][a-z0-9_\-]*)$")
+
+
+class GRPOSection(Section):
+    """GRPO with a KL penalty to the initial policy."""
+
+    group_size: int = Field(4, ge=2, description="Answers sampled per prompt (G). A group of one has no baseline, so G >= 2.")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts per step (B); a step trains on B*G answers.")
+    steps: int = Field(20, ge=1, description="Optimisation steps of the run.")
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate.")
+    beta: float = Field(0.04, ge=0, description="Weight of the k3 KL penalty to the reference (initial) policy.")
+    epsilon_low: float = Field(0.2, gt=0, lt=1, description="Lower clip of the importance ratio: 1 - epsilon_low.")
+    epsilon_high: float = Field(0.2, gt=0, description="Upper clip of the importance ratio: 1 + epsilon_high.")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("grpo", description="How per-token losses are normalised.")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide advantages by the group std, the batch std, or not at all.")
+    epochs: int = Field(1, ge=1, description="Optimisation passes over each batch of rollouts.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    max_new_tokens: int = Field(16, ge=1, description="Longest sampled answer, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
+    max_staleness: int = Field(0, ge=0, description="Accept rollouts this many policy versions old (0: on-policy only).")
+    push_every: int = Field(1, ge=1, description="Push new weights to the sampler every N steps.")
+    lora: bool = Field(True, description="Train a LoRA adapter (reference = adapter disabled); false trains all weights.")
+    lora_rank: int = Field(16, ge=1, description="LoRA rank.")
+
+
+class RouterSection(Section):
+    """How node rewards are fused."""
+
+    kind: str = Field("mor", description=f"One of {', '.join(ROUTER_KINDS)} or single:<node_id>.")
+    hidden: int = Field(64, ge=1, description="Hidden width of the gating network (mor router).")
+    train_steps: int = Field(200, ge=0, description="Bradley-Terry steps on the server calibration set.")
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if not _ROUTER_RE.match(v):
+            raise ValueError(f"unknown router {v!r}; allowed: {', '.join(ROUTER_KINDS)}, single:<node_id>")
+        return v
+
+
+class HybridSection(Section):
+    """R_total = rm_weight * fused RM reward + rule rewards."""
+
+    rm_weight: float = Field(1.0, ge=0, description="Weight a of the fused reward-model reward.")
+    format_weight: float = Field(0.2, ge=0, description="Weight of the answer-format rule.")
+    accuracy_weight: float = Field(0.5, ge=0, description="Weight of exact-match accuracy when the prompt has a reference answer.")
+
+
+class FanoutSection(Section):
+    """Scoring on the reward nodes."""
+
+    step_deadline_s: float = Field(30.0, gt=0, description="Deadline for all nodes to answer one step's groups.")
+    min_nodes: int = Field(1, ge=1, description="The step fails when fewer nodes than this answered.")
+
+
+class RunConfig(Section):
+    """One MoR run: where the policy and data are, whom to call, and how to train."""
+
+    seed: int = Field(0, description="Seed of prompt order, sampling and init.")
+    world: Path = Field(Path("data/world"), description="Synthetic world (or any dataset dir) holding the server prompt pool.")
+    output_dir: Path = Field(Path("runs/mor"), description="Checkpoints, metrics and results go here.")
+    policy: ModelConfig = Field(default_factory=ModelConfig, description="Policy to train (usually the SFT checkpoint).")
+    sampler: EndpointSection | None = Field(None, description="Remote sampler; none means sample in process.")
+    nodes: list[NodeEndpoint] = Field(default_factory=list, description="Reward nodes to fan out to.")
+    grpo: GRPOSection = Field(default_factory=GRPOSection, description="GRPO settings.")
+    router: RouterSection = Field(default_factory=RouterSection, description="Reward fusion.")
+    hybrid: HybridSection = Field(default_factory=HybridSection, description="Hybrid reward weights.")
+    fanout: FanoutSection = Field(default_factory=FanoutSection, description="Fan-out deadlines and quorum.")
+    checkpoint_every: int = Field(10, ge=1, description="Write a resumable checkpoint every N steps.")
+
+    @model_validator(mode="after")
+    def _nodes_agree(self) -> RunConfig:
+        ids = [n.node_id for n in self.nodes]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"nodes: duplicate node_id {', '.join(dup)}")
+        if self.nodes and self.fanout.min_nodes > len(self.nodes):
+            raise ValueError(f"fanout.min_nodes={self.fanout.min_nodes} exceeds the {len(self.nodes)} configured nodes")
+        if self.router.kind.startswith("single:") and self.nodes and self.router.kind[7:] not in ids:
+            raise ValueError(f"router.kind {self.router.kind!r} names no configured node (have {', '.join(ids)})")
+        return self
+
+
+class StackConfig(Section):
+    """`mor demo` / `mor stack up`: everything on loopback, from synthetic world to trained policy."""
+
+    workdir: Path = Field(Path("runs/local"), description="All artefacts of the local stack go under this folder.")
+    world: WorldConfig = Field(default_factory=WorldConfig, description="Synthetic federated world to generate.")
+    policy: ModelConfig = Field(default_factory=ModelConfig, description="Initial policy (preset or checkpoint).")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised warm start before RL.")
+    eval_examples: int = Field(100, ge=1, description="Held-out examples per benchmark in the result table.")
+    run: RunConfig = Field(default_factory=RunConfig, description="The MoR run (nodes are filled in by the stack).")

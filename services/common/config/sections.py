@@ -1,0 +1,126 @@
+"""Small config sections shared by the services. Each worker reads only its own slice."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from services.common.config.base import ConfigError, Section
+
+MiB = 1024 * 1024
+
+
+class ServerSection(Section):
+    """Where and how a gRPC server listens."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; loopback by default, 0.0.0.0 in containers.")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free port at start-up (tests, local stack).")
+    max_message_mb: int = Field(64, ge=1, le=2048, description="Max gRPC message size in MiB, set on both ends (images, weights).")
+    grace_s: float = Field(10.0, ge=0, description="On SIGTERM: seconds in-flight requests get to finish before the server stops.")
+    max_concurrent_rpcs: int = Field(256, ge=1, description="Concurrent RPCs admitted before the server answers RESOURCE_EXHAUSTED.")
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * MiB
+
+
+class TLSSection(Section):
+    """Transport security. TLS is the default; plaintext must be asked for with insecure: true."""
+
+    insecure: bool = Field(False, description="Plaintext gRPC. Only for local demos and tests; logs a loud warning.")
+    ca_cert: Path | None = Field(None, description="PEM CA bundle. On a server: verifies client certs (mTLS). On a client: verifies the server.")
+    cert: Path | None = Field(None, description="PEM certificate of this endpoint.")
+    key: Path | None = Field(None, description="PEM private key of this endpoint.")
+    require_client_auth: bool = Field(False, description="Server side: demand a client certificate signed by ca_cert (mutual TLS).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TLSSection:
+        paths = {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key}
+        if self.insecure:
+            given = [k for k, v in paths.items() if v is not None]
+            if given or self.require_client_auth:
+                raise ValueError(f"insecure: true cannot be combined with {', '.join(given) or 'require_client_auth'}")
+            return self
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key must be given together")
+        if self.require_client_auth and self.ca_cert is None:
+            raise ValueError("require_client_auth needs ca_cert to verify client certificates")
+        return self
+
+    def check_files(self, role: Literal["server", "client"]) -> None:
+        """Start-up check: every named file exists, and a TLS server has its certificate and key."""
+        if self.insecure:
+            return
+        if role == "server" and self.cert is None:
+            raise ConfigError("tls.cert and tls.key are required for a TLS server (or set tls.insecure: true)")
+        for name in ("ca_cert", "cert", "key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"tls.{name}: file not found: {path}")
+
+
+class AuthSection(Section):
+    """Bearer-token auth. Server: which tokens are accepted and for whom. Client: the token it presents."""
+
+    token: SecretStr | None = Field(None, description="Client side: bearer token sent as 'authorization: Bearer <token>'.")
+    token_file: Path | None = Field(None, description="Client side: read the token from this file instead (kept out of config dumps).")
+    tokens_file: Path | None = Field(
+        None, description="Server side: YAML mapping token -> caller identity; empty means no token is required."
+    )
+    allowed_callers: tuple[str, ...] = Field((), description="Server side: identities allowed to call; others get PERMISSION_DENIED.")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> AuthSection:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give either token or token_file, not both")
+        return self
+
+
+class MetricsSection(Section):
+    """Prometheus metrics and /livez, /readyz on a side HTTP port."""
+
+    enabled: bool = Field(True, description="Serve the metrics endpoint.")
+    host: str = Field("127.0.0.1", description="Interface for the metrics HTTP server.")
+    port: int = Field(0, ge=0, le=65535, description="Metrics HTTP port; 0 picks a free one.")
+
+
+class LimitsSection(Section):
+    """Input limits; a request beyond them is refused with INVALID_ARGUMENT naming the limit."""
+
+    max_prompt_chars: int = Field(4096, ge=1, description="Longest accepted prompt, in characters.")
+    max_response_chars: int = Field(4096, ge=1, description="Longest accepted response, in characters.")
+    max_responses: int = Field(64, ge=1, description="Most responses (group size) in one Score request.")
+    max_image_bytes: int = Field(4 * MiB, ge=1, description="Largest accepted encoded image.")
+    image_mime_types: tuple[str, ...] = Field(("image/png", "image/jpeg"), description="Accepted image encodings.")
+
+
+class BatchingSection(Section):
+    """Dynamic batching across concurrent requests (Triton-style)."""
+
+    max_batch_size: int = Field(32, ge=1, description="Most samples run in one forward pass.")
+    max_wait_ms: float = Field(5.0, ge=0, description="How long a partial batch waits for more work before it runs.")
+    max_queue: int = Field(1024, ge=1, description="Samples waiting beyond this are refused with RESOURCE_EXHAUSTED.")
+
+
+class EndpointSection(Section):
+    """A gRPC peer this service calls."""
+
+    address: str = Field(..., description="host:port of the peer.")
+    tls: TLSSection = Field(default_factory=TLSSection, description="How to secure the channel.")
+    auth: AuthSection = Field(default_factory=AuthSection, description="Token to present.")
+    timeout_s: float = Field(30.0, gt=0, description="Per-call deadline in seconds.")
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", v):
+            raise ValueError("must be host:port")
+        return v
+
+
+class NodeEndpoint(EndpointSection):
+    """A reward node the orchestrator fans out to."""
+
+    node_id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$", description="Stable id of the node (its organisation).")
