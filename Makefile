@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mor-installed
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test venv clean-venv protos
 
 $(STAMP): pyproject.toml deploy/constraints-cpu.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,3 +24,8 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Regenerate the gRPC stubs after editing protos/ (the test suite fails while they are stale).
+protos: $(STAMP)
+	$(BIN)/python -m services.common.wire.generate
+	@if [ -x node_modules/.bin/buf ]; then node_modules/.bin/buf lint protos; fi
