@@ -1,0 +1,456 @@
+"""Make a synthetic federated VQA world on disk, and load one back. The format is in FORMAT.md.
+
+make_world writes into a temporary sibling folder and renames it into place at the end, so a world
+folder is either complete (with its manifest) or absent. Same config -> byte-identical tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .config import ClientSpec, WorldConfig
+from .generate import SPLIT_INDEX, generate_examples, stream
+from .oracle import ClientOracle, PreferenceOracle, ServerOracle
+from .prefs import flip, flip_ids, make_pair
+from .records import SPLITS, PoolPrompt, PreferencePair, VQAExample, write_records
+
+FORMAT_NAME = "mor-world"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SERVER_CLIENT = "server"
+
+
+class WorldFormatError(ValueError):
+    """A folder that is not a MoR world, has another format version, or fails its checksums."""
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Pretty JSON with sorted keys and fixed separators (the manifest, client.json, truth files)."""
+    return (
+        json.dumps(obj, sort_keys=True, indent=2, separators=(",", ": "), ensure_ascii=False) + "\n"
+    ).encode()
+
+
+class _Tree:
+    """Writes files under a root and remembers each one's sha256 (relative POSIX path -> hex)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sha: dict[str, str] = {}
+
+    def put(self, rel: str, data: bytes) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self.sha[rel] = hashlib.sha256(data).hexdigest()
+
+
+class _Allocator:
+    """Hands out disjoint train examples per benchmark, in a seeded order (clients, then server)."""
+
+    def __init__(self, seed: int, train: dict[str, list[VQAExample]]) -> None:
+        self.order = {
+            b: [exs[int(i)] for i in stream(seed, f"alloc:{b}").permutation(len(exs))]
+            for b, exs in train.items()
+        }
+        self.cursor = {b: 0 for b in train}
+
+    def take(self, benchmark: str, n: int) -> list[VQAExample]:
+        start = self.cursor[benchmark]
+        self.cursor[benchmark] = start + n
+        got = self.order[benchmark][start : start + n]
+        if len(got) != n:  # the config validator makes this unreachable
+            raise ValueError(f"benchmark {benchmark!r}: train split exhausted")
+        return got
+
+    def used(self) -> dict[str, int]:
+        return dict(self.cursor)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Progress]:
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, disable=not enabled, transient=False) as p:
+        yield p
+
+
+def _shuffled(items: list[VQAExample], rng: np.random.Generator) -> list[VQAExample]:
+    return [items[int(i)] for i in rng.permutation(len(items))]
+
+
+def _label(
+    examples: Iterable[VQAExample],
+    prefix: str,
+    client: str,
+    oracle: PreferenceOracle,
+    rng: np.random.Generator,
+    margin: float,
+    progress: Progress | None = None,
+    task: Any = None,
+) -> list[PreferencePair]:
+    out = []
+    for k, ex in enumerate(examples):
+        out.append(make_pair(f"{prefix}-{k:05d}", client, ex, oracle, rng, margin))
+        if progress is not None:
+            progress.advance(task)
+    return out
+
+
+def _client_view(spec: ClientSpec, held_out: bool) -> dict[str, Any]:
+    """What a client's own folder says about it: no label-noise truth."""
+    view = spec.model_dump(mode="json", exclude={"label_noise"})
+    view["held_out"] = held_out
+    return view
+
+
+def _prepare_target(out_dir: Path, overwrite: bool) -> None:
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out_dir} is not empty; pass overwrite=True (--force) to replace a world there"
+        )
+    if not (out_dir / MANIFEST).is_file():
+        raise FileExistsError(f"{out_dir} is not empty and is not a MoR world; refusing to replace it")
+
+
+def make_world(
+    cfg: WorldConfig, out_dir: str | Path, progress: bool = True, *, overwrite: bool = False
+) -> Path:
+    """Generate the world described by cfg into out_dir and return the manifest path.
+
+    out_dir must be absent or empty, or (with overwrite=True) hold an earlier world, which is replaced.
+    """
+    out_dir = Path(out_dir)
+    _prepare_target(out_dir, overwrite)
+    tmp = out_dir.parent / f".{out_dir.name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        manifest = _generate(cfg, _Tree(tmp), progress)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out_dir)
+    return out_dir / manifest
+
+
+def _generate(cfg: WorldConfig, tree: _Tree, show: bool) -> str:
+    seed = cfg.seed
+    examples: dict[str, dict[str, list[VQAExample]]] = {}
+    with _progress(show) as bar:
+        for b in sorted(cfg.benchmarks):  # sorted: a config read back from a manifest has sorted keys
+            counts = cfg.benchmarks[b]
+            examples[b] = {}
+            for split in SPLITS:
+                n = getattr(counts, split)
+                task = bar.add_task(f"{b}/{split}", total=n)
+                items = []
+                for g in generate_examples(
+                    b,
+                    split,
+                    n,
+                    seed=seed,
+                    image_size=cfg.image_size,
+                    n_references=cfg.n_reference_answers,
+                    annotator_noise=cfg.annotator_noise,
+                ):
+                    tree.put(g.example.image, g.png)
+                    items.append(g.example)
+                    bar.advance(task)
+                examples[b][split] = items
+                tree.put(f"benchmarks/{b}/{split}.jsonl", write_records(items))
+
+        alloc = _Allocator(seed, {b: v["train"] for b, v in examples.items()})
+        held_out = cfg.held_out_client.name if cfg.held_out_client is not None else None
+        noisy = cfg.noisy_spec()
+        client_counts: dict[str, Any] = {}
+        for spec in cfg.all_clients():
+            oracle = ClientOracle(spec)
+            flips: dict[str, list[str]] = {}
+            for split in SPLITS:
+                per = spec.pairs_per_benchmark(split)
+                if split == "train":
+                    chosen = [ex for b, n in per.items() for ex in alloc.take(b, n)]
+                else:
+                    chosen = [
+                        ex
+                        for b, n in per.items()
+                        for ex in _shuffled(examples[b]["test"], stream(seed, f"testpick:{spec.name}:{b}"))[
+                            :n
+                        ]
+                    ]
+                rng = stream(seed, f"client:{spec.name}", SPLIT_INDEX[split])
+                task = bar.add_task(f"{spec.name}/{split} pairs", total=len(chosen))
+                pairs = _label(
+                    _shuffled(chosen, rng),
+                    f"{spec.name}-{split}",
+                    spec.name,
+                    oracle,
+                    rng,
+                    cfg.pair_margin,
+                    bar,
+                    task,
+                )
+                flipped = flip_ids(
+                    [p.id for p in pairs],
+                    spec.label_noise,
+                    stream(seed, f"flip:{spec.name}", SPLIT_INDEX[split]),
+                )
+                fset = set(flipped)
+                pairs = [flip(p) if p.id in fset else p for p in pairs]
+                flips[split] = flipped
+                tree.put(f"clients/{spec.name}/prefs_{split}.jsonl", write_records(pairs))
+            tree.put(
+                f"clients/{spec.name}/client.json", json_bytes(_client_view(spec, spec.name == held_out))
+            )
+            tree.put(
+                f"truth/{spec.name}_flips.json",
+                json_bytes({"client": spec.name, "label_noise": spec.label_noise, **flips}),
+            )
+            client_counts[spec.name] = {
+                "held_out": spec.name == held_out,
+                "noisy": noisy is not None and spec.name == noisy.name,
+                "pairs": {s: getattr(spec, f"n_pairs_{s}") for s in SPLITS},
+                "flipped": {s: len(flips[s]) for s in SPLITS},
+                "style": spec.style,
+                "rm_arch": spec.rm_arch,
+            }
+
+        pool_ex = [ex for b, n in cfg.server_counts(cfg.prompt_pool_size).items() for ex in alloc.take(b, n)]
+        rng = stream(seed, "server:pool")
+        pool_ex = _shuffled(pool_ex, rng)
+        n_ref = int(round(cfg.pool_reference_share * len(pool_ex)))
+        with_refs = set(int(i) for i in rng.choice(len(pool_ex), size=n_ref, replace=False))
+        pool = [
+            PoolPrompt(
+                id=f"pool-{k:05d}",
+                benchmark=ex.benchmark,
+                image=ex.image,
+                question=ex.question,
+                answers=list(ex.answers) if k in with_refs else [],
+                answer_type=ex.answer_type,
+                example_id=ex.id,
+            )
+            for k, ex in enumerate(pool_ex)
+        ]
+        tree.put("server/prompt_pool.jsonl", write_records(pool))
+
+        cal_ex = [ex for b, n in cfg.server_counts(cfg.calibration_size).items() for ex in alloc.take(b, n)]
+        rng = stream(seed, "server:calibration")
+        task = bar.add_task("server calibration pairs", total=len(cal_ex))
+        cal = _label(
+            _shuffled(cal_ex, rng), "calib", SERVER_CLIENT, ServerOracle(), rng, cfg.pair_margin, bar, task
+        )
+        tree.put("server/calibration_prefs.jsonl", write_records(cal))
+
+    used = alloc.used()
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "generator": {"numpy": np.__version__, "pillow": PIL.__version__},
+        "config": cfg.model_dump(mode="json"),
+        "counts": {
+            "benchmarks": {b: {s: len(v[s]) for s in SPLITS} for b, v in examples.items()},
+            "clients": client_counts,
+            "prompt_pool": len(pool),
+            "calibration": len(cal),
+            "images": sum(len(v[s]) for v in examples.values() for s in SPLITS),
+            "sft_train": {b: len(examples[b]["train"]) - used[b] for b in examples},
+        },
+        "files": dict(sorted(tree.sha.items())),
+    }
+    tree.put(MANIFEST, json_bytes(manifest))
+    return MANIFEST
+
+
+class World:
+    """A world on disk: examples by benchmark/split, client specs and pairs, prompt pool, calibration set.
+
+    Records are read lazily and cached. Paths in records are relative to `root`; `image_path` resolves them.
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.config = WorldConfig.model_validate(manifest["config"])
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    # -- benchmarks ---------------------------------------------------------------------------
+    @property
+    def benchmarks(self) -> list[str]:
+        """Benchmark names, sorted (the generation order)."""
+        return sorted(self.config.benchmarks)
+
+    def examples(self, benchmark: str | None = None, split: str = "train") -> list[VQAExample]:
+        """Examples of one benchmark (or of all, in sorted benchmark order) in a split."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; supported: {list(SPLITS)}")
+        names = self.benchmarks if benchmark is None else [benchmark]
+        out: list[VQAExample] = []
+        for b in names:
+            if b not in self.config.benchmarks:
+                raise KeyError(f"benchmark {b!r} is not in this world; it has {self.benchmarks}")
+            out.extend(self._read(("bench", b, split), f"benchmarks/{b}/{split}.jsonl", VQAExample))
+        return out
+
+    def example(self, example_id: str) -> VQAExample:
+        index = self._cache.get(("index",))
+        if index is None:
+            index = {ex.id: ex for s in SPLITS for ex in self.examples(None, s)}
+            self._cache[("index",)] = index
+        try:
+            return index[example_id]
+        except KeyError:
+            raise KeyError(f"no example {example_id!r} in {self.root}") from None
+
+    def sft_examples(self, benchmark: str | None = None) -> list[VQAExample]:
+        """Train examples used by no client pair, pool prompt or calibration pair (for the SFT warm start)."""
+        used = {p.example_id for c in self.clients for s in SPLITS for p in self.pairs(c, s)}
+        used |= {p.example_id for p in self.prompt_pool()} | {p.example_id for p in self.calibration_pairs()}
+        return [ex for ex in self.examples(benchmark, "train") if ex.id not in used]
+
+    # -- images -------------------------------------------------------------------------------
+    def image_path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def image_bytes(self, rel: str) -> bytes:
+        return self.image_path(rel).read_bytes()
+
+    def load_image(self, rel: str) -> PIL.Image.Image:
+        from PIL import Image
+
+        with Image.open(self.image_path(rel)) as im:
+            return im.convert("RGB")
+
+    # -- clients ------------------------------------------------------------------------------
+    @property
+    def clients(self) -> dict[str, ClientSpec]:
+        """Every client (training, noisy, held-out) by name, with its full spec (label noise included)."""
+        return {c.name: c for c in self.config.all_clients()}
+
+    def training_clients(self) -> list[str]:
+        return [n for n in self.clients if not self.is_held_out(n)]
+
+    def is_held_out(self, client: str) -> bool:
+        self._need_client(client)
+        ho = self.config.held_out_client
+        return ho is not None and ho.name == client
+
+    def client_dir(self, client: str) -> Path:
+        self._need_client(client)
+        return self.root / "clients" / client
+
+    def pairs(self, client: str, split: str = "train", clean: bool = False) -> list[PreferencePair]:
+        """A client's preference pairs as stored (noisy labels included); clean=True undoes the flips."""
+        self._need_client(client)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; supported: {list(SPLITS)}")
+        pairs = self._read(("pairs", client, split), f"clients/{client}/prefs_{split}.jsonl", PreferencePair)
+        if not clean:
+            return pairs
+        flipped = set(self.flips(client)[split])
+        return [flip(p) if p.id in flipped else p for p in pairs]
+
+    def flips(self, client: str) -> dict[str, list[str]]:
+        """Truth: ids of the client's pairs whose label was flipped, per split."""
+        self._need_client(client)
+        data = json.loads((self.root / "truth" / f"{client}_flips.json").read_text(encoding="utf-8"))
+        return {s: list(data[s]) for s in SPLITS}
+
+    def oracle(self, client: str) -> ClientOracle:
+        self._need_client(client)
+        return ClientOracle(self.clients[client])
+
+    def server_oracle(self) -> ServerOracle:
+        return ServerOracle()
+
+    # -- server -------------------------------------------------------------------------------
+    def prompt_pool(self) -> list[PoolPrompt]:
+        return self._read(("pool",), "server/prompt_pool.jsonl", PoolPrompt)
+
+    def calibration_pairs(self) -> list[PreferencePair]:
+        return self._read(("calib",), "server/calibration_prefs.jsonl", PreferencePair)
+
+    # -- integrity ----------------------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """Problems found by re-hashing every file the manifest lists (and finding unlisted ones)."""
+        listed: dict[str, str] = self.manifest["files"]
+        problems = []
+        for rel, sha in listed.items():
+            p = self.root / rel
+            if not p.is_file():
+                problems.append(f"{rel}: missing")
+            elif hashlib.sha256(p.read_bytes()).hexdigest() != sha:
+                problems.append(f"{rel}: checksum mismatch")
+        for p in sorted(self.root.rglob("*")):
+            rel = p.relative_to(self.root).as_posix()
+            if p.is_file() and rel != MANIFEST and rel not in listed:
+                problems.append(f"{rel}: not in the manifest")
+        return problems
+
+    def _need_client(self, client: str) -> None:
+        if client not in self.clients:
+            raise KeyError(f"no client {client!r} in this world; clients: {list(self.clients)}")
+
+    def _read(self, key: tuple[str, ...], rel: str, cls: type) -> list[Any]:
+        if key not in self._cache:
+            from .records import read_records
+
+            self._cache[key] = read_records(self.root / rel, cls)
+        return self._cache[key]
+
+
+def load_world(out_dir: str | Path, verify: bool = False) -> World:
+    """Open a world folder; WorldFormatError when it is not a world, has another format version or
+    (verify=True) a file fails its checksum."""
+    root = Path(out_dir)
+    mpath = root / MANIFEST
+    if not root.is_dir():
+        raise WorldFormatError(f"{root} is not a MoR world: no such folder")
+    if not mpath.is_file():
+        raise WorldFormatError(
+            f"{root} is not a MoR world: {MANIFEST} is missing (make one with `mor data make`)"
+        )
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise WorldFormatError(f"{mpath}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise WorldFormatError(f"{mpath}: not a MoR world manifest (format is not {FORMAT_NAME!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise WorldFormatError(
+            f"{mpath}: world format version {version!r}, this code reads version {FORMAT_VERSION}; "
+            "regenerate the world with `mor data make`"
+        )
+    world = World(root, manifest)
+    if verify:
+        problems = world.verify()
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise WorldFormatError(f"{root}: {len(problems)} file(s) fail the manifest: {shown}")
+    return world

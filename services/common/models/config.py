@@ -1,0 +1,61 @@
+"""Config of the model factory (which VLM to build or load) and of the supervised warm start.
+
+Kept free of torch/transformers imports and of ``services.common.config`` (which imports this
+module), so that loading or printing a config stays cheap and import cycles cannot form.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Arch = Literal["qwen2_vl", "llava"]
+Preset = Literal["tiny", "small", "base"]
+
+
+class _Frozen(BaseModel):
+    """Frozen after loading; unknown keys are errors (same contract as services.common.config.Section)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Frozen):
+    """Which VLM to use: a preset built from configs with random init, or a local HF checkpoint."""
+
+    arch: Arch = Field("qwen2_vl", description="Architecture of a built model: qwen2_vl (M-RoPE, merged patches) or llava (CLIP tower + MLP projector).")
+    preset: Preset = Field("tiny", description="Size of a built model: tiny (<1M params, tests), small (~15M, CPU SFT in minutes), base (~50M).")
+    path: Path | None = Field(None, description="Local HF checkpoint dir (model + tokenizer + image processor). When set it wins over arch/preset.")
+    seed: int = Field(0, description="Seed of the random init; the same seed gives bit-identical parameters.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype. float32 on CPU; bfloat16 halves memory on GPU.")
+    vocab_size: int = Field(1024, ge=300, le=65536, description="Target size of the byte-level BPE vocabulary of a built model (ignored with path).")
+    attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel of transformers' modelling code.")
+
+    @property
+    def is_checkpoint(self) -> bool:
+        """True when the model is loaded from ``path`` instead of being built from a preset."""
+        return self.path is not None
+
+
+class SFTConfig(_Frozen):
+    """Supervised warm start: next-token loss on the answer (+ end-of-turn) tokens only."""
+
+    steps: int = Field(300, ge=1, description="Optimiser steps.")
+    batch_size: int = Field(16, ge=1, description="Examples per step (CPU: keep it small-ish; each image adds its vision tokens).")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (models trained from random init take a large one).")
+    warmup: int = Field(20, ge=0, description="Linear warm-up steps from 0 to lr.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up, down to min_lr_ratio * lr.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of lr (cosine and linear).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay (not applied to biases, norms and embeddings).")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
+    eval_every: int = Field(0, ge=0, description="Call eval_fn every N steps (0: only once, after the last step).")
+    log_every: int = Field(10, ge=1, description="Record the running loss every N steps.")
+    seed: int = Field(0, description="Seed of example order.")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU; None uses every core the process may run on.")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> SFTConfig:
+        if self.warmup >= self.steps and self.steps > 1:
+            raise ValueError(f"warmup ({self.warmup}) must be shorter than steps ({self.steps})")
+        return self
