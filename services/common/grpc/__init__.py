@@ -1,0 +1,31 @@
+"""Shared gRPC serving and client infrastructure (grpc.aio), used by every MoR service.
+
+Domain-free: nothing here knows reward models or policies.
+
+    credentials   TLS / mTLS / plaintext credentials and channel options from config sections
+    interceptors  auth -> request id -> metrics -> exception-to-status server interceptors
+    server        GrpcService: health, reflection, binding, readiness, graceful stop, signals
+    client        channels from an EndpointSection, bearer tokens, call_with_retry
+"""
+
+from services.common.grpc.client import (
+    DEFAULT_RETRY_CODES,
+    call_with_retry,
+    create_channel,
+    error_reason,
+    read_token,
+)
+from services.common.grpc.interceptors import current_caller, current_request_id
+from services.common.grpc.server import GrpcService, service_name
+
+__all__ = [
+    "DEFAULT_RETRY_CODES",
+    "GrpcService",
+    "call_with_retry",
+    "create_channel",
+    "current_caller",
+    "current_request_id",
+    "error_reason",
+    "read_token",
+    "service_name",
+]

@@ -1,0 +1,379 @@
+"""grpc.aio server interceptors, installed in this fixed order (outermost first):
+
+    AuthInterceptor -> RequestIdInterceptor -> MetricsInterceptor -> ExceptionInterceptor
+
+Auth decides before anything runs and rejects with a prebuilt aborting handler (it never raises).
+The request id is put in a contextvar that handlers and log records can read. Metrics wrap the
+handler and see the final status code. The exception mapper is innermost, so metrics count the
+code it chose: a domain error (services.common.errors) becomes its mapped status with its message
+and a `mor-error-reason` trailer; anything else becomes INTERNAL with a generic message while the
+traceback goes to the log.
+
+Wrapping keeps the handler's shape: unary-unary, unary-stream, stream-unary and stream-stream
+are all handled; streaming handlers may be async generators or coroutines using context.write().
+Handlers must be async (this is a grpc.aio server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from services.common import errors, metrics
+from services.common.certs import token_digest
+
+log = logging.getLogger(__name__)
+
+AUTHORIZATION_KEY = "authorization"
+REQUEST_ID_KEY = "x-request-id"
+ERROR_REASON_KEY = "mor-error-reason"
+
+# Methods under these prefixes need no token: probes and discovery must work for load balancers
+# and operators that hold no caller identity.
+OPEN_METHOD_PREFIXES: tuple[str, ...] = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("mor_request_id", default="-")
+_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("mor_caller", default=None)
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+def current_request_id() -> str:
+    """The id of the RPC being handled ("-" outside one)."""
+    return _request_id.get()
+
+
+def current_caller() -> str | None:
+    """The caller identity the auth interceptor accepted (None when auth is off or outside an RPC)."""
+    return _caller.get()
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Adds `request_id` to every log record, so a format can show `%(request_id)s`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = _request_id.get()
+        return True
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """'/mor.v1.RewardNode/Score' -> ('mor.v1.RewardNode', 'Score')."""
+    _, _, rest = full_method.partition("/")
+    service, _, method = rest.partition("/")
+    return (service or "unknown"), (method or "unknown")
+
+
+def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
+    for k, v in details.invocation_metadata or ():
+        if k == key:
+            return v if isinstance(v, str) else None
+    return None
+
+
+# --- handler plumbing ------------------------------------------------------------------------
+
+_Behavior = Callable[..., Any]
+_Wrap = Callable[[_Behavior, bool], _Behavior]
+
+
+def _rewrap(handler: grpc.RpcMethodHandler, wrap: _Wrap) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler`, whose behaviour is `wrap(behaviour, streaming_out)`."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap(handler.unary_stream, True), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            wrap(handler.stream_unary, False), handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        wrap(handler.stream_stream, True), handler.request_deserializer, handler.response_serializer
+    )
+
+
+def _around(
+    behavior: _Behavior,
+    streaming_out: bool,
+    on_start: Callable[[aio.ServicerContext], Any],
+    on_error: Callable[[BaseException, aio.ServicerContext, Any], Awaitable[None]],
+    on_end: Callable[[aio.ServicerContext, Any], None],
+) -> _Behavior:
+    """Wrap a behaviour with start/error/end hooks, keeping its shape.
+
+    on_error is awaited with the exception and may abort the call (raising AbortError); when it
+    returns, the exception is re-raised. on_end always runs, after on_error.
+    """
+    if streaming_out and inspect.isasyncgenfunction(behavior):
+
+        async def gen_wrapper(request_or_iterator: Any, context: aio.ServicerContext) -> Any:
+            state = on_start(context)
+            try:
+                async for item in behavior(request_or_iterator, context):
+                    yield item
+            except BaseException as exc:
+                await on_error(exc, context, state)
+                raise
+            finally:
+                on_end(context, state)
+
+        return gen_wrapper
+
+    async def wrapper(request_or_iterator: Any, context: aio.ServicerContext) -> Any:
+        state = on_start(context)
+        try:
+            result = behavior(request_or_iterator, context)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except BaseException as exc:
+            await on_error(exc, context, state)
+            raise
+        finally:
+            on_end(context, state)
+
+    return wrapper
+
+
+_HANDLER_FACTORIES: dict[str, Callable[..., grpc.RpcMethodHandler]] = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _shape(handler: grpc.RpcMethodHandler | None) -> str:
+    """The handler's shape, a key of _HANDLER_FACTORIES (unary-unary when the method is unknown)."""
+    if handler is None or handler.unary_unary:
+        return "unary_unary"
+    if handler.unary_stream:
+        return "unary_stream"
+    if handler.stream_unary:
+        return "stream_unary"
+    return "stream_stream"
+
+
+def _aborting_handler(shape: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the given shape that only aborts with (code, message). Requests stay
+    undeserialised bytes: nothing of an unauthenticated request is parsed."""
+
+    async def abort(_request_or_iterator: Any, context: aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    return _HANDLER_FACTORIES[shape](abort)
+
+
+# --- interceptors ----------------------------------------------------------------------------
+
+
+class AuthInterceptor(aio.ServerInterceptor):
+    """Bearer-token auth: 'authorization: Bearer <token>' checked against {sha256 digest: caller}.
+
+    No or unknown token -> UNAUTHENTICATED. A known token whose caller is not in allowed_callers
+    -> PERMISSION_DENIED (an empty allowed_callers admits every known caller). With an empty
+    token mapping, auth is off and every call passes. Methods under OPEN_METHOD_PREFIXES
+    (health, reflection) always pass.
+    """
+
+    def __init__(
+        self,
+        token_digests: Mapping[str, str],
+        allowed_callers: Collection[str] = (),
+        *,
+        open_prefixes: tuple[str, ...] = OPEN_METHOD_PREFIXES,
+    ) -> None:
+        self._digests = dict(token_digests)
+        self._allowed = frozenset(allowed_callers)
+        self._open = open_prefixes
+        codes = grpc.StatusCode
+        self._reject = {
+            "missing": (codes.UNAUTHENTICATED, "missing bearer token in 'authorization' metadata"),
+            "bad": (codes.UNAUTHENTICATED, "invalid bearer token"),
+            "denied": (codes.PERMISSION_DENIED, "caller is not allowed to call this service"),
+        }
+        # Prebuilt aborting handlers, one per (reason, handler shape); see _aborting_handler.
+        self._prebuilt: dict[tuple[str, str], grpc.RpcMethodHandler] = {}
+        for reason, (code, message) in self._reject.items():
+            for shape in _HANDLER_FACTORIES:
+                self._prebuilt[(reason, shape)] = _aborting_handler(shape, code, message)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def check(self, authorization: str | None) -> tuple[str | None, str | None]:
+        """(caller, None) when allowed, else (caller or None, rejection reason). Pure; for tests."""
+        if not authorization:
+            return None, "missing"
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None, "missing"
+        caller = self._digests.get(token_digest(token))
+        if caller is None:
+            return None, "bad"
+        if self._allowed and caller not in self._allowed:
+            return caller, "denied"
+        return caller, None
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if not self._digests or method.startswith(self._open):
+            return await continuation(handler_call_details)
+        caller, rejection = self.check(_metadata_value(handler_call_details, AUTHORIZATION_KEY))
+        if rejection is None:
+            _caller.set(caller)
+            return await continuation(handler_call_details)
+        # Look the handler up only to learn its shape, so the abort speaks the method's protocol.
+        handler = await continuation(handler_call_details)
+        code, _ = self._reject[rejection]
+        service, name = split_method(method)
+        metrics.GRPC_SERVER_REJECTED.labels(service, name, code.name).inc()
+        log.warning("rejected %s: %s (caller=%s)", method, rejection, caller or "?")
+        return self._prebuilt[(rejection, _shape(handler))]
+
+
+class RequestIdInterceptor(aio.ServerInterceptor):
+    """Sets the request-id contextvar from 'x-request-id' metadata, or makes a fresh one."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        given = _metadata_value(handler_call_details, REQUEST_ID_KEY)
+        _request_id.set(given if given and _REQUEST_ID_RE.match(given) else uuid.uuid4().hex)
+        return await continuation(handler_call_details)
+
+
+def _final_code(context: aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
+    """The status the client sees: OK, the code a handler set or aborted with, CANCELLED, or
+    UNKNOWN for an exception nobody mapped (only without the exception interceptor)."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return grpc.StatusCode.CANCELLED
+    code = context.code()
+    if exc is None or isinstance(exc, aio.AbortError):
+        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
+    return grpc.StatusCode.UNKNOWN
+
+
+class MetricsInterceptor(aio.ServerInterceptor):
+    """Counts RPCs by final code, times them, and tracks how many are in flight."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, method = split_method(handler_call_details.method)
+        in_flight = metrics.GRPC_SERVER_IN_FLIGHT.labels(service, method)
+        latency = metrics.GRPC_SERVER_LATENCY.labels(service, method)
+
+        def on_start(_context: aio.ServicerContext) -> dict[str, Any]:
+            in_flight.inc()
+            return {"t0": time.perf_counter(), "exc": None}
+
+        async def on_error(exc: BaseException, _context: aio.ServicerContext, state: dict[str, Any]) -> None:
+            state["exc"] = exc
+
+        def on_end(context: aio.ServicerContext, state: dict[str, Any]) -> None:
+            in_flight.dec()
+            latency.observe(time.perf_counter() - state["t0"])
+            code = _final_code(context, state["exc"])
+            metrics.GRPC_SERVER_REQUESTS.labels(service, method, code.name).inc()
+
+        return _rewrap(handler, lambda b, s: _around(b, s, on_start, on_error, on_end))
+
+
+class ExceptionInterceptor(aio.ServerInterceptor):
+    """Turns exceptions from handlers into status codes via services.common.errors.status_for."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        async def on_error(exc: BaseException, context: aio.ServicerContext, _state: Any) -> None:
+            await abort_for(exc, context, method)
+
+        return _rewrap(handler, lambda b, s: _around(b, s, _noop_start, on_error, _noop_end))
+
+
+def _noop_start(_context: aio.ServicerContext) -> None:
+    return None
+
+
+def _noop_end(_context: aio.ServicerContext, _state: Any) -> None:
+    return None
+
+
+async def abort_for(exc: BaseException, context: aio.ServicerContext, method: str = "?") -> None:
+    """Abort `context` with the status mapped from `exc` (raises AbortError). Returns without
+    aborting for exceptions that are not errors of the handler: an abort already under way
+    (AbortError) and cancellation (client went away or the deadline passed)."""
+    if isinstance(exc, aio.AbortError | asyncio.CancelledError | GeneratorExit):
+        return
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: let them through
+        return
+    code, message = errors.status_for(exc)
+    if not isinstance(exc, errors.MorError) or code == grpc.StatusCode.INTERNAL:
+        log.error("unhandled %s in %s [request_id=%s]", type(exc).__name__, method, current_request_id(),
+                  exc_info=exc)
+        await context.abort(code, message)
+    else:
+        log.info("%s -> %s (%s): %s [request_id=%s]", method, code.name, exc.reason, message,
+                 current_request_id())
+        await context.abort(code, message, trailing_metadata=((ERROR_REASON_KEY, exc.reason),))
+
+
+def default_interceptors(
+    token_digests: Mapping[str, str], allowed_callers: Collection[str] = ()
+) -> list[aio.ServerInterceptor]:
+    """The standard chain, in its fixed order: auth -> request id -> metrics -> exception-to-status."""
+    return [
+        AuthInterceptor(token_digests, allowed_callers),
+        RequestIdInterceptor(),
+        MetricsInterceptor(),
+        ExceptionInterceptor(),
+    ]
+
+
+__all__ = [
+    "AUTHORIZATION_KEY",
+    "ERROR_REASON_KEY",
+    "OPEN_METHOD_PREFIXES",
+    "REQUEST_ID_KEY",
+    "AuthInterceptor",
+    "ExceptionInterceptor",
+    "MetricsInterceptor",
+    "RequestIdInterceptor",
+    "RequestIdLogFilter",
+    "abort_for",
+    "current_caller",
+    "current_request_id",
+    "default_interceptors",
+    "split_method",
+]
