@@ -4,20 +4,29 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.common.config import CONFIG_KINDS, ConfigError, StackConfig, describe_fields, load_yaml, redacted_dump
+from services.common.config import (
+    CONFIG_KINDS,
+    ConfigError,
+    StackConfig,
+    build,
+    describe_fields,
+    load_yaml,
+    redacted_dump,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="MoR: federated alignment of VLMs with a Mixture of Rewards.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect and validate configuration files.")
 data_app = typer.Typer(no_args_is_help=True, help="Make and inspect the synthetic federated VQA world.")
 app.add_typer(config_app, name="config")
+certs_app = typer.Typer(no_args_is_help=True, help="Make a dev CA, certificates and bearer tokens.")
 app.add_typer(data_app, name="data")
+app.add_typer(certs_app, name="certs")
 
 console = Console(stderr=True)
 
@@ -37,7 +46,7 @@ def _kind(kind: str):
     return CONFIG_KINDS[kind]
 
 
-def _load_stack(config: Optional[Path]) -> StackConfig:
+def _load_stack(config: Path | None) -> StackConfig:
     try:
         return load_yaml(StackConfig, config) if config else StackConfig()
     except ConfigError as exc:
@@ -80,54 +89,113 @@ def config_check(
 @data_app.command("make")
 def data_make(
     out: Path = typer.Option(Path("data/world"), "--out", "-o", help="Folder to write the world into."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Stack YAML whose `world:` section is used."),
-    seed: Optional[int] = typer.Option(None, help="Override world.seed."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Stack YAML whose `world:` section is used."),
+    seed: int | None = typer.Option(None, help="Override world.seed."),
     quick: bool = typer.Option(False, help="Small counts, for smoke tests."),
+    force: bool = typer.Option(False, "--force", help="Replace a world already in --out."),
 ) -> None:
     """Generate the seeded, deterministic federated VQA world (benchmarks, clients, server sets)."""
     from services.common.data.world import make_world
     from services.common.warm_start import world_config
 
-    cfg = world_config(_load_stack(config).world, seed=seed, quick=quick)
-    manifest = make_world(cfg, out, progress=True)
+    try:
+        cfg = world_config(_load_stack(config).world, seed=seed, quick=quick)
+        manifest = make_world(cfg, out, progress=True, overwrite=force)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except FileExistsError as exc:
+        fail(str(exc), EXIT_DATA)
     typer.echo(str(manifest))
 
 
 @data_app.command("info")
 def data_info(path: Path = typer.Argument(Path("data/world"), help="World folder.")) -> None:
     """Summarise a world on disk: benchmarks, splits, clients and their preference sets."""
-    from services.common.data.world import load_world
+    from services.common.data.world import WorldFormatError, load_world
     from services.common.warm_start import world_summary
 
     try:
         world = load_world(path)
-    except (FileNotFoundError, ValueError) as exc:
+    except WorldFormatError as exc:
         fail(str(exc), EXIT_DATA)
     Console().print(world_summary(world))
+
+
+@certs_app.command("init")
+def certs_init(
+    directory: Path = typer.Option(Path("runs/local/certs"), "--dir", "-d", help="Folder for ca.pem / ca.key."),
+    overwrite: bool = typer.Option(False, help="Replace an existing CA (certificates it signed stop verifying)."),
+) -> None:
+    """Create a self-signed development CA (kept when one already exists)."""
+    from services.common.certs import CertError, init_ca
+
+    try:
+        paths = init_ca(directory, overwrite=overwrite)
+    except CertError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    typer.echo(f"{paths.cert}\n{paths.key}")
+
+
+@certs_app.command("issue")
+def certs_issue(
+    name: str = typer.Argument(..., help="Common name: the node id, 'orchestrator', 'sampler', ..."),
+    directory: Path = typer.Option(Path("runs/local/certs"), "--dir", "-d", help="Folder holding the CA."),
+    san: list[str] = typer.Option(["127.0.0.1", "localhost"], "--san", help="Host names / IPs clients dial (repeat)."),
+    client: bool = typer.Option(False, help="Also valid as a client certificate (mTLS)."),
+) -> None:
+    """Issue a certificate and key signed by the dev CA."""
+    from services.common.certs import CertError, issue
+
+    try:
+        paths = issue(directory, name, sans=san, client=client)
+    except CertError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    typer.echo(f"{paths.cert}\n{paths.key}")
+
+
+@certs_app.command("token")
+def certs_token(
+    caller: str = typer.Argument(..., help="Identity the token stands for (e.g. orchestrator)."),
+    server: str | None = typer.Option(None, help="Server whose tokens file accepts it (e.g. clinic)."),
+    directory: Path = typer.Option(Path("runs/local/certs"), "--dir", "-d", help="Folder for tokens files."),
+) -> None:
+    """Issue a bearer token: its digest goes to the server's tokens file, the token to the caller's file."""
+    from services.common.certs import CertError, issue_token, token_path
+
+    try:
+        issue_token(directory, caller, server=server)
+    except CertError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    typer.echo(str(token_path(directory, caller, server)))
 
 
 @app.command()
 def sft(
     world: Path = typer.Option(Path("data/world"), help="World folder made by `mor data make`."),
     out: Path = typer.Option(Path("runs/sft"), "--out", "-o", help="Checkpoint folder (HF format) for the warm-started policy."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Stack YAML whose `policy:` and `sft:` sections are used."),
-    preset: Optional[str] = typer.Option(None, help="Override policy.preset (tiny, small, ...)."),
-    arch: Optional[str] = typer.Option(None, help="Override policy.arch (qwen2_vl, llava)."),
-    steps: Optional[int] = typer.Option(None, help="Override sft.steps."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Stack YAML whose `policy:` and `sft:` sections are used."),
+    preset: str | None = typer.Option(None, help="Override policy.preset (tiny, small, ...)."),
+    arch: str | None = typer.Option(None, help="Override policy.arch (qwen2_vl, llava)."),
+    steps: int | None = typer.Option(None, help="Override sft.steps."),
     eval_examples: int = typer.Option(200, help="Held-out examples per benchmark to evaluate."),
 ) -> None:
     """Supervised warm start: teach a policy the answer format on the world's training split."""
-    from services.common.warm_start import run_sft
+    from services.common.data.world import WorldFormatError
+    from services.common.warm_start import result_table, run_sft
 
     stack = _load_stack(config)
+    overrides = {"preset": preset, "arch": arch}
     try:
-        policy = stack.policy.model_copy(update={k: v for k, v in {"preset": preset, "arch": arch}.items() if v})
-        policy = type(policy).model_validate(policy.model_dump())
-        sft_cfg = stack.sft.model_copy(update={"steps": steps}) if steps else stack.sft
-    except Exception as exc:  # pydantic re-validation names the field
+        policy = build(type(stack.policy), {**stack.policy.model_dump(), **{k: v for k, v in overrides.items() if v}}, "policy")
+        sft_cfg = build(type(stack.sft), {**stack.sft.model_dump(), **({"steps": steps} if steps else {})}, "sft")
+        report = run_sft(world, out, policy, sft_cfg, eval_examples=eval_examples, console=Console())
+    except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
-    report = run_sft(world, out, policy, sft_cfg, eval_examples=eval_examples, console=Console())
-    typer.echo(json.dumps(report, sort_keys=True))
+    except WorldFormatError as exc:
+        fail(str(exc), EXIT_DATA)
+    Console().print(result_table(report))
+    summary = {b: round(r["exact_match"], 4) for b, r in report["after"]["benchmarks"].items()}
+    typer.echo(json.dumps({"checkpoint": report["checkpoint"], "exact_match": summary}, sort_keys=True))
 
 
 @app.command()
@@ -139,6 +207,107 @@ def demo(
     from services.common.warm_start import run_demo
 
     run_demo(_load_stack(config), quick=quick, console=Console())
+
+
+sampler_app = typer.Typer(no_args_is_help=True, help="The policy sampler: grouped rollouts and versioned weight updates.")
+app.add_typer(sampler_app, name="sampler")
+
+
+@sampler_app.command("serve")
+def sampler_serve(
+    config: Path = typer.Option(..., "--config", "-c", help="Sampler YAML (see examples/sampler.yaml); MOR_SAMPLER__* env overrides."),
+) -> None:
+    """Serve the policy over gRPC until SIGTERM/SIGINT (first signal drains, second stops at once)."""
+    import asyncio
+    import logging
+
+    from services.common.config import SamplerSettings
+
+    try:
+        settings = load_yaml(SamplerSettings, config)
+        settings.tls.check_files("server")  # before the heavy imports: fail fast, naming the field
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from services.policy_sampler.app import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except FileNotFoundError as exc:
+        fail(f"model.path: {exc}", EXIT_CONFIG)
+
+
+reward_node_app = typer.Typer(no_args_is_help=True, help="One organisation's reward node: private RM training and the Score server.")
+app.add_typer(reward_node_app, name="reward-node")
+
+
+def _load_reward_node(config: Path):
+    from services.common.config import RewardNodeSettings
+
+    try:
+        return load_yaml(RewardNodeSettings, config)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+        raise  # unreachable
+
+
+@reward_node_app.command("train")
+def reward_node_train(
+    config: Path = typer.Option(..., "--config", "-c", help="Reward-node YAML (node_id, data_dir, model, train)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Checkpoint folder; default model.checkpoint."),
+    epochs: int | None = typer.Option(None, help="Override train.epochs."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Train the node's RM (Bradley-Terry) on its own preference pairs; print held-out pair accuracy."""
+    from services.reward_node.checkpoint import CheckpointError
+    from services.reward_node.data import DataError
+    from services.reward_node.train import train_rm
+
+    settings = _load_reward_node(config)
+    try:
+        if epochs is not None:
+            train = {**settings.train.model_dump(), "epochs": epochs}
+            settings = build(type(settings), {**settings.model_dump(), "train": train}, "--epochs")
+        result = train_rm(settings, out_dir=out, progress=not quiet)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except (DataError, CheckpointError) as exc:
+        fail(str(exc), EXIT_DATA)
+    meta = result.metadata
+    table = Table(title=f"reward node {meta['node_id']}: {meta['kind']} RM")
+    for col in ("held-out pair acc.", "train pair acc.", "pairs (train/held-out)", "score mean/std", "seconds", "version"):
+        table.add_column(col)
+    table.add_row(f"{meta['held_out_accuracy']:.3f}", f"{meta['train_accuracy']:.3f}",
+                  f"{meta['data']['n_train_pairs']}/{meta['data']['n_held_out_pairs']}",
+                  f"{meta['score_mean']:.3f}/{meta['score_std']:.3f}", f"{result.seconds:.1f}", meta["model_version"])
+    Console(stderr=True).print(table)
+    typer.echo(json.dumps({"node_id": meta["node_id"], "kind": meta["kind"], "checkpoint": str(result.checkpoint),
+                           "held_out_accuracy": round(meta["held_out_accuracy"], 4),
+                           "model_version": meta["model_version"]}, sort_keys=True))
+
+
+@reward_node_app.command("serve")
+def reward_node_serve(
+    config: Path = typer.Option(..., "--config", "-c", help="Reward-node YAML (model.checkpoint, server, tls, auth, ...)."),
+) -> None:
+    """Serve mor.v1.RewardNode (Score, ScoreBatch, GetInfo, health, reflection) until SIGTERM."""
+    import asyncio
+    import logging
+
+    from services.common.grpc.interceptors import RequestIdLogFilter
+    from services.reward_node.app import build_app
+
+    settings = _load_reward_node(config)
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdLogFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    try:
+        asyncio.run(build_app(settings).run())
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m services.cli`

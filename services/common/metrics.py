@@ -97,6 +97,15 @@ REWARD_NODE_MODEL_LATENCY = Histogram(
     "mor_reward_node_model_latency_seconds", "Time of one reward-model forward pass.",
     ["node_id"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
 )
+REWARD_NODE_MODEL_STATE = Gauge(
+    "mor_reward_node_model_state_value",
+    "Model load state, numbered as mor.v1.ServingState: 0 not loaded, 1 loading, 2 serving, 3 draining.",
+    ["node_id"], registry=REGISTRY,
+)
+REWARD_NODE_SCORES = Histogram(
+    "mor_reward_node_response_score", "Distribution of the overall scores the node returned, one per response.",
+    ["node_id"], buckets=(-4.0, -3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0), registry=REGISTRY,
+)
 
 # --- policy sampler
 SAMPLER_POLICY_VERSION = Gauge(
@@ -112,6 +121,18 @@ SAMPLER_GENERATE_LATENCY = Histogram(
 SAMPLER_WEIGHT_UPDATE_LATENCY = Histogram(
     "mor_sampler_weight_update_seconds", "Time from the first weight chunk to the swapped-in adapter.",
     buckets=PHASE_BUCKETS, registry=REGISTRY,
+)
+SAMPLER_BATCH_SIZE = Histogram(
+    "mor_sampler_batch_size_samples", "Completions (prompts x group size) asked for in one Generate request.",
+    buckets=SIZE_BUCKETS + (2048, 4096), registry=REGISTRY,
+)
+SAMPLER_QUEUE_DEPTH = Gauge(
+    "mor_sampler_queue_depth_samples", "Completions admitted and not finished (running or waiting).",
+    registry=REGISTRY,
+)
+SAMPLER_WEIGHT_UPDATES = Counter(
+    "mor_sampler_weight_update_requests", "UpdateWeights calls by outcome (OK, or the refusal's status code).",
+    ["code"], registry=REGISTRY,
 )
 
 # --- orchestrator (per-node fusion figures are gauges of the latest step)

@@ -94,6 +94,7 @@ class LimitsSection(Section):
     max_responses: int = Field(64, ge=1, description="Most responses (group size) in one Score request.")
     max_image_bytes: int = Field(4 * MiB, ge=1, description="Largest accepted encoded image.")
     image_mime_types: tuple[str, ...] = Field(("image/png", "image/jpeg"), description="Accepted image encodings.")
+    max_batch_groups: int = Field(64, ge=1, description="Most groups in one batched call (the reward node's ScoreBatch).")
 
 
 class BatchingSection(Section):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config.base import Section, ServiceSettings
@@ -13,6 +13,7 @@ from services.common.config.sections import (
     BatchingSection,
     LimitsSection,
     MetricsSection,
+    MiB,
     ServerSection,
     TLSSection,
 )
@@ -27,6 +28,24 @@ class RewardModelSection(Section):
     rm_weight: float = Field(1.0, ge=0, description="Weight of the learned RM score in the node's hybrid score.")
     format_weight: float = Field(0.0, ge=0, description="Weight of the node's own format check in its hybrid score.")
     length_weight: float = Field(0.0, ge=0, description="Weight of the node's own length check in its hybrid score.")
+    length_budget_words: int = Field(16, ge=1, description="Length check: words allowed before the (negative) length part grows; -1 at twice the budget.")
+    backbone: ModelConfig = Field(default_factory=ModelConfig, description="kind vlm, training only: the VLM backbone to start from (preset or local checkpoint).")
+    lora_rank: int = Field(8, ge=1, description="kind vlm, training only: LoRA rank of the adapters on the backbone's projections.")
+    lora_alpha: float = Field(16.0, gt=0, description="kind vlm, training only: LoRA scaling numerator (scale = alpha / rank).")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads for training and scoring; None keeps torch's default (all cores).")
+
+
+class RMTrainSection(Section):
+    """Bradley-Terry training of the node's reward model on its own preference pairs (`mor reward-node train`)."""
+
+    epochs: int = Field(20, ge=1, description="Passes over the training pairs.")
+    batch_size: int = Field(32, ge=1, description="Preference pairs per optimiser step.")
+    lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the steps spent warming the learning rate up from 0.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
+    seed: int = Field(0, description="Seed of the head's init, pair order and dropout.")
+    max_train_pairs: int | None = Field(None, ge=1, description="Use at most this many training pairs (smoke runs); None uses all.")
 
 
 class PrototypeSection(Section):
@@ -51,6 +70,36 @@ class RewardNodeSettings(ServiceSettings):
     limits: LimitsSection = Field(default_factory=LimitsSection, description="Input limits.")
     batching: BatchingSection = Field(default_factory=BatchingSection, description="Dynamic batching.")
     prototype: PrototypeSection = Field(default_factory=PrototypeSection, description="Domain prototype in GetInfo.")
+    train: RMTrainSection = Field(default_factory=RMTrainSection, description="Local RM training (`mor reward-node train`).")
+
+
+class SamplingDefaultsSection(Section):
+    """Sampling values a Generate request gets for the SamplingParams fields it leaves unset."""
+
+    temperature: float = Field(1.0, ge=0, description="Softmax temperature; 0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 disables nucleus sampling.")
+    top_k: int = Field(0, ge=0, description="Keep only the k most likely tokens; 0 disables top-k.")
+    max_new_tokens: int = Field(16, ge=1, description="Tokens generated per completion when the request gives none.")
+
+
+class HFBackendSection(Section):
+    """The transformers backend (CPU, or one GPU for small models)."""
+
+    device: str = Field("cpu", description="torch device of the policy, e.g. cpu or cuda:0.")
+    max_batch_rows: int = Field(256, ge=1, description="Most sequences (prompts x group size) in one generate call; larger requests run in slices.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None keeps torch's default. On a shared CPU 1-2 is often fastest.")
+
+
+class VLLMBackendSection(Section):
+    """The vLLM backend (GPU only, `pip install mor[vllm]`)."""
+
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take for weights and KV cache.")
+    max_model_len: int = Field(4096, ge=64, description="Longest prompt + completion, in tokens.")
+    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank a pushed adapter may have.")
+    max_num_seqs: int = Field(256, ge=1, description="Sequences vLLM schedules at once.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is sharded over.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (slower decoding, faster start-up).")
+    work_dir: Path | None = Field(None, description="Where adapters and the exported base checkpoint are written; None: a temporary folder.")
 
 
 class SamplerSettings(ServiceSettings):
@@ -60,14 +109,31 @@ class SamplerSettings(ServiceSettings):
 
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers on CPU/GPU. vllm: GPU only, needs the vllm extra.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy to serve (preset or local checkpoint).")
-    max_group_size: int = Field(32, ge=2, description="Largest group size G accepted in Generate.")
+    max_group_size: int = Field(32, ge=2, description="Largest group size G accepted in Generate (the smallest is 2: a group of one has no baseline).")
     max_prompts: int = Field(64, ge=1, description="Most prompts in one Generate request.")
     max_new_tokens: int = Field(64, ge=1, description="Cap on sampling_params.max_new_tokens.")
+    max_queued_samples: int = Field(4096, ge=1, description="Completions (prompts x group size) admitted at once, running or waiting; more get RESOURCE_EXHAUSTED.")
+    max_weights_mb: int = Field(2048, ge=1, description="Largest UpdateWeights payload in MiB; a bigger header gets RESOURCE_EXHAUSTED.")
+    sampling: SamplingDefaultsSection = Field(default_factory=SamplingDefaultsSection, description="Defaults for unset sampling parameters.")
+    hf: HFBackendSection = Field(default_factory=HFBackendSection, description="Settings of the hf backend.")
+    vllm: VLLMBackendSection = Field(default_factory=VLLMBackendSection, description="Settings of the vllm backend.")
     server: ServerSection = Field(default_factory=ServerSection, description="gRPC listener.")
     tls: TLSSection = Field(default_factory=TLSSection, description="Transport security.")
     auth: AuthSection = Field(default_factory=AuthSection, description="Accepted tokens and callers.")
     metrics: MetricsSection = Field(default_factory=MetricsSection, description="Prometheus endpoint.")
     limits: LimitsSection = Field(default_factory=LimitsSection, description="Input limits.")
+
+    @model_validator(mode="after")
+    def _defaults_within_caps(self) -> SamplerSettings:
+        if self.sampling.max_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"sampling.max_new_tokens ({self.sampling.max_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})"
+            )
+        return self
+
+    @property
+    def max_weights_bytes(self) -> int:
+        return self.max_weights_mb * MiB
 
 
 class OrchestratorSettings(ServiceSettings):

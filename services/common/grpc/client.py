@@ -65,28 +65,42 @@ def _with_metadata(details: aio.ClientCallDetails, extra: Sequence[tuple[str, st
     )
 
 
-class MetadataInterceptor(
-    aio.UnaryUnaryClientInterceptor,
-    aio.UnaryStreamClientInterceptor,
-    aio.StreamUnaryClientInterceptor,
-    aio.StreamStreamClientInterceptor,
-):
-    """Adds fixed metadata (for plaintext channels: the bearer token) to every call."""
-
+class _FixedMetadata:
     def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
         self._metadata = tuple(metadata)
 
+    async def _call(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(_with_metadata(client_call_details, self._metadata), request)
+
+
+# grpc.aio files a client interceptor under the FIRST call kind it implements only (an elif chain
+# in aio.Channel), so one object implementing all four kinds would never see streaming calls. Each
+# kind therefore gets its own class; `metadata_interceptors` returns one of each.
+class _UnaryUnaryMetadata(_FixedMetadata, aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(_with_metadata(client_call_details, self._metadata), request)
+        return await self._call(continuation, client_call_details, request)
 
+
+class _UnaryStreamMetadata(_FixedMetadata, aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(_with_metadata(client_call_details, self._metadata), request)
+        return await self._call(continuation, client_call_details, request)
 
+
+class _StreamUnaryMetadata(_FixedMetadata, aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(_with_metadata(client_call_details, self._metadata), request_iterator)
+        return await self._call(continuation, client_call_details, request_iterator)
 
+
+class _StreamStreamMetadata(_FixedMetadata, aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(_with_metadata(client_call_details, self._metadata), request_iterator)
+        return await self._call(continuation, client_call_details, request_iterator)
+
+
+def metadata_interceptors(metadata: Sequence[tuple[str, str]]) -> list[aio.ClientInterceptor]:
+    """Interceptors that add fixed metadata (for plaintext channels: the bearer token) to every
+    call, of every kind (unary and streaming)."""
+    return [cls(metadata) for cls in (_UnaryUnaryMetadata, _UnaryStreamMetadata, _StreamUnaryMetadata,
+                                      _StreamStreamMetadata)]
 
 
 def create_channel(
@@ -111,7 +125,7 @@ def create_channel(
         if token is not None:
             log.warning("!!! the bearer token for %s is sent over PLAINTEXT; anyone on the path can "
                         "read and replay it !!!", endpoint.address)
-            chain.insert(0, MetadataInterceptor([(AUTHORIZATION_KEY, f"Bearer {token}")]))
+            chain[:0] = metadata_interceptors([(AUTHORIZATION_KEY, f"Bearer {token}")])
         return aio.insecure_channel(endpoint.address, options=options, interceptors=chain or None)
     if token is not None:
         creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
@@ -184,10 +198,10 @@ async def call_with_retry(
 
 __all__ = [
     "DEFAULT_RETRY_CODES",
-    "MetadataInterceptor",
     "backoff_delay",
     "call_with_retry",
     "create_channel",
     "error_reason",
+    "metadata_interceptors",
     "read_token",
 ]

@@ -63,7 +63,7 @@ class PolicySamplerServicer:
     def Generate(self, request, context):
         """Samples group_size completions for every prompt with one policy version.
         Errors: INVALID_ARGUMENT when the request breaks SamplerLimits, has no prompts, repeats a
-        prompt_id or has group_size < 1; RESOURCE_EXHAUSTED when the queue is full;
+        prompt_id or has group_size < 2; RESOURCE_EXHAUSTED when the queue is full;
         FAILED_PRECONDITION when expected_policy_version is set and differs from the serving version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

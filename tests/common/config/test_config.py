@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from services.common.config import (
     CONFIG_KINDS,
@@ -72,7 +73,7 @@ def test_bad_address_named(tmp_path):
 
 def test_config_is_frozen():
     cfg = RunConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.grpo.group_size = 8  # type: ignore[misc]
 
 

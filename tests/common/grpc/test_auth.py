@@ -143,3 +143,21 @@ def test_auth_check_parses_the_header(header, reason) -> None:
     interceptor = AuthInterceptor({token_digest("tok-a"): "orchestrator", token_digest("tok-b"): "bob"}, ("orchestrator",))
 
     assert interceptor.check(header)[1] == reason
+
+
+def test_plaintext_token_reaches_streaming_methods_too(serve, pki, arun) -> None:
+    """grpc.aio files a client interceptor under its first call kind only; the token interceptor
+    must still reach client-streaming and server-streaming calls."""
+
+    async def chunks():
+        yield policy_sampler_pb2.UpdateWeightsRequest(data=b"abc")
+
+    async def scenario() -> tuple[int, int]:
+        async with serve(auth=_server_auth(pki)) as running:
+            async with running.channel(auth=_client_auth(pki, "orchestrator")) as ch:
+                upload = await policy_sampler_pb2_grpc.PolicySamplerStub(ch).UpdateWeights(chunks(), timeout=3)
+                events = [e async for e in orchestrator_pb2_grpc.OrchestratorStub(ch).WatchRun(
+                    orchestrator_pb2.WatchRunRequest(run_id="r1"), timeout=3)]
+                return upload.bytes_received, len(events)
+
+    assert arun(scenario()) == (3, 3)

@@ -1,0 +1,164 @@
+"""Glue of the foundation commands: world making, the supervised warm start and the demo table.
+
+The maths lives elsewhere (models.sft, data.*); this module decides which examples, which styles,
+where files go and what is printed.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.common.config import StackConfig
+from services.common.data.answers import STYLES, render_answer
+from services.common.data.config import WorldConfig
+from services.common.data.world import World, WorldFormatError, load_world, make_world
+from services.common.models.config import ModelConfig, SFTConfig
+
+QUICK_POLICY = {"preset": "tiny"}
+QUICK_SFT = {"steps": 30, "batch_size": 8, "warmup": 3, "lr": 3e-3}
+QUICK_EVAL = 20
+
+
+def world_config(section: WorldConfig, seed: int | None = None, quick: bool = False) -> WorldConfig:
+    """The world to make: the stack's section, or a seconds-to-make one for smoke runs."""
+    if quick:
+        return WorldConfig.small(seed=section.seed if seed is None else seed)
+    return section if seed is None else section.model_copy(update={"seed": seed})
+
+
+def ensure_world(cfg: WorldConfig, path: Path, console: Console) -> World:
+    """Reuse the world at ``path`` when it was made from the same config, else (re)make it."""
+    try:
+        world = load_world(path)
+        if world.config == cfg:
+            console.print(f"[green]world[/] reusing {path} (same config and seed)")
+            return world
+        console.print(f"[yellow]world[/] {path} was made from another config: remaking it")
+    except WorldFormatError:
+        pass
+    t0 = time.perf_counter()
+    make_world(cfg, path, progress=True, overwrite=True)
+    console.print(f"[green]world[/] made {path} in {time.perf_counter() - t0:.1f}s")
+    return load_world(path)
+
+
+def world_summary(world: World) -> Table:
+    """A table of what a world holds."""
+    table = Table(title=f"world {world.root} (seed {world.config.seed})")
+    for col in ("part", "name", "train", "test", "notes"):
+        table.add_column(col)
+    for b in world.benchmarks:
+        table.add_row("benchmark", b, str(len(world.examples(b, "train"))), str(len(world.examples(b, "test"))), "")
+    for name, spec in world.clients.items():
+        mix = ", ".join(f"{b} {w:g}" for b, w in spec.domain_mix.items())
+        notes = f"style {spec.style}, rm {spec.rm_arch}, {mix}"
+        if spec.label_noise:
+            notes += f", {spec.label_noise:.0%} flipped"
+        if world.is_held_out(name):
+            notes += ", held out"
+        table.add_row("client", name, str(len(world.pairs(name, "train"))), str(len(world.pairs(name, "test"))), notes)
+    table.add_row("server", "prompt pool", str(len(world.prompt_pool())), "", "no client data")
+    table.add_row("server", "calibration pairs", str(len(world.calibration_pairs())), "", "neutral oracle")
+    return table
+
+
+def sft_examples(world: World, seed: int = 0) -> list:
+    """Warm-start examples: train examples no client, pool or calibration set uses, each answered in one
+    of the client styles (round robin over a seeded shuffle), so RL starts from a policy that can
+    write every style and the reward nodes have something to choose between."""
+    from services.common.models.sft import SFTExample
+
+    rng = random.Random(seed)
+    examples = world.sft_examples()
+    rng.shuffle(examples)
+    return [
+        SFTExample(image=world.load_image(ex.image), question=ex.question,
+                   answer=render_answer(ex, STYLES[i % len(STYLES)], rng))
+        for i, ex in enumerate(examples)
+    ]
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def run_sft(world_dir: Path, out: Path, policy: ModelConfig, sft: SFTConfig, eval_examples: int = 200,
+            console: Console | None = None) -> dict[str, Any]:
+    """Build (or load) the policy, warm-start it on the world, save it, evaluate before and after.
+
+    Writes ``out`` (an HF checkpoint dir) and ``out/sft_report.json``; returns the report.
+    """
+    from services.common.evaluation import evaluate_policy
+    from services.common.models.factory import build_vlm
+    from services.common.models.sft import sft_train
+
+    console = console or Console(stderr=True)
+    world = load_world(world_dir)
+    vlm = build_vlm(policy)
+    console.print(f"[green]policy[/] {policy.arch}/{policy.preset if policy.path is None else policy.path}: "
+                  f"{vlm.num_parameters() / 1e6:.2f}M parameters")
+    with _progress(console) as bar:
+        before = evaluate_policy(vlm, world, per_benchmark=eval_examples, progress=bar)
+    train = sft_examples(world, seed=sft.seed)
+    console.print(f"[green]sft[/] {len(train)} examples, {sft.steps} steps of {sft.batch_size}")
+    result = sft_train(vlm, train, sft, progress=True)
+    vlm.save(out)
+    with _progress(console) as bar:
+        after = evaluate_policy(vlm, world, per_benchmark=eval_examples, progress=bar)
+    report = {
+        "policy": policy.model_dump(mode="json"),
+        "sft": sft.model_dump(mode="json"),
+        "parameters": vlm.num_parameters(),
+        "train_examples": len(train),
+        "final_loss": result.final_loss,
+        "losses": result.losses,
+        "step_time_s": result.step_time_s,
+        "seconds": result.seconds,
+        "before": before,
+        "after": after,
+        "checkpoint": str(out),
+    }
+    (Path(out) / "sft_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    return report
+
+
+def result_table(report: dict[str, Any]) -> Table:
+    """Held-out accuracy per benchmark before and after the warm start, with chance levels."""
+    before, after = report["before"]["benchmarks"], report["after"]["benchmarks"]
+    table = Table(title=f"held-out split, {report['parameters'] / 1e6:.2f}M-parameter policy")
+    for col in ("benchmark", "n", "chance", "blind prior", "init exact", "SFT exact", "SFT VQA acc", "SFT format ok"):
+        table.add_column(col, justify="right" if col != "benchmark" else "left")
+    for b, row in after.items():
+        table.add_row(b, str(row["n"]), f"{row['chance']:.3f}", f"{row['blind']:.3f}", f"{before[b]['exact_match']:.3f}",
+                      f"{row['exact_match']:.3f}", f"{row['vqa_accuracy']:.3f}", f"{row['format_ok']:.3f}")
+    prefs = report["after"]["client_preference"]
+    table.caption = "mean true preference of each client (oracle): " + ", ".join(
+        f"{c} {report['before']['client_preference'][c]:.2f}→{s:.2f}" for c, s in prefs.items())
+    return table
+
+
+def run_demo(stack: StackConfig, quick: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """What `make demo` runs today: world → SFT warm start → held-out table (+ results JSON)."""
+    console = console or Console()
+    policy, sft, per_benchmark = stack.policy, stack.sft, stack.eval_examples
+    if quick:
+        policy = policy.model_copy(update=QUICK_POLICY)
+        sft = SFTConfig.model_validate({**sft.model_dump(), **QUICK_SFT})
+        per_benchmark = QUICK_EVAL
+    workdir = stack.workdir / ("quick" if quick else "")
+    world = ensure_world(world_config(stack.world, quick=quick), workdir / "world", console)
+    console.print(world_summary(world))
+    report = run_sft(world.root, workdir / "policy-sft", policy, sft, eval_examples=per_benchmark, console=console)
+    console.print(result_table(report))
+    results = workdir / "results.json"
+    results.write_text(json.dumps(report, indent=2, sort_keys=True))
+    console.print(f"[green]results[/] {results}  (checkpoint {report['checkpoint']})")
+    return report

@@ -1,0 +1,71 @@
+"""The interface every generation engine implements, and what it returns.
+
+A backend knows how to load a policy, sample groups of completions and apply prepared weights.
+It knows nothing of versions, admission, metrics or gRPC: `services.policy_sampler.sampler.Sampler`
+calls `generate` while holding the version gate for reading and `commit_weights` while holding it
+for writing, so a backend only has to make each call self-contained.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from services.policy_sampler.requests import PromptInput, SamplingOptions
+from services.policy_sampler.weights import PreparedWeights, WeightsHeader
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One completion. `token_ids` exclude the prompt and include the final end-of-turn token when
+    finish_reason is "stop"; `logprobs[i]` is the log-probability of token_ids[i] under the
+    distribution it was sampled from (after suppression, temperature and top-k/top-p)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish_reason: Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What GetInfo says about the served model."""
+
+    name: str
+    arch: str
+
+
+class SamplerBackend(abc.ABC):
+    """A generation engine. Life cycle: `await load()`, then any number of `generate` /
+    `prepare_weights` / `commit_weights`, then `await close()`."""
+
+    name: ClassVar[Literal["hf", "vllm"]]
+
+    @abc.abstractmethod
+    async def load(self) -> ModelFacts:
+        """Build or load the initial policy (version 0). Heavy; runs once, before serving."""
+
+    @abc.abstractmethod
+    async def generate(
+        self, prompts: Sequence[PromptInput], group_size: int, sampling: SamplingOptions
+    ) -> list[list[Sample]]:
+        """`group_size` completions per prompt, one list per prompt in input order. The same
+        inputs, weights and seed give the same completions."""
+
+    @abc.abstractmethod
+    async def prepare_weights(self, header: WeightsHeader, payload: bytes) -> PreparedWeights:
+        """Parse and validate an update without touching the serving weights; may run while
+        generations are in flight. Raises a domain error for anything that would not apply."""
+
+    @abc.abstractmethod
+    async def commit_weights(self, prepared: PreparedWeights) -> None:
+        """Make `prepared` the serving weights. Called with no generation in flight and none
+        starting; must leave the old weights in place if it raises."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine (threads, GPU memory)."""
+
+
+__all__ = ["ModelFacts", "Sample", "SamplerBackend"]

@@ -1,0 +1,440 @@
+"""Versioned weight updates: receive, verify, validate, and the gate that makes the swap atomic.
+
+An update is a header (version, kind, size, sha256, adapter config) plus a payload: a safetensors
+file holding either a PEFT LoRA adapter (keys as `peft_model.save_pretrained` writes them,
+`base_model.model.<module>.lora_A.weight`, ...) or the full parameter set (keys as
+`model.named_parameters()` names them). Nothing here touches the serving model:
+
+1. `check_header` and `check_version` refuse a bad or stale header before any byte is read;
+2. `receive_payload` reads the data chunks, refusing more or fewer than `total_bytes` and a
+   sha256 mismatch;
+3. `prepare_lora` / `prepare_full` parse the payload and check every key, shape and value
+   against the served architecture, so that the swap itself cannot fail half-way;
+4. the backend applies the prepared weights while holding `VersionGate.writing()`, which waits
+   for running generations to finish and holds new ones back: a request sees the old weights or
+   the new ones, never a mix, and learns which version it ran under.
+
+Refusals are domain errors: InvalidInput (malformed), Overloaded (too large), ChecksumMismatch,
+StalePolicy (older version), VersionMismatch (same version with other bytes, or weights that do
+not fit the served model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import re
+import warnings
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from services.common.errors import ChecksumMismatch, InvalidInput, Overloaded, StalePolicy, VersionMismatch
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import PreTrainedConfig
+
+# peft (0.21) asks transformers (5.x) a deprecated question on every get_peft_model/add_adapter;
+# the answer is right, the FutureWarning is noise in the sampler's log.
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+
+WeightsKind = Literal["lora", "full"]
+FORMAT = "safetensors"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+# Fields of a PEFT config that describe where it came from, not what it computes.
+_VOLATILE_CONFIG_KEYS = ("base_model_name_or_path", "revision", "peft_version", "inference_mode", "auto_mapping")
+_MAX_LISTED = 3
+
+
+@dataclass(frozen=True)
+class WeightsHeader:
+    """The first message of an update (see WeightsHeader in policy_sampler.proto)."""
+
+    version: int
+    kind: WeightsKind | None  # None: the sender left it unspecified
+    total_bytes: int
+    sha256: str
+    format: str = FORMAT
+    adapter_config_json: str = ""
+
+
+@dataclass(frozen=True)
+class LoraUpdate:
+    """A validated LoRA adapter: its PEFT config, a canonical key of that config (equal keys mean the
+    same adapter layout), and its tensors in the served dtype."""
+
+    version: int
+    sha256: str
+    config: LoraConfig
+    config_key: str
+    config_json: str
+    tensors: dict[str, torch.Tensor]
+    payload: bytes = field(repr=False, default=b"")
+
+
+@dataclass(frozen=True)
+class FullUpdate:
+    """A validated full parameter set (names as `named_parameters()`), in the served dtype."""
+
+    version: int
+    sha256: str
+    tensors: dict[str, torch.Tensor]
+    payload: bytes = field(repr=False, default=b"")
+
+
+PreparedWeights = LoraUpdate | FullUpdate
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lower-case hex sha256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- header and version rules ------------------------------------------------------------------
+
+
+def check_header(header: WeightsHeader, max_bytes: int) -> None:
+    """Refuse a malformed header (InvalidInput) or one announcing more than `max_bytes` (Overloaded)."""
+    if header.kind is None:
+        raise InvalidInput("header.kind is unspecified; send WEIGHTS_KIND_LORA_ADAPTER or WEIGHTS_KIND_FULL_WEIGHTS",
+                           reason="BAD_WEIGHTS_HEADER")
+    if (header.format or FORMAT) != FORMAT:
+        raise InvalidInput(f"header.format {header.format!r} is not supported; only {FORMAT!r}",
+                           reason="BAD_WEIGHTS_HEADER")
+    if header.version < 0:
+        raise InvalidInput(f"header.version is {header.version}; versions are >= 0", reason="BAD_WEIGHTS_HEADER")
+    if header.total_bytes <= 0:
+        raise InvalidInput(f"header.total_bytes is {header.total_bytes}; it must be > 0", reason="BAD_WEIGHTS_HEADER")
+    if not _SHA_RE.match(header.sha256):
+        raise InvalidInput("header.sha256 must be 64 lower-case hex digits", reason="BAD_WEIGHTS_HEADER")
+    if header.kind == "lora" and not header.adapter_config_json.strip():
+        raise InvalidInput("header.adapter_config_json is empty; a LoRA adapter needs its adapter_config.json",
+                           reason="BAD_WEIGHTS_HEADER")
+    if header.kind == "full" and header.adapter_config_json.strip():
+        raise InvalidInput("header.adapter_config_json must be empty for full weights", reason="BAD_WEIGHTS_HEADER")
+    if header.total_bytes > max_bytes:
+        raise Overloaded(f"header.total_bytes is {header.total_bytes}; the limit is {max_bytes}",
+                         reason="WEIGHTS_TOO_LARGE")
+
+
+def check_version(header: WeightsHeader, serving_version: int, serving_sha256: str) -> bool:
+    """True when the update must be applied; False when it is a retried upload of the serving
+    version (same sha256): a no-op. Older versions raise StalePolicy, the serving version with
+    other bytes raises VersionMismatch (both FAILED_PRECONDITION)."""
+    if header.version < serving_version:
+        raise StalePolicy(
+            f"policy version {header.version} is older than the serving version {serving_version}; versions only grow"
+        )
+    if header.version == serving_version:
+        if header.sha256 == serving_sha256:
+            return False
+        raise VersionMismatch(
+            f"policy version {header.version} is already serving with other weights (sha256 differs); "
+            "push a new version", reason="VERSION_CONFLICT",
+        )
+    return True
+
+
+async def receive_payload(header: WeightsHeader, chunks: AsyncIterator[bytes]) -> bytes:
+    """Read every data chunk; refuse more or fewer bytes than header.total_bytes (InvalidInput) and a
+    payload whose sha256 differs from header.sha256 (ChecksumMismatch)."""
+    buf = bytearray()
+    digest = hashlib.sha256()
+    async for chunk in chunks:
+        if len(buf) + len(chunk) > header.total_bytes:
+            raise InvalidInput(
+                f"received more than header.total_bytes ({header.total_bytes}) bytes", reason="WEIGHTS_SIZE_MISMATCH"
+            )
+        buf += chunk
+        digest.update(chunk)
+    if len(buf) != header.total_bytes:
+        raise InvalidInput(
+            f"truncated update: received {len(buf)} of {header.total_bytes} bytes", reason="WEIGHTS_SIZE_MISMATCH"
+        )
+    if digest.hexdigest() != header.sha256:
+        raise ChecksumMismatch(
+            f"payload sha256 {digest.hexdigest()} differs from header.sha256 {header.sha256}; the update was corrupted"
+        )
+    return bytes(buf)
+
+
+# --- payload parsing and validation ------------------------------------------------------------
+
+
+def parse_safetensors(payload: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors payload (InvalidInput when it is not one)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        tensors = load(payload)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise InvalidInput(f"payload is not a valid safetensors file ({exc})", reason="BAD_WEIGHTS_PAYLOAD") from None
+    if not tensors:
+        raise InvalidInput("payload holds no tensors", reason="BAD_WEIGHTS_PAYLOAD")
+    return tensors
+
+
+def _listing(names: Iterable[str]) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def _check_values(tensors: Mapping[str, torch.Tensor]) -> None:
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise InvalidInput(f"tensor {name} has dtype {t.dtype}; weights must be floating point",
+                               reason="BAD_WEIGHTS_PAYLOAD")
+        if not bool(torch.isfinite(t).all()):
+            raise InvalidInput(f"tensor {name} holds NaN or infinite values", reason="NON_FINITE_WEIGHTS")
+
+
+def _check_shapes(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], what: str) -> None:
+    missing = set(expected) - set(tensors)
+    unknown = set(tensors) - set(expected)
+    if unknown:
+        raise VersionMismatch(f"{what}: {len(unknown)} tensor(s) the served model does not have: {_listing(unknown)}",
+                              reason="WEIGHTS_DO_NOT_FIT")
+    if missing:
+        raise VersionMismatch(f"{what}: {len(missing)} tensor(s) missing: {_listing(missing)}",
+                              reason="WEIGHTS_DO_NOT_FIT")
+    wrong = [f"{n} {tuple(t.shape)} != {expected[n]}" for n, t in tensors.items() if tuple(t.shape) != expected[n]]
+    if wrong:
+        raise VersionMismatch(f"{what}: {len(wrong)} tensor(s) of the wrong shape: {'; '.join(sorted(wrong)[:_MAX_LISTED])}",
+                              reason="WEIGHTS_DO_NOT_FIT")
+
+
+def parse_lora_config(config_json: str) -> tuple[LoraConfig, str]:
+    """(LoraConfig, canonical key) from adapter_config.json text; InvalidInput when it is not a LoRA config."""
+    from peft import LoraConfig, PeftConfig
+
+    try:
+        data = json.loads(config_json)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"adapter_config_json is not JSON ({exc.msg})", reason="BAD_ADAPTER_CONFIG") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("adapter_config_json must be a JSON object", reason="BAD_ADAPTER_CONFIG")
+    if data.get("peft_type", "LORA") != "LORA":
+        raise InvalidInput(f"adapter peft_type {data.get('peft_type')!r} is not supported; only LORA",
+                           reason="BAD_ADAPTER_CONFIG")
+    data = {**data, "peft_type": "LORA"}
+    try:
+        config = PeftConfig.from_peft_type(**data)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InvalidInput(f"adapter_config_json is not a valid LoRA config ({exc})", reason="BAD_ADAPTER_CONFIG") from None
+    if not isinstance(config, LoraConfig):
+        raise InvalidInput("adapter_config_json is not a LoRA config", reason="BAD_ADAPTER_CONFIG")
+    config.inference_mode = True
+    return config, canonical_config_key(config)
+
+
+def canonical_config_key(config: LoraConfig) -> str:
+    """A string equal for two configs that build the same adapter layout."""
+    data = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    return json.dumps(data, sort_keys=True, default=lambda v: sorted(v) if isinstance(v, set | frozenset) else str(v))
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_lora_shapes(
+    config_cls: type, model_config_json: str, config_json: str
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Adapter key -> shape for (served architecture, LoRA config), from a weightless (meta device)
+    copy of the architecture: exactly what peft builds, without touching the serving model."""
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForImageTextToText
+
+    config, _ = parse_lora_config(config_json)
+    model_config = config_cls.from_dict(json.loads(model_config_json))
+    with torch.device("meta"):
+        skeleton = AutoModelForImageTextToText.from_config(model_config)
+    try:
+        peft_model = get_peft_model(skeleton, config)
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise VersionMismatch(f"adapter config does not fit the served model ({exc})", reason="WEIGHTS_DO_NOT_FIT") from None
+    state = get_peft_model_state_dict(peft_model)
+    return tuple(sorted((k, tuple(v.shape)) for k, v in state.items()))
+
+
+def expected_lora_shapes(model_config: PreTrainedConfig, config_json: str) -> dict[str, tuple[int, ...]]:
+    """Adapter key -> shape that `config_json` produces on the architecture `model_config` describes."""
+    parse_lora_config(config_json)  # refuse a bad config before building anything
+    return dict(_expected_lora_shapes(type(model_config), model_config.to_json_string(use_diff=False), config_json))
+
+
+def prepare_lora(
+    header: WeightsHeader,
+    payload: bytes,
+    model_config: PreTrainedConfig,
+    dtype: torch.dtype,
+    *,
+    max_rank: int | None = None,
+) -> LoraUpdate:
+    """Parse and check a LoRA adapter update against the served architecture."""
+    config, key = parse_lora_config(header.adapter_config_json)
+    ranks = [config.r, *(config.rank_pattern or {}).values()]
+    if max_rank is not None and max(ranks) > max_rank:
+        raise VersionMismatch(f"adapter rank {max(ranks)} exceeds the sampler's max_lora_rank {max_rank}",
+                              reason="WEIGHTS_DO_NOT_FIT")
+    tensors = parse_safetensors(payload)
+    _check_values(tensors)
+    _check_shapes(tensors, expected_lora_shapes(model_config, header.adapter_config_json), "adapter")
+    cast = {k: v.to(dtype) for k, v in tensors.items()}
+    return LoraUpdate(header.version, header.sha256, config, key, header.adapter_config_json, cast, payload)
+
+
+def parameter_aliases(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Canonical parameter name -> every name of that tensor (tied weights have several)."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return {names[0]: names for names in by_id.values()}
+
+
+def prepare_full(header: WeightsHeader, payload: bytes, model: torch.nn.Module, dtype: torch.dtype) -> FullUpdate:
+    """Parse and check a full-weights update: every parameter of `model` (any one name of a tied
+    tensor), no unknown name, same shapes. The result is keyed by canonical parameter names."""
+    tensors = parse_safetensors(payload)
+    _check_values(tensors)
+    aliases = parameter_aliases(model)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    canonical_of = {alias: canon for canon, names in aliases.items() for alias in names}
+    unknown = set(tensors) - set(canonical_of)
+    if unknown:
+        raise VersionMismatch(f"weights: {len(unknown)} tensor(s) the served model does not have: {_listing(unknown)}",
+                              reason="WEIGHTS_DO_NOT_FIT")
+    chosen: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        chosen.setdefault(canonical_of[name], t)
+    expected = {canon: tuple(params[canon].shape) for canon in aliases}
+    _check_shapes(chosen, expected, "weights")
+    cast = {k: v.to(dtype) for k, v in chosen.items()}
+    return FullUpdate(header.version, header.sha256, cast, payload)
+
+
+# --- the swap gate -------------------------------------------------------------------------------
+
+
+class VersionGate:
+    """A writer-preferring readers-writer lock for asyncio.
+
+    Generations hold `reading()` (many at once); a weight swap holds `writing()`, which waits for the
+    running readers and keeps new readers out until it is done. A waiting writer blocks new readers,
+    so a steady stream of Generate calls cannot starve an update.
+    """
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @property
+    def readers(self) -> int:
+        return self._readers
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writing and self._writers_waiting == 0)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        async with self._cond:
+            self._writers_waiting += 1
+            try:
+                await self._cond.wait_for(lambda: not self._writing and self._readers == 0)
+            finally:
+                self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+# --- building payloads (trainer and client side) -------------------------------------------------
+
+
+def encode_lora_adapter(peft_model: Any, adapter_name: str = "default") -> tuple[bytes, str]:
+    """(safetensors payload, adapter_config.json text) of a peft model's adapter, as the sampler takes it."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save
+
+    state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+    payload = save({k: v.detach().contiguous().cpu() for k, v in state.items()})
+    config = peft_model.peft_config[adapter_name]
+    return payload, config.to_json_string() if hasattr(config, "to_json_string") else json.dumps(
+        config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set | frozenset) else str(v))
+
+
+def encode_full_weights(model: torch.nn.Module) -> bytes:
+    """safetensors payload of every parameter of `model` (tied tensors once), as the sampler takes it."""
+    from safetensors.torch import save
+
+    return save({name: p.detach().contiguous().cpu() for name, p in model.named_parameters()})
+
+
+def read_adapter_dir(path: str | Path) -> tuple[bytes, str]:
+    """(payload, adapter_config.json text) of an adapter folder written by `save_pretrained`."""
+    folder = Path(path)
+    weights, config = folder / ADAPTER_WEIGHTS_FILE, folder / ADAPTER_CONFIG_FILE
+    for f in (weights, config):
+        if not f.is_file():
+            raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: {f.name} is missing")
+    return weights.read_bytes(), config.read_text()
+
+
+def write_adapter_dir(update: LoraUpdate, folder: str | Path) -> Path:
+    """Write a validated adapter as a PEFT folder (adapter_config.json + adapter_model.safetensors)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ADAPTER_CONFIG_FILE).write_text(update.config_json)
+    (out / ADAPTER_WEIGHTS_FILE).write_bytes(update.payload)
+    return out
+
+
+__all__ = [
+    "ADAPTER_CONFIG_FILE",
+    "ADAPTER_WEIGHTS_FILE",
+    "FORMAT",
+    "FullUpdate",
+    "LoraUpdate",
+    "PreparedWeights",
+    "VersionGate",
+    "WeightsHeader",
+    "WeightsKind",
+    "canonical_config_key",
+    "check_header",
+    "check_version",
+    "encode_full_weights",
+    "encode_lora_adapter",
+    "expected_lora_shapes",
+    "parameter_aliases",
+    "parse_lora_config",
+    "parse_safetensors",
+    "prepare_full",
+    "prepare_lora",
+    "read_adapter_dir",
+    "receive_payload",
+    "sha256_hex",
+    "write_adapter_dir",
+]

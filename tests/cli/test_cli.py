@@ -1,0 +1,122 @@
+"""The `mor` command line as a user runs it: real processes, real files, exit codes and messages."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def mor(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_data_make_is_byte_deterministic_and_seed_sensitive(tmp_path):
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        proc = mor("data", "make", "--quick", "--seed", seed, "--out", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr
+
+    a, b, c = (tree_digest(tmp_path / n) for n in "abc")
+    assert len(a) > 100
+    assert a == b
+    assert a != c
+
+
+def test_data_make_refuses_to_overwrite_without_force(tmp_path):
+    assert mor("data", "make", "--quick", "--out", str(tmp_path / "w")).returncode == 0
+
+    again = mor("data", "make", "--quick", "--out", str(tmp_path / "w"))
+    forced = mor("data", "make", "--quick", "--force", "--out", str(tmp_path / "w"))
+
+    assert again.returncode == 3 and "--force" in again.stderr and "Traceback" not in again.stderr
+    assert forced.returncode == 0
+
+
+def test_data_info_on_a_world_and_on_a_wrong_folder(tmp_path):
+    assert mor("data", "make", "--quick", "--out", str(tmp_path / "w")).returncode == 0
+
+    info = mor("data", "info", str(tmp_path / "w"))
+    bad = mor("data", "info", str(tmp_path))
+
+    assert info.returncode == 0 and "clinic" in info.stdout and "calibration pairs" in info.stdout
+    assert bad.returncode == 3 and "not a MoR world" in bad.stderr
+
+
+def test_config_check_names_bad_field_with_distinct_exit_code(tmp_path):
+    bad = tmp_path / "run.yaml"
+    bad.write_text("grpo:\n  loss_type: ppo\n")
+
+    proc = mor("config", "check", "run", str(bad))
+
+    assert proc.returncode == 2
+    assert "grpo.loss_type" in proc.stderr and "'dr_grpo'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_check_prints_redacted_config(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("nodes:\n  - {node_id: a, address: '127.0.0.1:1', auth: {token: hunter2}}\n")
+
+    proc = mor("config", "check", "run", str(cfg))
+
+    assert proc.returncode == 0, proc.stderr
+    dumped = json.loads(proc.stdout)
+    assert dumped["nodes"][0]["auth"]["token"] == "**********"
+    assert "hunter2" not in proc.stdout
+
+
+def test_config_show_lists_documented_fields():
+    proc = mor("config", "show", "reward-node")
+
+    assert proc.returncode == 0
+    assert "batching.max_wait_ms" in proc.stdout and "RESOURCE_EXHAUSTED" in proc.stdout
+
+
+def test_unknown_config_kind_and_bad_preset_are_clear_errors(tmp_path):
+    kind = mor("config", "show", "gateway")
+    preset = mor("sft", "--world", str(tmp_path), "--preset", "huge")
+
+    assert kind.returncode == 2 and "reward-node" in kind.stderr
+    assert preset.returncode == 2 and "preset" in preset.stderr and "'tiny'" in preset.stderr
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_end_to_end(tmp_path):
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(f"workdir: {tmp_path / 'local'}\n")
+
+    proc = mor("demo", "--quick", "--config", str(stack))
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "local" / "quick" / "results.json").read_text())
+    assert set(results["after"]["benchmarks"]) == {"shapes", "digits", "charts"}
+    assert (tmp_path / "local" / "quick" / "policy-sft" / "config.json").is_file()
+    assert "held-out split" in proc.stdout
+
+
+def test_certs_make_a_ca_certs_and_a_token(tmp_path):
+    d = str(tmp_path / "certs")
+
+    steps = [mor("certs", "init", "-d", d), mor("certs", "issue", "clinic", "-d", d),
+             mor("certs", "issue", "orchestrator", "--client", "-d", d),
+             mor("certs", "token", "orchestrator", "--server", "clinic", "-d", d)]
+    bad = mor("certs", "issue", "../escape", "-d", d)
+
+    assert [p.returncode for p in steps] == [0, 0, 0, 0], [p.stderr for p in steps]
+    token_file = Path(steps[-1].stdout.strip())
+    assert token_file.name == "orchestrator-to-clinic.token" and len(token_file.read_text().strip()) >= 32
+    assert token_file.read_text().strip() not in (tmp_path / "certs" / "clinic-tokens.yaml").read_text()
+    assert bad.returncode == 2 and "must match" in bad.stderr

@@ -1,0 +1,53 @@
+"""evaluate_policy on a real (small) world with policies whose answers we control."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from services.common.data import WorldConfig, load_world, make_world
+from services.common.data.answers import render_answer
+from services.common.evaluation import evaluate_policy
+
+
+class ScriptedPolicy:
+    """Replays prepared answers in order (the policy is the input under test's control)."""
+
+    def __init__(self, answers: list[str]):
+        self.answers = list(answers)
+
+    def generate(self, questions, images, max_new_tokens, do_sample):
+        assert do_sample is False and len(questions) == len(images)
+        return [[SimpleNamespace(text=self.answers.pop(0))] for _ in questions]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("w") / "world"
+    make_world(WorldConfig.small(seed=3), root, progress=False)
+    return load_world(root)
+
+
+def run(world, style):
+    examples = [ex for b in world.benchmarks for ex in world.examples(b, "test")[:10]]
+    policy = ScriptedPolicy([render_answer(ex, style) if style else "purple elephant" for ex in examples])
+    return evaluate_policy(policy, world, per_benchmark=10, batch_size=7)
+
+
+def test_truthful_policy_scores_one_and_pleases_matching_client(world):
+    report = run(world, "word")
+
+    for row in report["benchmarks"].values():
+        assert row["n"] == 10
+        assert row["exact_match"] == pytest.approx(1.0)
+        assert row["format_ok"] == pytest.approx(1.0)
+        assert 0 < row["chance"] < 0.6
+    prefs = report["client_preference"]
+    assert prefs["clinic"] > prefs["bank"]  # clinic wants single words, bank wants digits
+
+
+def test_wrong_policy_scores_zero_and_below_truthful(world):
+    wrong, right = run(world, None), run(world, "digits")
+
+    assert all(r["exact_match"] == 0 for r in wrong["benchmarks"].values())
+    assert all(wrong["client_preference"][c] < right["client_preference"][c] for c in right["client_preference"])
