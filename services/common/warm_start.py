@@ -85,6 +85,17 @@ def sft_examples(world: World, seed: int = 0) -> list:
     ]
 
 
+def warm_up_vision(vlm, world: World, sft: SFTConfig):
+    """Stage 1 on the same examples SFT will see: the tower learns to tell the short answers apart."""
+    from services.common.data.answers import normalize_answer
+    from services.common.models.vision_warmup import encode, vision_warmup
+
+    examples = world.sft_examples()
+    encoded = encode(vlm, [world.load_image(e.image) for e in examples], [e.question for e in examples],
+                     [normalize_answer(e.canonical_answer) for e in examples])
+    return vision_warmup(vlm, encoded, steps=sft.vision_warmup_steps, seed=sft.seed)
+
+
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True)
@@ -105,8 +116,15 @@ def run_sft(world_dir: Path, out: Path, policy: ModelConfig, sft: SFTConfig, eva
     vlm = build_vlm(policy)
     console.print(f"[green]policy[/] {policy.arch}/{policy.preset if policy.path is None else policy.path}: "
                   f"{vlm.num_parameters() / 1e6:.2f}M parameters")
-    with _progress(console) as bar:
-        before = evaluate_policy(vlm, world, per_benchmark=eval_examples, progress=bar)
+    before = None
+    if policy.path is not None:  # a random init answers nothing; only a checkpoint has a "before" worth the time
+        with _progress(console) as bar:
+            before = evaluate_policy(vlm, world, per_benchmark=eval_examples, progress=bar)
+    warmup = None
+    if policy.path is None and sft.vision_warmup_steps:
+        warmup = warm_up_vision(vlm, world, sft)
+        console.print(f"[green]vision warm-up[/] {warmup.steps} steps, {warmup.classes} answer classes, "
+                      f"loss {warmup.losses[0][1]:.2f}→{warmup.losses[-1][1]:.2f}, {warmup.seconds:.0f}s")
     train = sft_examples(world, seed=sft.seed)
     console.print(f"[green]sft[/] {len(train)} examples, {sft.steps} steps of {sft.batch_size}")
     result = sft_train(vlm, train, sft, progress=True)
@@ -118,6 +136,9 @@ def run_sft(world_dir: Path, out: Path, policy: ModelConfig, sft: SFTConfig, eva
         "sft": sft.model_dump(mode="json"),
         "parameters": vlm.num_parameters(),
         "train_examples": len(train),
+        "vision_warmup": None if warmup is None else {"steps": warmup.steps, "losses": warmup.losses,
+                                                      "train_accuracy": warmup.train_accuracy,
+                                                      "seconds": warmup.seconds},
         "final_loss": result.final_loss,
         "losses": result.losses,
         "step_time_s": result.step_time_s,
@@ -132,16 +153,18 @@ def run_sft(world_dir: Path, out: Path, policy: ModelConfig, sft: SFTConfig, eva
 
 def result_table(report: dict[str, Any]) -> Table:
     """Held-out accuracy per benchmark before and after the warm start, with chance levels."""
-    before, after = report["before"]["benchmarks"], report["after"]["benchmarks"]
-    table = Table(title=f"held-out split, {report['parameters'] / 1e6:.2f}M-parameter policy")
-    for col in ("benchmark", "n", "chance", "blind prior", "init exact", "SFT exact", "SFT VQA acc", "SFT format ok"):
-        table.add_column(col, justify="right" if col != "benchmark" else "left")
-    for b, row in after.items():
-        table.add_row(b, str(row["n"]), f"{row['chance']:.3f}", f"{row['blind']:.3f}", f"{before[b]['exact_match']:.3f}",
+    before, after = report["before"], report["after"]
+    table = Table(title=f"held-out split, {report['parameters'] / 1e6:.2f}M-parameter policy after SFT")
+    cols = ["benchmark", "n", "chance", "blind prior", *(["before exact"] if before else []),
+            "exact match", "VQA acc", "format ok"]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    for b, row in after["benchmarks"].items():
+        was = [f"{before['benchmarks'][b]['exact_match']:.3f}"] if before else []
+        table.add_row(b, str(row["n"]), f"{row['chance']:.3f}", f"{row['blind']:.3f}", *was,
                       f"{row['exact_match']:.3f}", f"{row['vqa_accuracy']:.3f}", f"{row['format_ok']:.3f}")
-    prefs = report["after"]["client_preference"]
     table.caption = "mean true preference of each client (oracle): " + ", ".join(
-        f"{c} {report['before']['client_preference'][c]:.2f}→{s:.2f}" for c, s in prefs.items())
+        f"{c} {s:.2f}" for c, s in after["client_preference"].items())
     return table
 
 

@@ -41,6 +41,10 @@ class SFTConfig(_Frozen):
     """Supervised warm start: next-token loss on the answer (+ end-of-turn) tokens only."""
 
     steps: int = Field(300, ge=1, description="Optimiser steps.")
+    vision_warmup_steps: int = Field(
+        400, ge=0, description="Stage-1 steps training the vision tower on answer classification before SFT "
+        "(models built from a preset only; 0 skips it). See models/vision_warmup.py for why."
+    )
     batch_size: int = Field(16, ge=1, description="Examples per step (CPU: keep it small-ish; each image adds its vision tokens).")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (models trained from random init take a large one).")
     warmup: int = Field(20, ge=0, description="Linear warm-up steps from 0 to lr.")
