@@ -1,9 +1,10 @@
 """Model presets per architecture, built from transformers' config classes (random init, no downloads).
 
-Images in the synthetic world are 64x64 RGB. Qwen2-VL cuts them into 8x8 patches (an 8x8 grid)
-and merges 2x2 patches, so an image becomes 16 LM tokens; LLaVA's CLIP tower sees 16x16 (tiny) or
-8x8 (small, base) patches and hands every patch to the LM (16 or 64 tokens). Larger images are
-scaled down to at most 64x64 by the image processor, so the token count stays bounded.
+Images in the synthetic world are 64x64 RGB. Qwen2-VL cuts them into patches (8 px for tiny: an
+8x8 grid; 16 px for small/base: a 4x4 grid) and merges 2x2 neighbouring patches, so an image becomes
+16 (tiny) or 4 (small, base) LM tokens; LLaVA's CLIP tower sees 16x16 (tiny) or 8x8 (small, base)
+patches and hands every patch to the LM (16 or 64 tokens). Larger images are scaled down to at most
+64x64 by the image processor, so the token count stays bounded.
 
 Sizes (vocab 1024, tied embeddings; see tests and the report for measured step times):
 ``tiny`` < 1M parameters (unit tests), ``small`` ~15M (CPU SFT in minutes), ``base`` ~50M.
@@ -41,7 +42,7 @@ class VisionSpec:
     heads: int
     mlp_ratio: int
     patch: int
-    merge: int = 1  # Qwen2-VL: merge m x m neighbouring patches into one LM token
+    merge: int = 2  # Qwen2-VL only: m x m neighbouring patches are merged into one LM token (Qwen uses 2)
 
 
 TEXT: dict[str, TextSpec] = {
