@@ -22,7 +22,7 @@ from services.common.data.world import World, WorldFormatError, load_world, make
 from services.common.models.config import ModelConfig, SFTConfig
 
 QUICK_POLICY = {"preset": "tiny"}
-QUICK_SFT = {"steps": 30, "batch_size": 8, "warmup": 3, "lr": 3e-3}
+QUICK_SFT = {"steps": 30, "batch_size": 8, "warmup": 3, "lr": 3e-3, "vision_warmup_steps": 20}
 QUICK_EVAL = 20
 
 
