@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+# Spinning OpenMP threads make torch 5-15x slower when anything else runs on a 2-core machine;
+# must be set before torch is imported anywhere in the process.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 
 import typer

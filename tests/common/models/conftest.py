@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 
 from services.common.models.config import ModelConfig
@@ -9,6 +10,16 @@ from services.common.models.factory import build_vlm
 from services.common.models.vlm import VLM
 
 ARCHS = ("qwen2_vl", "llava")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run as fast on one thread, and a shared 2-core box with other jobs on it makes
+    two spinning OpenMP threads 5-15x slower. Restored after each test (torch threads are global)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session", params=ARCHS)

@@ -1,6 +1,7 @@
 """Factory: tiny presets, deterministic init, gradients through both towers, save/load, no torchvision."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -113,6 +114,7 @@ def test_no_torchvision_is_imported():
         "assert not bad, bad\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")

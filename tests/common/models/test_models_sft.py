@@ -63,7 +63,7 @@ def test_sft_learns_a_trivial_colour_task():
     train, test = colour_examples(256, seed=0), colour_examples(64, seed=1)
     vlm = build_vlm(ModelConfig(arch="qwen2_vl", preset="tiny", seed=0))
     before = exact_match(vlm, test)
-    cfg = SFTConfig(steps=120, batch_size=16, lr=3e-3, warmup=10, eval_every=60)
+    cfg = SFTConfig(steps=120, batch_size=16, lr=3e-3, warmup=10, eval_every=60, num_threads=1)
     result = sft_train(vlm, train, cfg, eval_fn=lambda v: {"em": exact_match(v, test)}, progress=False)
     assert before <= 0.3
     assert result.losses[-1][1] < 0.5 * result.losses[0][1]
@@ -75,5 +75,5 @@ def test_sft_learns_a_trivial_colour_task():
 def test_sft_reduces_loss_on_llava():
     train = colour_examples(64, seed=2)
     vlm = build_vlm(ModelConfig(arch="llava", preset="tiny", seed=0))
-    result = sft_train(vlm, train, SFTConfig(steps=30, batch_size=8, lr=3e-3, warmup=3, log_every=5), progress=False)
+    result = sft_train(vlm, train, SFTConfig(steps=30, batch_size=8, lr=3e-3, warmup=3, log_every=5, num_threads=1), progress=False)
     assert result.losses[-1][1] < 0.5 * result.losses[0][1]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 
@@ -26,7 +27,10 @@ def test_training_is_deterministic_in_process():
 
 def test_default_tokenizer_is_identical_in_a_fresh_process():
     here = _digest(tk.build_tokenizer("qwen2_vl", 1024))
-    out = subprocess.run([sys.executable, "-c", _HASH_SNIPPET], capture_output=True, text=True, check=True, timeout=120)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _HASH_SNIPPET], capture_output=True, text=True, check=True, timeout=120, env=env
+    )
     assert out.stdout.strip().splitlines()[-1] == here
 
 
