@@ -26,7 +26,7 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.common.config.base import ConfigError, read_yaml
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -287,14 +289,10 @@ def read_tokens(path: str | Path) -> dict[str, str]:
     Raises CertError when the file is missing or is not a mapping of non-empty strings.
     """
     p = Path(path)
-    if not p.is_file():
-        raise CertError(f"tokens file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CertError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(data, Mapping):
-        raise CertError(f"{p}: must be a mapping token -> caller, got {type(data).__name__}")
+        data = read_yaml(p, what="tokens file", mapping="a mapping token -> caller")
+    except ConfigError as exc:
+        raise CertError(str(exc)) from None
     out: dict[str, str] = {}
     for key, caller in data.items():
         if not isinstance(key, str) or not key or not isinstance(caller, str) or not caller:

@@ -55,17 +55,20 @@ def format_validation_error(err: ValidationError, source: str | None = None) -> 
     return "\n".join(lines)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping document is a ConfigError."""
+def read_yaml(path: str | Path, what: str = "config file", mapping: str = "a mapping of fields") -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping document is a ConfigError.
+
+    ``what`` and ``mapping`` name the file and its expected shape in the messages.
+    """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"{what} not found: {p}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a mapping of fields, got {type(data).__name__}")
+        raise ConfigError(f"{p}: top level must be {mapping}, got {type(data).__name__}")
     return data
 
 
