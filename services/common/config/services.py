@@ -143,6 +143,8 @@ class OrchestratorSettings(ServiceSettings):
 
     runs_dir: Path = Field(Path("runs"), description="Where runs write checkpoints, logs and results.")
     max_concurrent_runs: int = Field(1, ge=1, description="Runs executing at once; more StartRun calls get RESOURCE_EXHAUSTED.")
+    node_tls: TLSSection = Field(default_factory=TLSSection, description="How to secure calls to nodes added with RegisterNode (mTLS: ca_cert + cert + key).")
+    node_auth: AuthSection = Field(default_factory=AuthSection, description="Token presented to nodes added with RegisterNode.")
     server: ServerSection = Field(default_factory=ServerSection, description="gRPC listener.")
     tls: TLSSection = Field(default_factory=TLSSection, description="Transport security.")
     auth: AuthSection = Field(default_factory=AuthSection, description="Accepted tokens and callers.")

@@ -1,0 +1,344 @@
+"""One MoR run: sample → fan out → calibrate → route → hybrid reward → GRPO step → push, repeated.
+
+    run = MoRRun(cfg, resume=True, on_step=print)
+    result = await run.run()          # returns after cfg.grpo.steps steps, a stop request, or an error
+    run.request_stop()                # from anywhere on the loop: finish the current step, then stop
+
+The loop owns no maths: GRPO lives in grpo/, fusion in fusion/, calibration and rule rewards in
+their modules; the gRPC edges are the fan-out and the rollout source. Model work (generation in
+process, the GRPO step) runs on one worker thread so that the event loop stays free for the
+fan-out, health checks and the run-control API.
+
+Versions: the sampler starts at the version it reports; each push increments it. A step's
+rollouts carry the version that sampled them; rollouts more than ``grpo.max_staleness``
+versions behind the trainer's latest push are refused (the step fails with StaleRollouts).
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.common import metrics as m
+from services.common.config import RunConfig
+from services.common.config.base import redacted_dump
+from services.common.data.world import load_world
+from services.common.errors import VersionMismatch
+from services.orchestrator import checkpoint as ckpt_io
+from services.orchestrator.prompts import PromptStream
+from services.orchestrator.records import NodeStep, StepRecord
+from services.orchestrator.rollouts import LocalSampler, RemoteSampler, Rollouts, RolloutSource
+
+log = logging.getLogger(__name__)
+
+SEED_MODULUS = 2**31 - 1
+
+
+class StaleRollouts(VersionMismatch):
+    """The sampler answered with a policy version older than the run accepts."""
+
+    reason = "STALE_ROLLOUTS"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended."""
+
+    steps_done: int
+    policy_version: int
+    stopped: bool
+    seconds: float
+    output_dir: Path
+    final_policy: Path | None
+
+
+def generation_seed(run_seed: int, step: int) -> int:
+    """The sampling seed of a step: a function of the run seed and step only, so a resumed run
+    samples exactly what the uninterrupted one did."""
+    return (run_seed * 1_000_003 + step * 7919) % SEED_MODULUS
+
+
+def _mean(values: torch.Tensor) -> float:
+    v = values[~torch.isnan(values)]
+    return float(v.mean()) if v.numel() else float("nan")
+
+
+def _std(values: torch.Tensor) -> float:
+    v = values[~torch.isnan(values)]
+    return float(v.std(unbiased=False)) if v.numel() else float("nan")
+
+
+class MoRRun:
+    """A training run built from a RunConfig; see the module docstring."""
+
+    def __init__(self, cfg: RunConfig, *, resume: bool = False,
+                 on_step: Callable[[StepRecord], None] | None = None,
+                 on_status: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.on_step = on_step
+        self.on_status = on_status or (lambda msg: log.info("%s", msg))
+        self.output_dir = Path(cfg.output_dir)
+        self.step = 0
+        self.policy_version = 0
+        self._stop = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-model")
+        self.records: list[StepRecord] = []
+        self.trainer: Any = None
+        self.fanout: Any = None
+        self.source: RolloutSource | None = None
+
+    # ---- control ---------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Finish the step in progress, checkpoint, and return."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # ---- set-up ----------------------------------------------------------------------------------
+    async def setup(self) -> None:
+        from services.common.models.factory import build_vlm
+        from services.orchestrator.calibration import NodeCalibration
+        from services.orchestrator.embedding import PromptEmbedder
+        from services.orchestrator.fanout import RewardFanout
+        from services.orchestrator.fusion import build_router
+        from services.orchestrator.grpo.trainer import GRPOTrainer
+
+        cfg = self.cfg
+        if cfg.torch_threads is not None:
+            torch.set_num_threads(cfg.torch_threads)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.json").write_text(json.dumps(redacted_dump(cfg), indent=2, default=str))
+        self.world = load_world(cfg.world)
+        self.stream = PromptStream(self.world, self.world.prompt_pool(), cfg.seed)
+
+        self.on_status(f"policy: loading {cfg.policy.path or f'{cfg.policy.arch}/{cfg.policy.preset}'}")
+        vlm = await self._in_worker(build_vlm, cfg.policy)
+        self.trainer = await self._in_worker(lambda: GRPOTrainer(vlm, cfg.grpo, seed=cfg.seed))
+        self.source = RemoteSampler(cfg.sampler) if cfg.sampler is not None else LocalSampler(
+            self.trainer.policy, self._executor)
+        sampler_version = await self.source.start()
+
+        self.fanout = RewardFanout(cfg.nodes, cfg.fanout)
+        infos = await self.fanout.start()
+        self.node_ids = [n.node_id for n in cfg.nodes]
+        self.embedder = PromptEmbedder()
+        self.calibration = NodeCalibration(self.node_ids, infos, cfg.router)
+        self.router = build_router(cfg.router.kind, self.node_ids, cfg.router, feature_dim=self.embedder.dim,
+                                   infos=infos, seed=cfg.seed)
+
+        state = ckpt_io.latest(self.output_dir) if self.resume else None
+        if state is not None:
+            await self._restore(ckpt_io.load(state))
+            self.on_status(f"resumed from {state} at step {self.step}")
+        else:
+            await self._fit_router()
+            if self.resume:
+                self.on_status("resume: no checkpoint yet, starting from step 0")
+            self._steps_file().write_text("")
+        # The sampler must serve exactly the trainer's weights: push them unless it is a fresh
+        # sampler (version 0) and this a fresh run (the initial policy on both sides).
+        if state is not None or sampler_version != 0:
+            self.policy_version = max(self.policy_version, sampler_version) + 1
+            await self._push()
+        else:
+            self.policy_version = sampler_version
+
+    async def _fit_router(self) -> None:
+        from services.orchestrator.fusion.trainer import calibration_data
+
+        if not getattr(self.router, "trainable", False):
+            return
+        pairs = self.world.calibration_pairs()[: self.cfg.router.calibration_pairs]
+        self.on_status(f"router: scoring {len(pairs)} calibration pairs on {len(self.node_ids)} nodes")
+        data = await calibration_data(self.fanout, self.calibration, self.embedder, pairs, self.world)
+        report = await self._in_worker(self.router.fit, data)
+        self.on_status("router: trained " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(report.items())))
+
+    async def _restore(self, c: ckpt_io.Checkpoint) -> None:
+        await self._in_worker(self.trainer.load_state_dict, c.trainer)
+        self.router.load_state_dict(c.router)
+        self.calibration.load_state_dict(c.calibration)
+        self.stream.load_state_dict(c.stream)
+        ckpt_io.set_rng_state(c.rng)
+        self.step, self.policy_version = c.step, c.policy_version
+        kept = [line for line in self._steps_file().read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= c.step] if self._steps_file().is_file() else []
+        self._steps_file().write_text("".join(line + "\n" for line in kept))
+
+    def _steps_file(self) -> Path:
+        return self.output_dir / "steps.jsonl"
+
+    def _save(self) -> Path:
+        c = ckpt_io.Checkpoint(
+            step=self.step, policy_version=self.policy_version, stream=self.stream.state_dict(),
+            calibration=self.calibration.state_dict(), trainer=self.trainer.state_dict(),
+            router=self.router.state_dict(), rng=ckpt_io.rng_state(),
+        )
+        return ckpt_io.save(self.output_dir, c)
+
+    async def _push(self) -> float:
+        t0 = time.perf_counter()
+        kind, payload, config_json = await self._in_worker(self.trainer.weights_payload)
+        assert self.source is not None
+        await self.source.push(self.policy_version, kind, payload, config_json)
+        return time.perf_counter() - t0
+
+    # ---- the step --------------------------------------------------------------------------------
+    async def run_step(self) -> StepRecord:
+        from services.orchestrator.grpo.ops import group_advantages, zero_std_fraction
+        from services.orchestrator.grpo.trainer import RolloutBatch
+        from services.orchestrator.rewards import hybrid_reward, rule_rewards
+        from services.reward_node.client import ScoreGroup
+
+        cfg, g = self.cfg, self.cfg.grpo
+        step = self.step + 1
+        t_start = time.perf_counter()
+        prompts = self.stream.take(g.prompts_per_step)
+        assert self.source is not None
+        rollouts: Rollouts = await self.source.generate(
+            prompts, g.group_size, temperature=g.temperature, max_new_tokens=g.max_new_tokens,
+            seed=generation_seed(cfg.seed, step))
+        staleness = self.policy_version - rollouts.policy_version
+        if staleness < 0 or staleness > g.max_staleness:
+            raise StaleRollouts(f"step {step}: rollouts of policy version {rollouts.policy_version}, trainer at "
+                                f"{self.policy_version} (grpo.max_staleness={g.max_staleness})")
+        if staleness:
+            log.info("step %d: accepting rollouts %d version(s) old", step, staleness)
+        t_gen = time.perf_counter()
+
+        flat = [(p, s) for p, grp in zip(prompts, rollouts.groups, strict=True) for s in grp]
+        texts = [s.text for _, s in flat]
+        groups = [ScoreGroup(prompt=p.question, responses=[s.text for s in grp], image=p.image_png,
+                             group_id=p.prompt_id) for p, grp in zip(prompts, rollouts.groups, strict=True)]
+        fan = await self.fanout.score(groups)
+        t_score = time.perf_counter()
+
+        z = self.calibration.calibrate(fan.scores, fan.mask)
+        self.calibration.update(fan.scores, fan.mask)
+        features = self.embedder.embed([p.question for p in prompts], [p.image for p in prompts])
+        prompt_index = torch.arange(len(prompts)).repeat_interleave(g.group_size)
+        fused, weights = self.router.fuse(z, fan.mask, prompt_index, features)
+        fmt, acc, has_ref = rule_rewards(texts, [p.references for p, _ in flat])
+        reward = hybrid_reward(fused, fmt, acc, has_ref, cfg.hybrid)
+        advantages = group_advantages(reward, g.group_size, g.scale_rewards)
+        t_fuse = time.perf_counter()
+
+        batch = RolloutBatch(
+            questions=[p.question for p, _ in flat], images=[p.image for p, _ in flat],
+            completion_ids=[list(s.token_ids) for _, s in flat], old_logprobs=[list(s.logprobs) for _, s in flat],
+            advantages=advantages,
+        )
+        stats = await self._in_worker(self.trainer.step, batch)
+        t_train = time.perf_counter()
+
+        self.step = step
+        push_s = 0.0
+        if step % g.push_every == 0 or step == g.steps:
+            self.policy_version += 1
+            push_s = await self._push()
+        total = time.perf_counter() - t_start
+
+        rule = reward - cfg.hybrid.rm_weight * torch.nan_to_num(fused, nan=0.0)
+        ref_mask = has_ref.bool()
+        nodes = []
+        for k, node_id in enumerate(fan.node_ids):
+            out = fan.outcomes[node_id]
+            row = fan.scores[k][fan.mask[k]]
+            nodes.append(NodeStep(node_id, out.responded, out.error_code,
+                                  float(row.mean()) if row.numel() else float("nan"),
+                                  float(row.std(unbiased=False)) if row.numel() else float("nan"),
+                                  float(weights[:, k].mean()), out.latency_s))
+        record = StepRecord(
+            step=step, policy_version=rollouts.policy_version, staleness=staleness,
+            reward_mean=_mean(reward), reward_std=_std(reward), fused_reward_mean=_mean(fused),
+            rule_reward_mean=_mean(rule), accuracy_mean=float(acc[ref_mask].mean()) if ref_mask.any() else float("nan"),
+            format_mean=float(fmt.float().mean()), kl=stats.kl, loss=stats.loss, clip_low=stats.clip_low,
+            clip_high=stats.clip_high, grad_norm=stats.grad_norm,
+            zero_std_group_fraction=zero_std_fraction(reward, g.group_size),
+            completion_tokens_mean=stats.completion_tokens_mean, nodes=nodes,
+            phases={"generate": t_gen - t_start, "score": t_score - t_gen, "fuse": t_fuse - t_score,
+                    "train": t_train - t_fuse, "push": push_s, "total": total},
+        )
+        self._export(record)
+        return record
+
+    def _export(self, r: StepRecord) -> None:
+        self.records.append(r)
+        with self._steps_file().open("a") as fh:
+            fh.write(r.to_json() + "\n")
+        m.ORCHESTRATOR_STEPS.inc()
+        m.ORCHESTRATOR_REWARD_MEAN.set(r.reward_mean)
+        m.ORCHESTRATOR_LOSS.set(r.loss)
+        m.ORCHESTRATOR_KL.set(r.kl)
+        m.ORCHESTRATOR_CLIP_LOW.set(r.clip_low)
+        m.ORCHESTRATOR_CLIP_HIGH.set(r.clip_high)
+        m.ORCHESTRATOR_ZERO_STD_GROUPS.set(r.zero_std_group_fraction)
+        for phase, seconds in r.phases.items():
+            if phase != "total":
+                m.ORCHESTRATOR_PHASE_LATENCY.labels(phase=phase).observe(seconds)
+        for n in r.nodes:
+            m.ORCHESTRATOR_NODE_WEIGHT.labels(node_id=n.node_id).set(n.weight_mean)
+            if n.responded:
+                m.ORCHESTRATOR_NODE_SCORE_MEAN.labels(node_id=n.node_id).set(n.score_mean)
+                m.ORCHESTRATOR_NODE_SCORE_STD.labels(node_id=n.node_id).set(n.score_std)
+        if self.on_step is not None:
+            self.on_step(r)
+
+    # ---- the run ---------------------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        """Set up, take steps until done or stopped, checkpoint, save the final policy."""
+        t0 = time.perf_counter()
+        try:
+            await self.setup()
+            g = self.cfg.grpo
+            while self.step < g.steps and not self._stop.is_set():
+                await self.run_step()
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == g.steps:
+                    await self._in_worker(self._save)
+            if self._stop.is_set() and self.step and self.step % self.cfg.checkpoint_every:
+                await self._in_worker(self._save)
+            final = await self._in_worker(self._save_policy) if self.step == g.steps else None
+            result = RunResult(self.step, self.policy_version, self._stop.is_set(), time.perf_counter() - t0,
+                               self.output_dir, final)
+            (self.output_dir / "result.json").write_text(json.dumps(
+                {"steps_done": result.steps_done, "policy_version": result.policy_version,
+                 "stopped": result.stopped, "seconds": result.seconds,
+                 "final_policy": str(final) if final else None}, indent=2))
+            return result
+        finally:
+            await self.close()
+
+    def _save_policy(self) -> Path:
+        """The trained policy as a plain HF checkpoint (adapter merged into a copy), for evaluation."""
+        from services.common.models.vlm import VLM
+
+        policy = self.trainer.policy
+        model = copy.deepcopy(policy.model)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        return VLM(model, policy.tokenizer, policy.image_processor).save(self.output_dir / "policy")
+
+    async def close(self) -> None:
+        if self.fanout is not None:
+            await self.fanout.close()
+        if self.source is not None:
+            await self.source.close()
+        self._executor.shutdown(wait=True)
+
+
+__all__ = ["MoRRun", "RunResult", "StaleRollouts", "generation_seed"]

@@ -1,0 +1,304 @@
+"""`mor stack up` / `mor demo`: the whole MoR system on loopback, as separate processes.
+
+    world (generated) -> SFT warm start of the policy -> dev PKI (CA, mTLS certs, tokens)
+      -> each client trains its RM on its own pairs -> K `mor reward-node serve` processes
+      -> one `mor sampler serve` -> `mor orchestrator run` -> held-out evaluation, SFT vs MoR
+
+Every service gets a config file under <workdir>/configs/ (ports picked at start-up), logs under
+<workdir>/logs/. Children are stopped on exit, on error and on Ctrl-C (SIGTERM, then SIGKILL).
+Artefacts that exist and match (world, SFT policy, RM checkpoints) are reused.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from services.common.config import StackConfig
+
+QUICK_WORLD_STEPS = {"steps": 4, "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 8, "lr": 5e-4}
+QUICK_ROUTER = {"train_steps": 60, "calibration_pairs": 48}
+QUICK_RM_EPOCHS = 3
+STARTUP_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
+    return path
+
+
+class Children:
+    """Child processes of the stack, stopped together."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{name}.log").open("w")
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        path = self.logs / f"{name}.log"
+        return "\n".join(path.read_text().splitlines()[-lines:]) if path.is_file() else ""
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{self.log_tail(name)}")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+async def _wait_ready(children: Children, checks: dict[str, Any], timeout_s: float) -> None:
+    """Poll every service's health until SERVING; fail early when a child dies."""
+    pending = dict(checks)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        children.check_alive()
+        for name, check in list(pending.items()):
+            with contextlib.suppress(Exception):
+                if await check():
+                    del pending[name]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready after {timeout_s:.0f}s: {', '.join(pending)}")
+        if pending:
+            await asyncio.sleep(0.5)
+
+
+def _quick(stack: StackConfig) -> StackConfig:
+    from services.common.warm_start import QUICK_POLICY, QUICK_SFT
+
+    run = stack.run.model_dump()
+    run["grpo"] = {**run["grpo"], **QUICK_WORLD_STEPS}
+    run["router"] = {**run["router"], **QUICK_ROUTER}
+    data = stack.model_dump()
+    data.update(workdir=stack.workdir / "quick", policy={**data["policy"], **QUICK_POLICY},
+                sft={**data["sft"], **QUICK_SFT}, eval_examples=20, run=run,
+                rm_train={**data["rm_train"], "epochs": QUICK_RM_EPOCHS})
+    return StackConfig.model_validate(data)
+
+
+class Stack:
+    """Builds and runs the local stack; see the module docstring."""
+
+    def __init__(self, stack: StackConfig, *, quick: bool = False, console: Console | None = None) -> None:
+        self.cfg = _quick(stack) if quick else stack
+        self.quick = quick
+        self.console = console or Console()
+        self.workdir = Path(self.cfg.workdir)
+        self.certs = self.workdir / "certs"
+        self.configs = self.workdir / "configs"
+
+    # ---- preparation (in process) ----------------------------------------------------------------
+    def prepare_world(self):
+        from services.common.warm_start import ensure_world, world_config
+
+        return ensure_world(world_config(self.cfg.world, quick=self.quick), self.workdir / "world", self.console)
+
+    def prepare_policy(self, world) -> Path:
+        from services.common.warm_start import run_sft
+
+        out = self.workdir / "policy-sft"
+        stamp = out / "sft_report.json"
+        want = {"policy": self.cfg.policy.model_dump(mode="json"), "sft": self.cfg.sft.model_dump(mode="json")}
+        if stamp.is_file():
+            have = json.loads(stamp.read_text())
+            if {k: have.get(k) for k in want} == want:
+                self.console.print(f"[green]policy[/] reusing SFT checkpoint {out}")
+                return out
+        run_sft(world.root, out, self.cfg.policy, self.cfg.sft, eval_examples=self.cfg.eval_examples,
+                console=self.console)
+        return out
+
+    def prepare_pki(self, names: list[str]) -> None:
+        from services.common import certs
+
+        certs.init_ca(self.certs)
+        for name in [*names, "sampler"]:
+            if not certs.cert_paths(self.certs, name).cert.is_file():
+                certs.issue(self.certs, name)
+        if not certs.cert_paths(self.certs, "orchestrator").cert.is_file():
+            certs.issue(self.certs, "orchestrator", client=True)
+        for name in [*names, "sampler"]:
+            if not certs.token_path(self.certs, "orchestrator", name).is_file():
+                certs.issue_token(self.certs, "orchestrator", server=name)
+
+    def node_settings(self, world, name: str, port: int, metrics_port: int) -> dict[str, Any]:
+        spec = world.clients[name]
+        return {
+            "node_id": name,
+            "data_dir": str(world.root),
+            "model": {"kind": spec.rm_arch, "checkpoint": str(self.workdir / "rm" / name), "torch_threads": 1,
+                      "backbone": {"path": str(self.workdir / "policy-sft")}},
+            "train": self.cfg.rm_train.model_dump(mode="json"),
+            "server": {"host": "127.0.0.1", "port": port, "grace_s": 2.0},
+            "tls": {"ca_cert": self.certs / "ca.pem", "cert": self.certs / f"{name}.pem",
+                    "key": self.certs / f"{name}.key", "require_client_auth": True},
+            "auth": {"tokens_file": self.certs / f"{name}-tokens.yaml", "allowed_callers": ["orchestrator"]},
+            "metrics": {"port": metrics_port},
+            "prototype": {"publish": True, "noise_sigma": 0.02},
+        }
+
+    def train_rms(self, world, names: list[str]) -> None:
+        from services.common.config import RewardNodeSettings
+        from services.reward_node.checkpoint import read_metadata
+        from services.reward_node.train import train_rm
+
+        for name in names:
+            path = self.configs / f"node-{name}.yaml"
+            settings = RewardNodeSettings(**yaml.safe_load(path.read_text()))
+            ckpt = settings.model.checkpoint
+            with contextlib.suppress(Exception):
+                if read_metadata(ckpt).get("kind") == settings.model.kind:
+                    self.console.print(f"[green]reward node {name}[/] reusing RM {ckpt}")
+                    continue
+            self.console.print(f"[green]reward node {name}[/] training its {settings.model.kind} RM on its own pairs")
+            result = train_rm(settings, progress=True)
+            self.console.print(f"[green]reward node {name}[/] held-out pair accuracy "
+                               f"{result.metadata['held_out_accuracy']:.3f}")
+
+    # ---- the run ---------------------------------------------------------------------------------
+    def up(self) -> dict[str, Any]:
+        world = self.prepare_world()
+        policy = self.prepare_policy(world)
+        names = world.training_clients()
+        self.prepare_pki(names)
+        ports = {n: (free_port(), free_port()) for n in [*names, "sampler", "orchestrator"]}
+        for n in names:
+            _write_yaml(self.configs / f"node-{n}.yaml", self.node_settings(world, n, *ports[n]))
+        self.train_rms(world, names)
+        _write_yaml(self.configs / "sampler.yaml", {
+            "model": {"path": str(policy)}, "max_new_tokens": max(64, self.cfg.run.grpo.max_new_tokens),
+            "hf": {"torch_threads": 1},
+            "server": {"host": "127.0.0.1", "port": ports["sampler"][0], "grace_s": 2.0},
+            "tls": {"cert": self.certs / "sampler.pem", "key": self.certs / "sampler.key"},
+            "auth": {"tokens_file": self.certs / "sampler-tokens.yaml", "allowed_callers": ["orchestrator"]},
+            "metrics": {"port": ports["sampler"][1]},
+        })
+        client_tls = {"ca_cert": self.certs / "ca.pem", "cert": self.certs / "orchestrator.pem",
+                      "key": self.certs / "orchestrator.key"}
+        run = self.cfg.run.model_dump(mode="json")
+        run.update(
+            world=str(world.root), output_dir=str(self.workdir / "mor"), policy={"path": str(policy)},
+            torch_threads=1,
+            sampler={"address": f"127.0.0.1:{ports['sampler'][0]}", "tls": {"ca_cert": self.certs / "ca.pem"},
+                     "auth": {"token_file": self.certs / "orchestrator-to-sampler.token"}, "timeout_s": 300},
+            nodes=[{"node_id": n, "address": f"127.0.0.1:{ports[n][0]}", "tls": client_tls,
+                    "auth": {"token_file": self.certs / f"orchestrator-to-{n}.token"}} for n in names],
+        )
+        run_yaml = _write_yaml(self.configs / "run.yaml", run)
+
+        children = Children(self.workdir / "logs")
+        try:
+            for n in names:
+                children.spawn(f"node-{n}", ["reward-node", "serve", "--config", str(self.configs / f"node-{n}.yaml")])
+            children.spawn("sampler", ["sampler", "serve", "--config", str(self.configs / "sampler.yaml")])
+            asyncio.run(self._wait_all(children, run_yaml))
+            self.console.print(f"[green]stack[/] {len(names)} reward nodes (mTLS + tokens) and the sampler are "
+                               f"serving; starting the orchestrator (logs in {children.logs})")
+            orch = subprocess.run([sys.executable, "-m", "services.cli", "orchestrator", "run", "--config",
+                                   str(run_yaml)], env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+            if orch.returncode != 0:
+                raise RuntimeError(f"orchestrator exited with code {orch.returncode}")
+        finally:
+            children.stop()
+        return self.report(world, policy, self.workdir / "mor")
+
+    async def _wait_all(self, children: Children, run_yaml: Path) -> None:
+        from services.common.config import RunConfig, load_yaml
+        from services.policy_sampler.client import SamplerClient
+        from services.reward_node.client import RewardNodeClient
+
+        run = load_yaml(RunConfig, run_yaml)
+        clients = {f"node-{n.node_id}": RewardNodeClient(n, retries=0) for n in run.nodes}
+        sampler = SamplerClient(run.sampler, retries=0)
+
+        def node_check(c):
+            async def check() -> bool:
+                return await c.health(timeout=2) == "SERVING"
+            return check
+
+        async def sampler_check() -> bool:
+            return (await sampler.get_info(timeout=2)).serving_state == "serving"
+
+        checks = {name: node_check(c) for name, c in clients.items()}
+        checks["sampler"] = sampler_check
+        try:
+            await _wait_ready(children, checks, STARTUP_TIMEOUT_S)
+        finally:
+            for c in clients.values():
+                await c.close()
+            await sampler.close()
+
+    # ---- results ---------------------------------------------------------------------------------
+    def report(self, world, sft_policy: Path, run_dir: Path) -> dict[str, Any]:
+        from services.common.evaluation import evaluate_policy
+        from services.common.models.factory import load_vlm
+        from services.orchestrator.records import read_steps
+
+        n = self.cfg.eval_examples
+        self.console.print(f"[green]evaluation[/] held-out split, {n} examples per benchmark, greedy")
+        before = evaluate_policy(load_vlm(sft_policy), world, per_benchmark=n)
+        after = evaluate_policy(load_vlm(run_dir / "policy"), world, per_benchmark=n)
+        steps = read_steps(run_dir / "steps.jsonl")
+        report = {"before": before, "after": after, "steps": [json.loads(s.to_json()) for s in steps],
+                  "router": self.cfg.run.router.kind, "workdir": str(self.workdir)}
+        (self.workdir / "results.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        self.console.print(result_table(report))
+        self.console.print(f"[green]results[/] {self.workdir / 'results.json'}")
+        return report
+
+
+def result_table(report: dict[str, Any]) -> Table:
+    """SFT start vs MoR per benchmark (exact match) and per client (oracle preference)."""
+    before, after = report["before"], report["after"]
+    table = Table(title=f"held-out results: SFT start vs MoR ({report['router']} router, {len(report['steps'])} GRPO steps)")
+    for col in ("", "chance", "SFT start", "MoR", "change"):
+        table.add_column(col, justify="right")
+    for b, row in after["benchmarks"].items():
+        s, m = before["benchmarks"][b]["exact_match"], row["exact_match"]
+        table.add_row(f"{b} exact match", f"{row['chance']:.3f}", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}")
+    for c, m in after["client_preference"].items():
+        s = before["client_preference"][c]
+        table.add_row(f"{c} preference", "", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}")
+    return table
+
+
+__all__ = ["Children", "Stack", "free_port", "result_table"]
