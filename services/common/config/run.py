@@ -36,6 +36,24 @@ class GRPOSection(Section):
     push_every: int = Field(1, ge=1, description="Push new weights to the sampler every N steps.")
     lora: bool = Field(True, description="Train a LoRA adapter (reference = adapter disabled); false trains all weights.")
     lora_rank: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha: the adapter's update is scaled by lora_alpha / lora_rank.")
+    lora_target_modules: str = Field(
+        r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        description="Regex (peft target_modules) of the modules that get a LoRA adapter: by default the language "
+        "model's attention and MLP projections, never the vision tower.",
+    )
+    micro_batch_size: int = Field(0, ge=0, description="Completions per forward/backward; gradients accumulate over "
+                                  "micro-batches to one optimizer step per pass (0: the whole batch at once).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the trained parameters.")
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc})") from None
+        return v
 
 
 class RouterSection(Section):
