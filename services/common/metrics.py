@@ -152,6 +152,35 @@ ORCHESTRATOR_NODE_FAILURES = Counter(
     "mor_orchestrator_node_failed_requests", "Score calls to a node that failed or were late.",
     ["node_id", "code"], registry=REGISTRY,
 )
+ORCHESTRATOR_NODE_LATENCY = Histogram(
+    "mor_orchestrator_node_score_latency_seconds",
+    "Time a node took to score its share of one step (all its ScoreBatch calls), failed attempts included.",
+    ["node_id"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+ORCHESTRATOR_NODE_SKIPPED = Counter(
+    "mor_orchestrator_node_skipped_steps", "Scoring rounds a node sat out because it was marked unhealthy.",
+    ["node_id"], registry=REGISTRY,
+)
+ORCHESTRATOR_NODE_HEALTHY = Gauge(
+    "mor_orchestrator_node_healthy_ratio", "1 while the fan-out counts a node healthy, 0 while it is skipped.",
+    ["node_id"], registry=REGISTRY,
+)
+ORCHESTRATOR_QUORUM_FAILURES = Counter(
+    "mor_orchestrator_quorum_failed_steps", "Scoring rounds that ended with fewer answering nodes than fanout.min_nodes.",
+    registry=REGISTRY,
+)
+ORCHESTRATOR_NODE_CALIBRATION_MEAN = Gauge(
+    "mor_orchestrator_node_calibration_mean_score", "Running mean of a node's raw scores that its z-scores subtract.",
+    ["node_id"], registry=REGISTRY,
+)
+ORCHESTRATOR_NODE_CALIBRATION_STD = Gauge(
+    "mor_orchestrator_node_calibration_std_score", "Running standard deviation of a node's raw scores that its z-scores divide by.",
+    ["node_id"], registry=REGISTRY,
+)
+ORCHESTRATOR_ROUTER_ACCURACY = Gauge(
+    "mor_orchestrator_router_heldout_accuracy_ratio", "Pair accuracy of the trained router on held-out calibration pairs.",
+    registry=REGISTRY,
+)
 ORCHESTRATOR_STEPS = Counter(
     "mor_orchestrator_grpo_steps", "GRPO steps completed.", registry=REGISTRY,
 )

@@ -62,6 +62,25 @@ class RouterSection(Section):
     kind: str = Field("mor", description=f"One of {', '.join(ROUTER_KINDS)} or single:<node_id>.")
     hidden: int = Field(64, ge=1, description="Hidden width of the gating network (mor router).")
     train_steps: int = Field(200, ge=0, description="Bradley-Terry steps on the server calibration set.")
+    lr: float = Field(1e-2, gt=0, description="AdamW learning rate of router training (mor and static routers).")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay of router training.")
+    holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of calibration pairs held out to report the trained router's pair accuracy."
+    )
+    prototype_temperature: float = Field(
+        0.05, gt=0, description="Softmax temperature over cosine similarities to the node prototypes (prototype router)."
+    )
+    calibration_prior_count: float = Field(
+        32.0, ge=0, description="Pseudo-count given to a node's published score_mean/score_std when its running "
+        "calibration statistics are warm-started (0: ignore the published statistics).",
+    )
+    calibration_window: float = Field(
+        0.0, ge=0, description="Cap on the effective count of a node's running score statistics: beyond it older "
+        "scores are down-weighted geometrically, so z-scores follow the policy's drift (0: exact statistics of the whole run).",
+    )
+    calibration_std_floor: float = Field(
+        1e-3, gt=0, description="Smallest standard deviation a z-score divides by (a node giving constant scores).",
+    )
 
     @field_validator("kind")
     @classmethod
@@ -84,6 +103,13 @@ class FanoutSection(Section):
 
     step_deadline_s: float = Field(30.0, gt=0, description="Deadline for all nodes to answer one step's groups.")
     min_nodes: int = Field(1, ge=1, description="The step fails when fewer nodes than this answered.")
+    health_timeout_s: float = Field(
+        2.0, gt=0, description="Deadline of the grpc.health check (and GetInfo) that re-admits an unhealthy node before a step."
+    )
+    max_inflight_chunks: int = Field(
+        4, ge=1, description="ScoreBatch calls in flight to one node at once, when a step's groups are split by the "
+        "node's published limits.max_batch_groups.",
+    )
 
 
 class RunConfig(Section):

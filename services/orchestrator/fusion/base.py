@@ -1,0 +1,158 @@
+"""The Router contract: per-prompt node weights, and fusion of calibrated node scores with them.
+
+    w = router.weights(features[P, D], available[K])          # [P, K], rows sum to 1 over available
+    r, w_eff = router.fuse(z[K, N], mask[K, N], prompt_index[N], features[P, D])
+    metrics_dict = router.fit(calibration_data)               # no-op unless the router learns
+
+``z`` are calibrated node scores (z-scores, see calibration.py), ``mask[k, n]`` says node k scored
+response n. ``fuse`` renormalises each response's weights over the nodes that scored it (a
+missing node is masked, never zero-filled), and a response no node scored gets NaN. ``w_eff`` is
+the weight each node *effectively* had per prompt (averaged over the prompt's scored responses),
+which is what the orchestrator reports as the per-node weight metric.
+
+A variant is a new file beside this one (mean.py, extremes.py, single.py, static.py,
+learned_router.py, prototype.py), registered in the one table of fusion/__init__.py. Shared maths
+lives in fusion/ops.py. Routers with parameters derive from ``LogitRouter``: a torch module maps
+features to one logit per node and the weights are a masked softmax of them; ``fit`` trains the
+module with the Bradley-Terry trainer (fusion/trainer.py).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from services.orchestrator.fusion import ops
+
+if TYPE_CHECKING:  # typing only: fusion never imports the gRPC side at run time
+    from services.orchestrator.fusion.trainer import CalibrationData
+
+
+class Router(ABC):
+    """Fuses K nodes' calibrated scores; see the module docstring."""
+
+    kind: str = ""
+    trainable: bool = False  # True when fit() learns from calibration pairs (worth scoring them)
+
+    def __init__(self, node_ids: Sequence[str]) -> None:
+        if not node_ids:
+            raise ValueError("a router needs at least one node")
+        if len(set(node_ids)) != len(node_ids):
+            raise ValueError(f"duplicate node ids: {list(node_ids)}")
+        self.node_ids: tuple[str, ...] = tuple(node_ids)
+
+    @property
+    def k(self) -> int:
+        return len(self.node_ids)
+
+    # ---- weights and fusion ---------------------------------------------------------------------
+    @abstractmethod
+    def weights(self, features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+        """features[P, D], available[K] bool -> weights[P, K]: rows sum to 1 over the available
+        nodes and are exactly 0 on the others (a row of zeros when the router can use none of
+        the available nodes, e.g. single:<node> while that node is down)."""
+
+    def fuse(
+        self, z: torch.Tensor, mask: torch.Tensor, prompt_index: torch.Tensor, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fused reward[N], effective weights[P, K]); see the module docstring."""
+        self._check(z, mask, prompt_index, features)
+        available = mask.any(1)
+        with torch.no_grad():
+            w = self.weights(features, available)
+        r, w_eff = ops.weighted_average(z, mask, w[prompt_index])
+        return r, ops.per_prompt_mean(w_eff, prompt_index, features.shape[0])
+
+    def _check(self, z: torch.Tensor, mask: torch.Tensor, prompt_index: torch.Tensor, features: torch.Tensor) -> None:
+        if z.shape != mask.shape or z.dim() != 2 or z.shape[0] != self.k:
+            raise ValueError(f"z and mask must both be [K={self.k}, N]; got {tuple(z.shape)} and {tuple(mask.shape)}")
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be bool, got {mask.dtype}")
+        if prompt_index.shape != (z.shape[1],):
+            raise ValueError(f"prompt_index must be [N={z.shape[1]}], got {tuple(prompt_index.shape)}")
+        if prompt_index.numel() and (int(prompt_index.min()) < 0 or int(prompt_index.max()) >= features.shape[0]):
+            raise ValueError(f"prompt_index must lie in [0, P={features.shape[0]})")
+
+    # ---- training and state ---------------------------------------------------------------------
+    def fit(self, data: CalibrationData) -> dict[str, float]:
+        """Train on server calibration pairs; routers that do not learn return {} and change nothing."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild the same weights (torch.save-able)."""
+        return {"kind": self.kind, "node_ids": list(self.node_ids)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("kind") != self.kind or tuple(state.get("node_ids", ())) != self.node_ids:
+            raise ValueError(
+                f"router state is for {state.get('kind')!r} over {state.get('node_ids')}, "
+                f"not {self.kind!r} over {list(self.node_ids)}"
+            )
+
+    # ---- node sets ------------------------------------------------------------------------------
+    def align(self, node_ids: Sequence[str], z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reorder rows of z/mask given for ``node_ids`` (e.g. a fan-out whose nodes were added or
+        removed) into this router's node order: a node the router knows but ``node_ids`` lacks
+        becomes a masked row (NaN), a node the router does not know is ignored (rebuild and refit
+        the router to use it)."""
+        if tuple(node_ids) == self.node_ids:
+            return z, mask
+        where = {n: i for i, n in enumerate(node_ids)}
+        out_z = torch.full((self.k, z.shape[1]), ops.NAN, dtype=z.dtype)
+        out_m = torch.zeros(self.k, z.shape[1], dtype=torch.bool)
+        for k, node in enumerate(self.node_ids):
+            if node in where:
+                out_z[k], out_m[k] = z[where[node]], mask[where[node]]
+        return out_z, out_m
+
+    def _uniform(self, features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+        return ops.masked_softmax(torch.zeros(features.shape[0], self.k), available)
+
+
+class LogitRouter(Router):
+    """A router whose weights are a masked softmax of a torch module's per-node logits.
+
+    ``net`` maps features[P, D] to logits[P, K]. Subclasses build ``net``; training, state and
+    weights are shared here so the static and the input-conditioned router differ only in the
+    module.
+    """
+
+    net: torch.nn.Module
+    trainable = True
+
+    def __init__(self, node_ids: Sequence[str], *, train_steps: int, lr: float, weight_decay: float,
+                 holdout_fraction: float, seed: int) -> None:
+        super().__init__(node_ids)
+        self.train_steps = train_steps
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.holdout_fraction = holdout_fraction
+        self.seed = seed
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """features[P, D] -> logits[P, K] (with gradients)."""
+        return self.net(features)
+
+    def weights(self, features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return ops.masked_softmax(self.logits(features.float()), available)
+
+    def fit(self, data: CalibrationData) -> dict[str, float]:
+        from services.orchestrator.fusion.trainer import train_bradley_terry
+
+        return train_bradley_terry(
+            self, data, steps=self.train_steps, lr=self.lr, weight_decay=self.weight_decay,
+            holdout_fraction=self.holdout_fraction, seed=self.seed,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "net": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.net.load_state_dict(state["net"])
+
+
+__all__ = ["LogitRouter", "Router"]

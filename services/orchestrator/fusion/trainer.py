@@ -1,0 +1,190 @@
+"""The router's own small trainer: Bradley-Terry on the server calibration pairs.
+
+For pair p (prompt x_p, chosen answer c, rejected answer j) every node k gives calibrated scores
+z_k(c), z_k(j). The router's fused margin is m_p = sum_k w_k(x_p) (z_k(c) - z_k(j)), with w a
+softmax over the nodes that scored *both* answers of the pair, and the loss is -log sigmoid(m_p)
+averaged over pairs. Only the router learns: node scores are fixed inputs (the nodes' models
+never see a gradient, and never leave their organisation).
+
+Full-batch AdamW for ``steps`` steps (calibration sets are a few hundred pairs), seeded
+train/held-out split, no randomness besides it: the same data and seed give the same router.
+Accuracy counts a pair right when m_p > 0 and half right on a tie (m_p == 0, e.g. a pair no node
+could score), so an uninformative router reads 0.5, not 0.
+
+``calibration_data`` builds the training set: each server calibration pair is sent through the
+fan-out as one group of two answers (chosen, rejected), so only the prompt, its image, the answers
+and the scores cross an organisation's boundary. The scores are calibrated with the statistics as
+they stand (warm start from the nodes' Info) and do not update them: calibration answers are not
+policy samples, and the running statistics are there to follow the policy's answers.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from services.common import metrics
+from services.orchestrator.fusion import ops
+
+if TYPE_CHECKING:
+    from services.common.data import PreferencePair, World
+    from services.orchestrator.calibration import NodeCalibration
+    from services.orchestrator.embedding import PromptEmbedder
+    from services.orchestrator.fanout import RewardFanout
+    from services.orchestrator.fusion.base import LogitRouter
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Router training data: features[P, D], z_chosen / z_rejected[K, P] (NaN where masked),
+    mask[K, P] bool (node k scored both answers of pair p). Node order = the router's."""
+
+    features: torch.Tensor
+    z_chosen: torch.Tensor
+    z_rejected: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        p = self.features.shape[0]
+        shape = self.z_chosen.shape
+        if self.features.dim() != 2 or len(shape) != 2 or shape[1] != p:
+            raise ValueError(f"features must be [P, D] and z_chosen [K, P]; got {tuple(self.features.shape)}, {tuple(shape)}")
+        if self.z_rejected.shape != shape or self.mask.shape != shape or self.mask.dtype != torch.bool:
+            raise ValueError("z_chosen, z_rejected and mask (bool) must have the same [K, P] shape")
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.features.shape[0])
+
+    def subset(self, index: torch.Tensor) -> CalibrationData:
+        return CalibrationData(self.features[index], self.z_chosen[:, index], self.z_rejected[:, index], self.mask[:, index])
+
+
+def split_pairs(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train index, held-out index) of a seeded permutation; at least one training pair when n > 0."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_held = min(int(round(n * holdout_fraction)), max(n - 1, 0))
+    return perm[n_held:], perm[:n_held]
+
+
+def bt_loss(margin: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry negative log-likelihood of margins[P] (mean; 0 for no pairs)."""
+    if margin.numel() == 0:
+        return margin.sum()
+    return -torch.nn.functional.logsigmoid(margin).mean()
+
+
+def pair_accuracy(margin: torch.Tensor) -> float:
+    """Share of pairs with margin > 0, ties counting one half (NaN for no pairs)."""
+    if margin.numel() == 0:
+        return float("nan")
+    return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
+
+
+def router_margin(router: LogitRouter, data: CalibrationData) -> torch.Tensor:
+    """Fused margins[P] of the router on ``data`` (differentiable in the router's parameters)."""
+    w = ops.masked_softmax(router.logits(data.features.float()), data.mask.T)
+    return ops.pair_margin(w, data.z_chosen.float(), data.z_rejected.float(), data.mask)
+
+
+def train_bradley_terry(
+    router: LogitRouter,
+    data: CalibrationData,
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    holdout_fraction: float,
+    seed: int,
+) -> dict[str, float]:
+    """Train ``router.net`` in place; returns losses and pair accuracies before/after on both splits.
+
+    Keys: train_pairs, heldout_pairs, train_loss, train_accuracy, heldout_loss, heldout_accuracy,
+    initial_train_accuracy, initial_heldout_accuracy (held-out figures are NaN with no held-out pair).
+    """
+    if data.z_chosen.shape[0] != router.k:
+        raise ValueError(f"calibration data has {data.z_chosen.shape[0]} nodes, the router {router.k}")
+    train_idx, held_idx = split_pairs(data.n_pairs, holdout_fraction, seed)
+    train, held = data.subset(train_idx), data.subset(held_idx)
+
+    def evaluate(part: CalibrationData) -> tuple[float, float]:
+        with torch.no_grad():
+            m = router_margin(router, part)
+        return float(bt_loss(m)) if m.numel() else float("nan"), pair_accuracy(m)
+
+    _, init_train_acc = evaluate(train)
+    _, init_held_acc = evaluate(held)
+    params = [p for p in router.net.parameters() if p.requires_grad]
+    if steps > 0 and train.n_pairs > 0 and params:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        router.net.train()
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = bt_loss(router_margin(router, train))
+            loss.backward()
+            opt.step()
+        router.net.eval()
+    train_loss, train_acc = evaluate(train)
+    held_loss, held_acc = evaluate(held)
+    if held.n_pairs:
+        metrics.ORCHESTRATOR_ROUTER_ACCURACY.set(held_acc)
+    return {
+        "train_pairs": float(train.n_pairs),
+        "heldout_pairs": float(held.n_pairs),
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "heldout_loss": held_loss,
+        "heldout_accuracy": held_acc,
+        "initial_train_accuracy": init_train_acc,
+        "initial_heldout_accuracy": init_held_acc,
+    }
+
+
+def _mime(path: str) -> str:
+    return "image/jpeg" if path.lower().endswith((".jpg", ".jpeg")) else "image/png"
+
+
+async def calibration_data(
+    fanout: RewardFanout,
+    calibration: NodeCalibration,
+    embedder: PromptEmbedder,
+    pairs: Sequence[PreferencePair],
+    world: World,
+    *,
+    pairs_per_round: int = 64,
+) -> CalibrationData:
+    """Score the server calibration pairs on every node (see the module docstring) -> CalibrationData
+    in the fan-out's node order. ``pairs_per_round`` pairs go out per fan-out round, so each round
+    fits the step deadline. A node dropped in a round is masked for that round's pairs; a round
+    without quorum raises the fan-out's QuorumError."""
+    # Imported here, not at module level: the fan-out is the gRPC side, and the fusion package
+    # stays importable without it.
+    from services.reward_node.client import ScoreGroup
+
+    if not pairs:
+        raise ValueError("calibration_data needs at least one preference pair")
+    node_ids = fanout.node_ids
+    scores, masks = [], []
+    for start in range(0, len(pairs), pairs_per_round):
+        part = pairs[start : start + pairs_per_round]
+        groups = [ScoreGroup(prompt=p.question, responses=[p.chosen, p.rejected], image=world.image_bytes(p.image),
+                             mime_type=_mime(p.image), group_id=p.id) for p in part]
+        result = await fanout.score(groups, request_id=f"calibration-{start}")
+        if result.node_ids != node_ids:
+            raise RuntimeError("the fan-out's nodes changed while scoring the calibration set")
+        scores.append(result.scores)
+        masks.append(result.mask)
+    raw, mask = torch.cat(scores, dim=1), torch.cat(masks, dim=1)  # [K, 2P]: chosen, rejected, chosen, ...
+    z = calibration.calibrate(raw, mask, node_ids)
+
+    def embed() -> Any:  # MiniLM and image decoding are CPU work: keep them off the event loop
+        return embedder.embed([p.question for p in pairs], [world.load_image(p.image) for p in pairs])
+
+    features = await asyncio.to_thread(embed)
+    return CalibrationData(features, z[:, 0::2], z[:, 1::2], mask[:, 0::2] & mask[:, 1::2])
+
+
+__all__ = ["CalibrationData", "calibration_data", "bt_loss", "pair_accuracy", "router_margin", "split_pairs", "train_bradley_terry"]
