@@ -272,7 +272,6 @@ class RewardFanout:
             if values is not None:
                 row = torch.tensor(values, dtype=torch.float32)
                 scores[k], mask[k] = row, torch.isfinite(row)
-                self._record_stats(node, row[mask[k]])
             else:
                 self._drop(node, outcome)
         result = FanoutResult(ids, scores, mask, outcomes)
@@ -290,12 +289,6 @@ class RewardFanout:
         if node in self._endpoints:  # not removed meanwhile
             self._set_health(node, False)
         log.warning("reward node %s dropped for this step: %s after %.3fs", node, outcome.error_code, outcome.latency_s)
-
-    @staticmethod
-    def _record_stats(node: str, values: torch.Tensor) -> None:
-        if values.numel():
-            metrics.ORCHESTRATOR_NODE_SCORE_MEAN.labels(node).set(float(values.mean()))
-            metrics.ORCHESTRATOR_NODE_SCORE_STD.labels(node).set(float(values.std(unbiased=False)))
 
     async def _score_node(
         self, node: str, groups: Sequence[ScoreGroup], deadline: float, request_id: str

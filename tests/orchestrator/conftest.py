@@ -97,12 +97,17 @@ class FakeNode:
     score_mean: float = 0.0
     score_std: float = 1.0
     settings_overrides: dict[str, Any] = field(default_factory=dict)
+    prototype: torch.Tensor | None = None  # published in GetInfo when set
     port: int = 0
     app: RewardNodeApp | None = None
 
     async def start(self) -> None:
-        settings = node_settings(self.node_id, self.port, **self.settings_overrides)
-        self.app = build_app(settings, loaded=fn_loaded(self.rm, score_mean=self.score_mean, score_std=self.score_std))
+        overrides = dict(self.settings_overrides)
+        if self.prototype is not None:
+            overrides.setdefault("prototype", {"publish": True})
+        settings = node_settings(self.node_id, self.port, **overrides)
+        loaded = fn_loaded(self.rm, score_mean=self.score_mean, score_std=self.score_std, prototype=self.prototype)
+        self.app = build_app(settings, loaded=loaded)
         self.port = await self.app.start()
 
     async def stop(self) -> None:
@@ -117,14 +122,18 @@ class FakeNode:
 
 @pytest.fixture
 def nodes() -> Callable[..., contextlib.AbstractAsyncContextManager[list[FakeNode]]]:
-    """``async with nodes({"a": fn, "b": fn2}, limits={"b": 2}) as running:`` started FakeNodes, stopped on exit."""
+    """``async with nodes({"a": fn, "b": fn2}, limits={"b": {...}}) as running:`` started FakeNodes
+    (in that order), stopped on exit. Keyword arguments are per-node settings overrides, except
+    ``prototypes`` (node -> embedding to publish in GetInfo)."""
 
     @contextlib.asynccontextmanager
-    async def run(fns: dict[str, ScoreFn], **per_node: dict[str, Any]) -> AsyncIterator[list[FakeNode]]:
+    async def run(fns: dict[str, ScoreFn], prototypes: dict[str, torch.Tensor] | None = None,
+                  **per_node: dict[str, Any]) -> AsyncIterator[list[FakeNode]]:
         made = []
         for node_id, fn in fns.items():
             overrides = {key: value[node_id] for key, value in per_node.items() if node_id in value}
-            made.append(FakeNode(node_id, FnRM(fn), settings_overrides=overrides))
+            made.append(FakeNode(node_id, FnRM(fn), settings_overrides=overrides,
+                                 prototype=(prototypes or {}).get(node_id)))
         try:
             await asyncio.gather(*(n.start() for n in made))
             yield made

@@ -278,3 +278,30 @@ def test_calibration_data_scores_each_pair_as_a_group_of_two_on_every_node(arun,
     assert_close(data.z_rejected, torch.stack([lengths_r, -lengths_r]))
     assert data.mask.all() and data.features.shape == (3, 4 + PromptEmbedder(FakeEncoder()).image_dim)
     assert_close(data.features[:, 0], torch.tensor([len(p.question) for p in pairs], dtype=torch.float32))
+
+
+DOMAINS = {
+    "shapes": ["How many circles are in the picture?", "How many red triangles are there?",
+               "What colour is the largest square?", "How many shapes are blue?"],
+    "charts": ["What is the value of bar C in the chart?", "Which bar in the chart is the tallest?",
+               "What is the difference between bars A and B?", "How high is the lowest bar?"],
+}
+QUERIES = {"shapes": "How many green circles can you see?", "charts": "Which bar of the chart has the smallest value?"}
+
+
+
+def test_prototype_router_routes_real_prompts_through_published_prototypes(arun, nodes, embedder) -> None:
+    protos = {node: embedder.encoder.encode(prompts).mean(0) for node, prompts in DOMAINS.items()}
+
+    async def scenario() -> dict:
+        async with nodes({"shapes": lambda p, r: 0.0, "charts": lambda p, r: 0.0}, prototypes=protos) as running:
+            async with RewardFanout([n.endpoint() for n in running], FanoutSection()) as fan:
+                return dict(fan.infos)
+
+    infos = arun(scenario())
+    r = build_router("prototype", list(DOMAINS), RouterSection(), feature_dim=embedder.dim, infos=infos)
+    w = r.weights(embedder.embed(list(QUERIES.values()), [None, None]), torch.ones(2, dtype=torch.bool))
+
+    assert infos["shapes"].prototype_embedder == EMBEDDER
+    assert_close(torch.tensor(infos["charts"].prototype), protos["charts"])
+    assert w[0, 0] > 0.7 and w[1, 1] > 0.7  # each query goes to its own domain's node
