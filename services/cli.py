@@ -38,6 +38,7 @@ console = Console(stderr=True)
 # Distinct exit codes, so scripts can tell a bad config from a failed job.
 EXIT_CONFIG = 2
 EXIT_DATA = 3
+EXIT_RUN = 4
 
 
 def fail(message: str, code: int) -> None:
@@ -203,15 +204,38 @@ def sft(
     typer.echo(json.dumps({"checkpoint": report["checkpoint"], "exact_match": summary}, sort_keys=True))
 
 
+stack_app = typer.Typer(no_args_is_help=True, help="The whole system on loopback: nodes, sampler, orchestrator.")
+app.add_typer(stack_app, name="stack")
+
+
+def _stack_up(config: Path, quick: bool) -> None:
+    from services.orchestrator.stack import Stack
+
+    stack = _load_stack(config)
+    try:
+        Stack(stack, quick=quick, console=Console()).up()
+    except KeyboardInterrupt:
+        fail("interrupted: every service was stopped", 130)
+    except (RuntimeError, TimeoutError) as exc:
+        fail(str(exc), EXIT_RUN)
+
+
+@stack_app.command("up")
+def stack_up(
+    config: Path = typer.Option(Path("examples/local.yaml"), "--config", "-c", help="Stack YAML."),
+    quick: bool = typer.Option(False, help="Tiny world, model and run: a smoke run of a few minutes."),
+) -> None:
+    """World -> SFT -> client RMs -> K reward nodes + sampler + orchestrator as processes -> result table."""
+    _stack_up(config, quick)
+
+
 @app.command()
 def demo(
     config: Path = typer.Option(Path("examples/local.yaml"), "--config", "-c", help="Stack YAML."),
     quick: bool = typer.Option(False, help="Tiny model and few steps: a smoke run."),
 ) -> None:
-    """The local demo: make the world, warm-start the policy, evaluate it, print the result table."""
-    from services.common.warm_start import run_demo
-
-    run_demo(_load_stack(config), quick=quick, console=Console())
+    """The README demo: `mor stack up` on examples/local.yaml, ending with SFT-vs-MoR results."""
+    _stack_up(config, quick)
 
 
 sampler_app = typer.Typer(no_args_is_help=True, help="The policy sampler: grouped rollouts and versioned weight updates.")
@@ -311,6 +335,106 @@ def reward_node_serve(
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     try:
         asyncio.run(build_app(settings).run())
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+
+
+orchestrator_app = typer.Typer(no_args_is_help=True, help="The orchestrator: MoR runs (fan-out, router, GRPO) and the run-control API.")
+app.add_typer(orchestrator_app, name="orchestrator")
+
+
+def _logging(level: int) -> None:
+    import logging
+
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@orchestrator_app.command("run")
+def orchestrator_run(
+    config: Path = typer.Option(..., "--config", "-c", help="Run YAML (see examples/run.yaml; `mor config show run`)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in output_dir."),
+    steps: int | None = typer.Option(None, help="Override grpo.steps."),
+    quiet: bool = typer.Option(False, help="No progress bar or per-step rows (JSON summary only)."),
+) -> None:
+    """Run MoR in the foreground: progress bar, one row per step, checkpoints, final policy."""
+    import asyncio
+    import logging
+    import signal
+
+    from services.common.config import RunConfig
+    from services.common.errors import MorError
+    from services.orchestrator import console as view
+
+    try:
+        cfg = load_yaml(RunConfig, config)
+        if steps is not None:
+            cfg = build(RunConfig, {**cfg.model_dump(), "grpo": {**cfg.grpo.model_dump(), "steps": steps}}, "--steps")
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    _logging(logging.WARNING)
+    from services.orchestrator.run import MoRRun
+
+    out = Console(stderr=True)
+    bar = view.progress(out)
+    task = bar.add_task("MoR", total=cfg.grpo.steps)
+
+    def on_step(r):
+        if not quiet:
+            bar.console.print(view.row(r), highlight=False, markup=False)
+        bar.update(task, completed=r.step)
+
+    def on_status(msg: str) -> None:
+        if not quiet:
+            bar.console.print(f"[green]orchestrator[/] {msg}", highlight=False)
+
+    run = MoRRun(cfg, resume=resume, on_step=on_step, on_status=on_status)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, run.request_stop)
+        if not quiet:
+            bar.console.print(view.header([n.node_id for n in cfg.nodes]), highlight=False, markup=False)
+        return await run.run()
+
+    try:
+        if quiet:
+            result = asyncio.run(main())
+        else:
+            with bar:
+                result = asyncio.run(main())
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except (MorError, OSError) as exc:
+        fail(f"run failed at step {run.step + 1}: {exc}", EXIT_RUN)
+    if not quiet:
+        out.print(view.summary(run.records, title=f"MoR run ({cfg.router.kind} router)"))
+    typer.echo(json.dumps({"steps_done": result.steps_done, "policy_version": result.policy_version,
+                           "stopped": result.stopped, "seconds": round(result.seconds, 2),
+                           "output_dir": str(result.output_dir),
+                           "final_policy": str(result.final_policy) if result.final_policy else None}))
+
+
+@orchestrator_app.command("serve")
+def orchestrator_serve(
+    config: Path = typer.Option(..., "--config", "-c", help="Orchestrator YAML (server, tls, auth, metrics, runs_dir)."),
+) -> None:
+    """Serve the Orchestrator API (StartRun, GetRun, WatchRun, StopRun, nodes) until SIGTERM."""
+    import asyncio
+    import logging
+
+    from services.common.config import OrchestratorSettings
+
+    try:
+        settings = load_yaml(OrchestratorSettings, config)
+        settings.tls.check_files("server")
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    _logging(logging.INFO)
+    from services.orchestrator.app import OrchestratorApp
+
+    try:
+        asyncio.run(OrchestratorApp(settings).run())
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
 

@@ -34,7 +34,7 @@ from services.common.config.base import redacted_dump
 from services.common.data.world import load_world
 from services.common.errors import VersionMismatch
 from services.orchestrator import checkpoint as ckpt_io
-from services.orchestrator.prompts import PromptStream
+from services.orchestrator.prompts import Prompt, PromptStream
 from services.orchestrator.records import NodeStep, StepRecord
 from services.orchestrator.rollouts import LocalSampler, RemoteSampler, Rollouts, RolloutSource
 
@@ -203,7 +203,6 @@ class MoRRun:
         from services.orchestrator.grpo.ops import group_advantages, zero_std_fraction
         from services.orchestrator.grpo.trainer import RolloutBatch
         from services.orchestrator.rewards import hybrid_reward, rule_rewards
-        from services.reward_node.client import ScoreGroup
 
         cfg, g = self.cfg, self.cfg.grpo
         step = self.step + 1
@@ -223,16 +222,16 @@ class MoRRun:
 
         flat = [(p, s) for p, grp in zip(prompts, rollouts.groups, strict=True) for s in grp]
         texts = [s.text for _, s in flat]
-        groups = [ScoreGroup(prompt=p.question, responses=[s.text for s in grp], image=p.image_png,
-                             group_id=p.prompt_id) for p, grp in zip(prompts, rollouts.groups, strict=True)]
-        fan = await self.fanout.score(groups)
+        scores, mask, outcomes = await self._score(prompts, rollouts)
         t_score = time.perf_counter()
 
-        z = self.calibration.calibrate(fan.scores, fan.mask)
-        self.calibration.update(fan.scores, fan.mask)
+        z = self.calibration.calibrate(scores, mask)
+        self.calibration.update(scores, mask)
         features = self.embedder.embed([p.question for p in prompts], [p.image for p in prompts])
         prompt_index = torch.arange(len(prompts)).repeat_interleave(g.group_size)
-        fused, weights = self.router.fuse(z, fan.mask, prompt_index, features)
+        fused, weights = self.router.fuse(z, mask, prompt_index, features)
+        empty = torch.tensor([not t.strip() for t in texts])
+        fused = fused.masked_fill(empty, cfg.hybrid.empty_response_reward)
         fmt, acc, has_ref = rule_rewards(texts, [p.references for p, _ in flat])
         reward = hybrid_reward(fused, fmt, acc, has_ref, cfg.hybrid)
         advantages = group_advantages(reward, g.group_size, g.scale_rewards)
@@ -256,9 +255,9 @@ class MoRRun:
         rule = reward - cfg.hybrid.rm_weight * torch.nan_to_num(fused, nan=0.0)
         ref_mask = has_ref.bool()
         nodes = []
-        for k, node_id in enumerate(fan.node_ids):
-            out = fan.outcomes[node_id]
-            row = fan.scores[k][fan.mask[k]]
+        for k, node_id in enumerate(self.node_ids):
+            out = outcomes[node_id]
+            row = scores[k][mask[k]]
             nodes.append(NodeStep(node_id, out.responded, out.error_code,
                                   float(row.mean()) if row.numel() else float("nan"),
                                   float(row.std(unbiased=False)) if row.numel() else float("nan"),
@@ -276,6 +275,30 @@ class MoRRun:
         )
         self._export(record)
         return record
+
+    async def _score(self, prompts: list[Prompt], rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Raw node scores[K, B*G] and mask of a step. Empty answers are not sent (nodes refuse them);
+        they stay unscored and get hybrid.empty_response_reward as their fused reward."""
+        from services.orchestrator.fanout import NodeOutcome
+        from services.reward_node.client import ScoreGroup
+
+        g = self.cfg.grpo.group_size
+        groups, positions = [], []
+        for i, (p, grp) in enumerate(zip(prompts, rollouts.groups, strict=True)):
+            keep = [j for j, s in enumerate(grp) if s.text.strip()]
+            if keep:
+                groups.append(ScoreGroup(prompt=p.question, responses=[grp[j].text for j in keep],
+                                         image=p.image_png, group_id=p.prompt_id))
+                positions.extend(i * g + j for j in keep)
+        k = len(self.node_ids)
+        scores = torch.full((k, len(prompts) * g), float("nan"))
+        mask = torch.zeros(k, len(prompts) * g, dtype=torch.bool)
+        if not groups:
+            return scores, mask, {n: NodeOutcome(n, False, "NOTHING_TO_SCORE", 0.0) for n in self.node_ids}
+        fan = await self.fanout.score(groups)
+        index = torch.tensor(positions)
+        scores[:, index], mask[:, index] = fan.scores, fan.mask
+        return scores, mask, fan.outcomes
 
     def _export(self, r: StepRecord) -> None:
         self.records.append(r)

@@ -103,8 +103,13 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "local" / "quick" / "results.json").read_text())
     assert set(results["after"]["benchmarks"]) == {"shapes", "digits", "charts"}
+    assert set(results["before"]["benchmarks"]) == {"shapes", "digits", "charts"}
     assert (tmp_path / "local" / "quick" / "policy-sft" / "config.json").is_file()
-    assert "held-out split" in proc.stdout
+    assert [s["step"] for s in results["steps"]] == [1, 2, 3, 4]  # the orchestrator ran every step
+    assert all(n["responded"] for s in results["steps"] for n in s["nodes"])  # over mTLS + tokens
+    logs = tmp_path / "local" / "quick" / "logs"
+    assert {p.name for p in logs.glob("*.log")} >= {"sampler.log", "node-clinic.log", "node-bank.log"}
+    assert "SFT start vs MoR" in proc.stdout
 
 
 def test_certs_make_a_ca_certs_and_a_token(tmp_path):

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from services.common.config.base import Section
 from services.common.config.sections import EndpointSection, NodeEndpoint
+from services.common.config.services import RMTrainSection
 from services.common.data.config import WorldConfig
 from services.common.models.config import ModelConfig, SFTConfig
 
@@ -81,6 +82,7 @@ class RouterSection(Section):
     calibration_std_floor: float = Field(
         1e-3, gt=0, description="Smallest standard deviation a z-score divides by (a node giving constant scores).",
     )
+    calibration_pairs: int = Field(256, ge=1, description="Server calibration pairs scored on every node to train the router (mor, static).")
 
     @field_validator("kind")
     @classmethod
@@ -96,6 +98,7 @@ class HybridSection(Section):
     rm_weight: float = Field(1.0, ge=0, description="Weight a of the fused reward-model reward.")
     format_weight: float = Field(0.2, ge=0, description="Weight of the answer-format rule.")
     accuracy_weight: float = Field(0.5, ge=0, description="Weight of exact-match accuracy when the prompt has a reference answer.")
+    empty_response_reward: float = Field(-3.0, description="Fused reward of an empty answer, in calibrated (z-score) units; empty answers are not sent to the nodes.")
 
 
 class FanoutSection(Section):
@@ -126,6 +129,7 @@ class RunConfig(Section):
     hybrid: HybridSection = Field(default_factory=HybridSection, description="Hybrid reward weights.")
     fanout: FanoutSection = Field(default_factory=FanoutSection, description="Fan-out deadlines and quorum.")
     checkpoint_every: int = Field(10, ge=1, description="Write a resumable checkpoint every N steps.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of the trainer; None keeps torch's default (all cores).")
 
     @model_validator(mode="after")
     def _nodes_agree(self) -> RunConfig:
@@ -149,3 +153,4 @@ class StackConfig(Section):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised warm start before RL.")
     eval_examples: int = Field(100, ge=1, description="Held-out examples per benchmark in the result table.")
     run: RunConfig = Field(default_factory=RunConfig, description="The MoR run (nodes are filled in by the stack).")
+    rm_train: RMTrainSection = Field(default_factory=RMTrainSection, description="How each client trains its RM before its node serves (skipped when a matching checkpoint exists).")
