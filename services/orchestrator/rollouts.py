@@ -92,13 +92,14 @@ class LocalSampler(RolloutSource):
 
     async def generate(self, prompts: Sequence[Prompt], group_size: int, *, temperature: float,
                        max_new_tokens: int, seed: int) -> Rollouts:
+        version = self.version  # the weights this call samples from, whatever is pushed meanwhile
         loop = asyncio.get_running_loop()
         groups = await loop.run_in_executor(self._executor, lambda: self._policy.generate(
             [p.question for p in prompts], [p.image for p in prompts], num_return_sequences=group_size,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
         samples = [[Sample(g.text, tuple(g.token_ids), tuple(g.logprobs), g.finish_reason) for g in grp]
                    for grp in groups]
-        return Rollouts(samples, self.version)
+        return Rollouts(samples, version)
 
     async def push(self, version: int, kind: str, payload: bytes, config_json: str) -> None:
         self.version = version

@@ -16,6 +16,7 @@ versions behind the trainer's latest push are refused (the step fails with Stale
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import logging
@@ -96,6 +97,9 @@ class MoRRun:
         self.trainer: Any = None
         self.fanout: Any = None
         self.source: RolloutSource | None = None
+        self._joining: list[Any] = []
+        self._prefetch: asyncio.Future | None = None
+        self._stream_consumed: dict[str, int] | None = None  # stream position of the last trained batch
 
     # ---- control ---------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -185,7 +189,7 @@ class MoRRun:
 
     def _save(self) -> Path:
         c = ckpt_io.Checkpoint(
-            step=self.step, policy_version=self.policy_version, stream=self.stream.state_dict(),
+            step=self.step, policy_version=self.policy_version, stream=self._stream_consumed or self.stream.state_dict(),
             calibration=self.calibration.state_dict(), trainer=self.trainer.state_dict(),
             router=self.router.state_dict(), rng=ckpt_io.rng_state(),
         )
@@ -198,7 +202,38 @@ class MoRRun:
         await self.source.push(self.policy_version, kind, payload, config_json)
         return time.perf_counter() - t0
 
+    # ---- nodes joining mid-run -----------------------------------------------------------------
+    def request_add_node(self, endpoint: Any) -> None:
+        """A new organisation joins: its node enters fan-out, calibration and a refitted router
+        before the next step (callable from an on_step callback)."""
+        self._joining.append(endpoint)
+
+    async def _admit_joining(self) -> None:
+        from services.orchestrator.fusion import build_router
+
+        while self._joining:
+            ep = self._joining.pop(0)
+            self.fanout.add(ep)
+            await self.fanout.readmit()
+            self.node_ids = list(self.fanout.node_ids)
+            self.calibration.add_node(ep.node_id, self.fanout.infos.get(ep.node_id))
+            self.router = build_router(self.cfg.router.kind, self.node_ids, self.cfg.router,
+                                       feature_dim=self.embedder.dim, infos=self.fanout.infos, seed=self.cfg.seed)
+            await self._fit_router()
+            self.on_status(f"node {ep.node_id} joined at step {self.step + 1} "
+                           f"({'healthy' if self.fanout.healthy.get(ep.node_id) else 'not reachable yet'})")
+
     # ---- the step --------------------------------------------------------------------------------
+    async def _sample(self, step: int) -> tuple[list[Prompt], Rollouts, float]:
+        """The prompts of ``step`` and their rollouts (with the seconds generation took)."""
+        g = self.cfg.grpo
+        t0 = time.perf_counter()
+        prompts = self.stream.take(g.prompts_per_step)
+        assert self.source is not None
+        rollouts = await self.source.generate(prompts, g.group_size, temperature=g.temperature,
+                                              max_new_tokens=g.max_new_tokens, seed=generation_seed(self.cfg.seed, step))
+        return prompts, rollouts, time.perf_counter() - t0
+
     async def run_step(self) -> StepRecord:
         from services.orchestrator.grpo.ops import group_advantages, zero_std_fraction
         from services.orchestrator.grpo.trainer import RolloutBatch
@@ -207,11 +242,10 @@ class MoRRun:
         cfg, g = self.cfg, self.cfg.grpo
         step = self.step + 1
         t_start = time.perf_counter()
-        prompts = self.stream.take(g.prompts_per_step)
-        assert self.source is not None
-        rollouts: Rollouts = await self.source.generate(
-            prompts, g.group_size, temperature=g.temperature, max_new_tokens=g.max_new_tokens,
-            seed=generation_seed(cfg.seed, step))
+        await self._admit_joining()
+        pending, self._prefetch = self._prefetch, None
+        prompts, rollouts, gen_s = await (pending if pending is not None else self._sample(step))
+        self._stream_consumed = self.stream.state_dict()
         staleness = self.policy_version - rollouts.policy_version
         if staleness < 0 or staleness > g.max_staleness:
             raise StaleRollouts(f"step {step}: rollouts of policy version {rollouts.policy_version}, trainer at "
@@ -219,6 +253,9 @@ class MoRRun:
         if staleness:
             log.info("step %d: accepting rollouts %d version(s) old", step, staleness)
         t_gen = time.perf_counter()
+        if g.overlap and step < g.steps:
+            # One-step off-policy: the next batch samples from the current weights while this one trains.
+            self._prefetch = asyncio.ensure_future(self._sample(step + 1))
 
         flat = [(p, s) for p, grp in zip(prompts, rollouts.groups, strict=True) for s in grp]
         texts = [s.text for _, s in flat]
@@ -270,7 +307,7 @@ class MoRRun:
             clip_high=stats.clip_high, grad_norm=stats.grad_norm,
             zero_std_group_fraction=zero_std_fraction(reward, g.group_size),
             completion_tokens_mean=stats.completion_tokens_mean, nodes=nodes,
-            phases={"generate": t_gen - t_start, "score": t_score - t_gen, "fuse": t_fuse - t_score,
+            phases={"generate": gen_s, "score": t_score - t_gen, "fuse": t_fuse - t_score,
                     "train": t_train - t_fuse, "push": push_s, "total": total},
         )
         self._export(record)
@@ -357,6 +394,10 @@ class MoRRun:
         return VLM(model, policy.tokenizer, policy.image_processor).save(self.output_dir / "policy")
 
     async def close(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.cancel()
+            with contextlib.suppress(BaseException):
+                await self._prefetch
         if self.fanout is not None:
             await self.fanout.close()
         if self.source is not None:

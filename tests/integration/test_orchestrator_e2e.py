@@ -99,3 +99,35 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(stack, world_dir, tmp_
     a = [(r.step, r.reward_mean, r.loss) for r in read_steps(tmp_path / "a" / "steps.jsonl")]
     b = [(r.step, r.reward_mean, r.loss) for r in read_steps(tmp_path / "b" / "steps.jsonl")]
     assert a == b
+
+
+def test_overlap_trains_one_step_off_policy(stack, world_dir, tmp_path, arun):
+    async def scenario():
+        async with stack() as s:
+            cfg = s.run_config(world_dir, tmp_path / "run", grpo={"steps": 3, "overlap": True, "max_staleness": 1})
+            return await MoRRun(cfg).run()
+
+    result = arun(scenario())
+    steps = read_steps(tmp_path / "run" / "steps.jsonl")
+    assert result.steps_done == 3 and result.policy_version == 3
+    assert [r.staleness for r in steps] == [0, 1, 1]  # later batches were sampled while the previous trained
+    assert [r.policy_version for r in steps] == [0, 0, 1]
+
+
+def test_a_new_node_joins_mid_run(stack, world_dir, tmp_path, arun):
+    async def scenario():
+        async with stack() as s:
+            cfg = s.run_config(world_dir, tmp_path / "run", grpo={"steps": 3})
+            joining = cfg.nodes[2]
+            cfg = cfg.model_copy(update={"nodes": cfg.nodes[:2]})
+            run = MoRRun(cfg, on_step=lambda r: run.request_add_node(joining) if r.step == 1 else None)
+            await run.run()
+            return joining.node_id
+
+    joined = arun(scenario())
+    steps = read_steps(tmp_path / "run" / "steps.jsonl")
+    assert [n.node_id for n in steps[0].nodes] == ["clinic", "bank"]
+    for r in steps[1:]:
+        nodes = {n.node_id: n for n in r.nodes}
+        assert nodes[joined].responded and nodes[joined].weight_mean > 0
+        assert abs(sum(n.weight_mean for n in r.nodes) - 1.0) < 1e-4

@@ -35,6 +35,7 @@ class GRPOSection(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
     max_staleness: int = Field(0, ge=0, description="Accept rollouts this many policy versions old (0: on-policy only).")
     push_every: int = Field(1, ge=1, description="Push new weights to the sampler every N steps.")
+    overlap: bool = Field(False, description="Generate the next batch while the current one trains (one-step off-policy; needs max_staleness >= 1). A resumed run regenerates the prefetched batch with the restored weights.")
     lora: bool = Field(True, description="Train a LoRA adapter (reference = adapter disabled); false trains all weights.")
     lora_rank: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha: the adapter's update is scaled by lora_alpha / lora_rank.")
@@ -46,6 +47,12 @@ class GRPOSection(Section):
     micro_batch_size: int = Field(0, ge=0, description="Completions per forward/backward; gradients accumulate over "
                                   "micro-batches to one optimizer step per pass (0: the whole batch at once).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the trained parameters.")
+
+    @model_validator(mode="after")
+    def _overlap_needs_staleness(self) -> GRPOSection:
+        if self.overlap and self.max_staleness < 1:
+            raise ValueError("overlap: true samples one version behind the trainer; set max_staleness >= 1")
+        return self
 
     @field_validator("lora_target_modules")
     @classmethod
