@@ -27,7 +27,6 @@ probe); node order in results is the configured order, then added nodes.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from services.common import metrics
 from services.common.config.run import FanoutSection
 from services.common.config.sections import NodeEndpoint
 from services.common.errors import AlreadyExists, NotFound, NotReady
-from services.common.grpc.client import DEFAULT_MAX_MESSAGE_BYTES
 from services.reward_node.client import NodeInfo, RewardNodeClient, ScoreGroup
 
 log = logging.getLogger(__name__)
@@ -120,7 +118,6 @@ class RewardFanout:
         self._endpoints: dict[str, NodeEndpoint] = {}
         self._clients: dict[str, RewardNodeClient] = {}
         self._retired: list[RewardNodeClient] = []  # clients of removed nodes, closed before the next round
-        self._probe_serial = itertools.count(1)
         self.healthy: dict[str, bool] = {}
         self.infos: dict[str, NodeInfo] = {}
         for ep in nodes:
@@ -210,16 +207,9 @@ class RewardFanout:
         return True
 
     def _fresh_client(self, ep: NodeEndpoint) -> RewardNodeClient:
-        """A client on a channel that shares no gRPC subchannel with any earlier one.
-
-        gRPC keeps subchannels in a process-wide pool keyed by target *and channel arguments*, and
-        a closed channel's subchannel (with its reconnect back-off after "connection refused")
-        can outlive it for a moment: a new channel with the same arguments inherits the failure.
-        Making one argument unique per probe, the message-size limit lowered by a few bytes out
-        of 64 MiB, gives every probe its own subchannel. (With a channel-options hook in
-        services.common.grpc.create_channel, grpc.use_local_subchannel_pool would say this directly.)
-        """
-        return RewardNodeClient(ep, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES - next(self._probe_serial) % 4096)
+        """A client on a new channel (channels own their subchannels: see channel_options), so a
+        probe does not inherit the failed connection's reconnect back-off."""
+        return RewardNodeClient(ep)
 
     async def _probe(self, node: str) -> None:
         """Re-admit an unhealthy node if its health check says SERVING (see the module docstring)."""

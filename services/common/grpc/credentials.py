@@ -130,6 +130,9 @@ def channel_options(max_message_bytes: int, *, server_name: str | None = None) -
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 0),
+        # Each channel owns its subchannels: otherwise a closed channel's subchannel to a peer that
+        # was down (with its reconnect back-off) is shared with a new channel to the restarted peer.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if server_name:
         opts.append(("grpc.ssl_target_name_override", server_name))
