@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from services.common.config import (
     CONFIG_KINDS,
     ConfigError,
+    OrchestratorSettings,
     RewardNodeSettings,
     RunConfig,
     SamplerSettings,
@@ -152,3 +153,5 @@ def test_example_configs_load():
     load_yaml(SamplerSettings, EXAMPLES / "sampler.yaml")
     run = load_yaml(RunConfig, EXAMPLES / "run.yaml")
     assert len(run.nodes) == 3
+    orchestrator = load_yaml(OrchestratorSettings, EXAMPLES / "orchestrator.yaml")
+    assert orchestrator.node_tls.cert is not None
