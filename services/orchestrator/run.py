@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from services.common import metrics as m
-from services.common.config import RunConfig
+from services.common.config import ConfigError, RunConfig
 from services.common.config.base import redacted_dump
 from services.common.data.world import load_world
 from services.common.errors import VersionMismatch
@@ -131,7 +131,9 @@ class MoRRun:
         self.stream = PromptStream(self.world, self.world.prompt_pool(), cfg.seed)
 
         self.on_status(f"policy: loading {cfg.policy.path or f'{cfg.policy.arch}/{cfg.policy.preset}'}")
-        vlm = await self._in_worker(build_vlm, cfg.policy)
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device: {cfg.device} asked for, but torch sees no CUDA GPU")
+        vlm = await self._in_worker(lambda: build_vlm(cfg.policy).to(cfg.device))
         self.trainer = await self._in_worker(lambda: GRPOTrainer(vlm, cfg.grpo, seed=cfg.seed))
         self.source = RemoteSampler(cfg.sampler) if cfg.sampler is not None else LocalSampler(
             self.trainer.policy, self._executor)

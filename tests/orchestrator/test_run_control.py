@@ -152,3 +152,16 @@ def test_watch_replays_then_ends_on_terminal_state(tmp_path: Path):
                 pass
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_device_is_validated_and_cuda_without_a_gpu_fails_at_start(world, tmp_path: Path):
+    from services.common.config import ConfigError, RunConfig
+    from services.orchestrator.run import MoRRun
+
+    with pytest.raises(ValueError, match="device"):
+        RunConfig(device="tpu")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    run = MoRRun(RunConfig(world=world.root, output_dir=tmp_path, device="cuda"))
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        asyncio.run(run.run())

@@ -137,6 +137,7 @@ class RunConfig(Section):
     fanout: FanoutSection = Field(default_factory=FanoutSection, description="Fan-out deadlines and quorum.")
     checkpoint_every: int = Field(10, ge=1, description="Write a resumable checkpoint every N steps.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of the trainer; None keeps torch's default (all cores).")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch device of the trainer's policy (and of in-process sampling): cpu, cuda or cuda:N.")
 
     @model_validator(mode="after")
     def _nodes_agree(self) -> RunConfig:
