@@ -106,14 +106,22 @@ def test_submit_uses_the_operator_identity_the_orchestrator_allows() -> None:
 
 
 def test_every_grpc_service_has_a_grpc_health_check() -> None:
+    """Reward nodes declare theirs (a longer start period: they train first); the sampler and the
+    orchestrator use their image's HEALTHCHECK, which reads the file mounted at its MOR_CONFIG."""
     services = compose()["services"]
-    kinds = {"clinic": "reward-node", "bank": "reward-node", "school": "reward-node",
-             "sampler": "sampler", "orchestrator": "orchestrator"}
-    for name, kind in kinds.items():
+    for name in NODES:
         test = services[name]["healthcheck"]["test"]
         assert test[:4] == ["CMD", "python", "-m", "services.common.grpc.healthcheck"], name
-        assert test[test.index("--kind") + 1] == kind
-        assert mounts(services[name])[test[test.index("--config") + 1]].startswith("./config/"), name
+        assert test[test.index("--kind") + 1] == "reward-node"
+        assert mounts(services[name])[test[test.index("--config") + 1]] == f"./config/{name}.yaml"
+    dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
+    for name in ("sampler", "orchestrator"):
+        service = services[name]
+        assert "healthcheck" not in service, f"{name}: the image's HEALTHCHECK is the one to use"
+        assert service["image"].startswith(f"mor-{name}:")
+        config = f"/etc/mor/{name}.yaml"
+        assert f"MOR_SERVICE={name} MOR_CONFIG={config}" in dockerfile
+        assert mounts(service)[config] == f"./config/{name}.yaml"
 
 
 def test_prometheus_scrapes_every_service_on_its_metrics_port() -> None:
