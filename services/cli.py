@@ -439,6 +439,52 @@ def orchestrator_serve(
         fail(str(exc), EXIT_CONFIG)
 
 
+@app.command("eval")
+def eval_policy(
+    policy: Path = typer.Option(..., "--policy", "-p", help="Policy checkpoint folder (HF format: `mor sft` or a run's policy/)."),
+    world: Path = typer.Option(Path("data/world"), "--world", "-w", help="World folder made by `mor data make`."),
+    examples: int = typer.Option(200, "--examples", "-n", help="Examples per benchmark (the first N of the split)."),
+    split: str = typer.Option("test", help="Split to evaluate: test (held out) or train."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report to this file."),
+) -> None:
+    """Greedy held-out evaluation of a policy: accuracy and format per benchmark, oracle preference per client (JSON)."""
+    from services.common.data.records import SPLITS
+    from services.common.data.world import WorldFormatError, load_world
+
+    if examples < 1:
+        fail(f"--examples must be at least 1 (got {examples})", EXIT_CONFIG)
+    if split not in SPLITS:
+        fail(f"--split must be one of {', '.join(SPLITS)} (got {split!r})", EXIT_CONFIG)
+    if not (policy / "config.json").is_file():
+        fail(f"--policy: {policy} is not a policy checkpoint (no config.json)", EXIT_DATA)
+    try:
+        loaded_world = load_world(world)
+    except WorldFormatError as exc:
+        fail(f"--world: {exc}", EXIT_DATA)
+    from services.common.evaluation import evaluate_policy
+    from services.common.models.factory import load_vlm
+
+    try:
+        vlm = load_vlm(policy)
+    except (OSError, ValueError) as exc:
+        fail(f"--policy: cannot load {policy}: {exc}", EXIT_DATA)
+    report = {"policy": str(policy), "world": str(world),
+              **evaluate_policy(vlm, loaded_world, per_benchmark=examples, split=split)}
+    table = Table(title=f"{policy} on {world} ({split} split, greedy)")
+    for col in ("benchmark", "n", "chance", "blind prior", "exact match", "VQA acc", "format ok"):
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    for b, row in report["benchmarks"].items():
+        table.add_row(b, str(row["n"]), f"{row['chance']:.3f}", f"{row['blind']:.3f}", f"{row['exact_match']:.3f}",
+                      f"{row['vqa_accuracy']:.3f}", f"{row['format_ok']:.3f}")
+    table.caption = "oracle preference: " + ", ".join(f"{c} {s:.3f}" for c, s in report["client_preference"].items())
+    console.print(table)
+    text = json.dumps(report, indent=2, sort_keys=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    typer.echo(text)
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m services.cli`
     sys.exit(app())
 
