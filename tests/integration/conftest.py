@@ -25,6 +25,8 @@ from services.reward_node.train import train_rm  # noqa: E402
 
 NODES = ("clinic", "bank", "school")
 POLICY = {"arch": "qwen2_vl", "preset": "tiny", "seed": 0}
+# MOR_TEST_DEVICE=cuda runs the policy of the trainer and of the sampler on a GPU (device checks).
+DEVICE = os.environ.get("MOR_TEST_DEVICE", "cpu")
 torch.set_num_threads(1)
 
 
@@ -73,6 +75,7 @@ class Stack:
     def run_config(self, world_dir: Path, output_dir: Path, **overrides: Any) -> RunConfig:
         data: dict[str, Any] = {
             "seed": 0, "world": world_dir, "output_dir": output_dir, "policy": POLICY, "torch_threads": 1,
+            "device": DEVICE,
             "sampler": {"address": f"127.0.0.1:{self.sampler.port}", "tls": {"insecure": True}, "timeout_s": 60},
             "nodes": [{"node_id": n, "address": f"127.0.0.1:{app.port}", "tls": {"insecure": True}, "timeout_s": 20}
                       for n, app in self.nodes.items()],
@@ -95,7 +98,7 @@ def stack(world_dir: Path, rm_checkpoints: dict[str, Path]) -> Callable[[], cont
         nodes = {n: build_app(node_settings(world_dir, n, rm_checkpoints[n])) for n in NODES}
         sampler = SamplerApp(SamplerSettings(
             model=POLICY, tls={"insecure": True}, metrics={"enabled": False},
-            server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0}, hf={"torch_threads": 1}))
+            server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0}, hf={"torch_threads": 1, "device": DEVICE}))
         started: list[Any] = []
         try:
             for app in [*nodes.values(), sampler]:

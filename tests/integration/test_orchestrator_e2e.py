@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from services.common import metrics as m
 from services.orchestrator.records import read_steps
 from services.orchestrator.run import MoRRun
+
+from .conftest import DEVICE
 
 
 def _trainable(run: MoRRun) -> dict[str, torch.Tensor]:
@@ -71,6 +74,7 @@ def test_killing_one_of_three_nodes_mid_run_finishes_every_step(stack, world_dir
         assert abs(by_step[step]["clinic"].weight_mean + by_step[step]["bank"].weight_mean - 1.0) < 1e-4
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="bit-identical resume is promised on CPU (CUDA kernels need not be deterministic)")
 def test_interrupted_and_resumed_run_equals_uninterrupted(stack, world_dir, tmp_path, arun):
     async def uninterrupted():
         async with stack() as s:
