@@ -1,0 +1,174 @@
+"""What the MoR table runs: the methods compared and the two profiles (quick, full).
+
+Every RL method starts from the same SFT checkpoint and gets the same GRPO budget (steps, batch,
+group size, learning rate); they differ only in where the reward comes from:
+
+    sft            no RL (the start every other row is measured against)
+    central        one RM trained on all clients' pooled pairs (breaks privacy; upper bound)
+    fedavg         one RM of the light architecture, FedAvg'd over the clients (shares parameters)
+    single:<c>     client c's own RM alone
+    mean|min|static  fusion of all client RMs: uniform, harshest node, learned global weights
+    mor            learned input-conditioned router + hybrid reward (rule rewards on)
+    mor_norules    ablation: the MoR router without the rule rewards (isolates the router)
+
+Baselines use the RM reward alone (hybrid rule weights 0), as the federated baselines they stand
+for have no server-side rules; ``mor_norules`` shows how much of MoR's standing comes from them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.data.config import WorldConfig
+from services.common.models.config import ModelConfig, SFTConfig
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table: which reward models serve, how they are fused, rule rewards or not."""
+
+    name: str
+    label: str
+    rms: str  # "none", "clients", "central", "fedavg" or "client:<name>"
+    router: str = "mean"
+    rules: bool = False
+
+    @property
+    def trains(self) -> bool:
+        return self.rms != "none"
+
+
+_FIXED: dict[str, Method] = {
+    "sft": Method("sft", "SFT start (no RL)", "none"),
+    "central": Method("central", "centralised RM (pooled data)", "central", "single:central"),
+    "fedavg": Method("fedavg", "FedAvg RM (shared parameters)", "fedavg", "single:fedavg"),
+    "mean": Method("mean", "mean of client RMs", "clients", "mean"),
+    "min": Method("min", "min of client RMs", "clients", "min"),
+    "static": Method("static", "static learned weights", "clients", "static"),
+    "mor": Method("mor", "MoR (router + hybrid reward)", "clients", "mor", rules=True),
+    "mor_norules": Method("mor_norules", "MoR router, no rule reward", "clients", "mor"),
+}
+
+
+def method(name: str) -> Method:
+    """The method called ``name``; ``single:<client>`` for any client. Unknown names raise with the list."""
+    if name.startswith("single:") and len(name) > 7:
+        client = name[7:]
+        return Method(name, f"single RM: {client}", f"client:{client}", name)
+    if name not in _FIXED:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(_FIXED)}, single:<client>")
+    return _FIXED[name]
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The three claim tests of the paper, each with its own (smaller) set of methods and seeds."""
+
+    gen_benchmark: str = "charts"  # no client's preferences cover it in the generalisation world
+    gen_methods: tuple[str, ...] = ("sft", "mean", "static", "mor")
+    gen_seeds: tuple[int, ...] = (0,)
+    noise_client: str = "bank"
+    noise_levels: tuple[float, ...] = (0.2, 0.4)
+    noise_methods: tuple[str, ...] = ("mean", "static", "mor")
+    noise_seeds: tuple[int, ...] = (0,)
+    adapt_join_step: int = 4  # the held-out client's node joins before this step + 1
+    adapt_steps: int = 10
+    adapt_eval_every: int = 2
+    adapt_eval_examples: int = 40  # per benchmark, for the in-run oracle curves
+    adapt_seeds: tuple[int, ...] = (0,)
+    improve_margin: float = 0.01  # "improves" = oracle preference above its at-join value by this much
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything one invocation of the table runs; dumped into results.json."""
+
+    name: str
+    world: WorldConfig
+    policy: ModelConfig
+    sft: SFTConfig
+    rm_train: dict[str, Any]
+    client_rm_kinds: str  # "spec": each client's own rm_arch (heterogeneous); "light": all light
+    fedavg_rounds: int
+    fedavg_local_epochs: int
+    grpo: dict[str, Any]
+    router: dict[str, Any]
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    eval_examples: int
+    claims: Claims = field(default_factory=Claims)
+    workers: int = 1
+    # Seed of every reward model; None trains one set per run seed. Fixed by default: a client's RM
+    # is its own artefact, trained once, and the seeds measure the variability of the RL runs
+    # (prompt order, sampling, router init) that all methods share.
+    rm_seed: int | None = 0
+
+    def rm_seed_for(self, run_seed: int) -> int:
+        return run_seed if self.rm_seed is None else self.rm_seed
+
+    def describe(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        out = {k: v for k, v in asdict(self).items() if k not in ("world", "policy", "sft")}
+        out.update(world=self.world.model_dump(mode="json"), policy=self.policy.model_dump(mode="json"),
+                   sft=self.sft.model_dump(mode="json"))
+        return out
+
+
+def quick() -> Profile:
+    """Minutes on 2 cores: tiny world and policy, one seed, a few steps; every stage of the pipeline runs."""
+    return Profile(
+        name="quick",
+        world=WorldConfig.small(seed=0, noisy_client=False, prompt_pool_size=24, calibration_size=18),
+        policy=ModelConfig(preset="tiny", seed=0),
+        # 150 steps: with fewer the tiny policy answers nothing at all, and the rewards would score no answer.
+        sft=SFTConfig(steps=150, batch_size=8, warmup=3, lr=5e-3, vision_warmup_steps=10, num_threads=1),
+        rm_train={"epochs": 2, "batch_size": 16, "lr": 3e-3},
+        client_rm_kinds="spec",
+        fedavg_rounds=2, fedavg_local_epochs=1,
+        grpo={"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "lr": 5e-3},
+        router={"train_steps": 20, "calibration_pairs": 12},
+        seeds=(0,),
+        methods=("sft", "central", "fedavg", "single:bank", "mean", "mor"),
+        eval_examples=8,
+        claims=Claims(gen_methods=("sft", "mor"), noise_levels=(0.4,), noise_methods=("mor",),
+                      adapt_join_step=1, adapt_steps=3, adapt_eval_every=1, adapt_eval_examples=6),
+    )
+
+
+def full() -> Profile:
+    """The committed table (experiments/results/): the default world, the small policy, 3 seeds."""
+    return Profile(
+        name="full",
+        world=WorldConfig(seed=0, noisy_client=False),
+        policy=ModelConfig(preset="small", seed=0),
+        sft=SFTConfig(vision_warmup_steps=400, steps=800, batch_size=16, lr=1e-3, warmup=30, num_threads=1),
+        rm_train={"epochs": 6, "batch_size": 32, "lr": 2e-3},
+        client_rm_kinds="spec",
+        fedavg_rounds=3, fedavg_local_epochs=2,
+        # lr 2e-3 for 30 steps: at 5e-4 x 20 steps the policy hardly moves (KL ~1e-3) and every row equals
+        # the SFT start within noise; here the reward each method optimises decides where the policy goes.
+        grpo={"steps": 30, "prompts_per_step": 8, "group_size": 4, "max_new_tokens": 12, "lr": 2e-3, "beta": 0.04},
+        router={"train_steps": 200, "calibration_pairs": 150},
+        seeds=(0, 1, 2),
+        methods=("sft", "central", "fedavg", "single:clinic", "single:bank", "single:school",
+                 "mean", "min", "static", "mor", "mor_norules"),
+        eval_examples=200,
+        claims=Claims(gen_methods=("sft", "central", "mean", "mor"), gen_seeds=(0, 1, 2),
+                      noise_methods=("central", "mean", "mor"), noise_seeds=(0, 1, 2),
+                      adapt_join_step=10, adapt_steps=30, adapt_eval_every=2, adapt_eval_examples=60,
+                      adapt_seeds=(0, 1, 2)),
+        workers=2,
+    )
+
+
+PROFILES = {"quick": quick, "full": full}
+
+
+def profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]()
+
+
+__all__ = ["PROFILES", "Claims", "Method", "Profile", "method", "profile"]

@@ -1,0 +1,164 @@
+"""results.json (every number), results.md (tables made from that JSON) and the plots.
+
+The markdown is rendered from the summary dict that is also written to the JSON, cell by cell
+with ``cell()``, so the two cannot disagree (the test suite parses the markdown back to check).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from services.experiments import summary as sm
+from services.experiments.prepare import Workspace, noise_name
+from services.experiments.profiles import Profile, method
+
+
+def cell(stat: dict[str, float] | float | None, digits: int = 3) -> str:
+    """"mean ± std" of an aggregate, a bare number, or "n/a"."""
+    if stat is None:
+        return "n/a"
+    if isinstance(stat, dict):
+        m, s = stat.get("mean", float("nan")), stat.get("std", float("nan"))
+        if m != m:
+            return "n/a"
+        return f"{m:.{digits}f} ± {s:.{digits}f}" if s == s else f"{m:.{digits}f}"
+    return "n/a" if stat != stat else f"{stat:.{digits}f}"
+
+
+def signed(x: float) -> str:
+    return "n/a" if x != x else f"{x:+.3f}"
+
+
+def build_summary(p: Profile, jobs: dict[str, dict[str, Any]], context: dict[str, Any]) -> dict[str, Any]:
+    clients = context["training_clients"]
+    c = p.claims
+    main = sm.table_rows(jobs, "main", list(dict.fromkeys([*p.methods, *c.noise_methods])), clients)
+    general = sm.table_rows(jobs, "general", c.gen_methods, _general_clients(jobs, clients))
+    covered = sorted({b for r in jobs.values() if r["spec"]["job"]["scenario"] == "general"
+                      for b in r["eval"]["benchmarks"]} - {c.gen_benchmark})
+    levels = {0.0: {m: main[m] for m in c.noise_methods if m in main}}
+    for share in c.noise_levels:
+        levels[share] = sm.table_rows(jobs, noise_name(share), c.noise_methods, clients)
+    join = {r["spec"]["job"]["seed"]: r for r in jobs.values() if r["spec"]["job"]["scenario"] == "adapt"}
+    control = {r["spec"]["job"]["seed"]: r for r in jobs.values() if r["spec"]["job"]["scenario"] == "adapt_control"}
+    held_out = context["held_out_client"]
+    return {
+        "main": {"order": list(p.methods), "methods": {m: {"label": method(m).label, **main[m]} for m in p.methods},
+                 "mor_vs": sm.comparisons({m: main[m] for m in p.methods})},
+        "generalisation": sm.generalisation(general, c.gen_benchmark, covered),
+        "robustness": sm.robustness(levels, c.noise_client),
+        "adaptability": (sm.adaptability(join, control, held_out, clients, c.adapt_join_step, c.improve_margin)
+                         if held_out and join else None),
+    }
+
+
+def _general_clients(jobs: dict[str, dict[str, Any]], fallback: list[str]) -> list[str]:
+    for r in jobs.values():
+        if r["spec"]["job"]["scenario"] == "general":
+            return [k for k in r["eval"]["client_preference"]]
+    return fallback
+
+
+def main_table(s: dict[str, Any], benchmarks: list[str], clients: list[str], held_out: str | None) -> list[str]:
+    prefs = [*clients, *([held_out] if held_out else [])]
+    head = (["method"] + [f"acc {b}" for b in benchmarks] + ["acc mean"]
+            + [f"pref {c}" + (" (held out)" if c == held_out else "") for c in prefs] + ["pref mean", "reward", "KL"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in s["main"]["methods"].values():
+        a = row["agg"]
+        cells = ([row["label"]] + [cell(a.get(f"acc:{b}")) for b in benchmarks] + [cell(a.get("acc_mean"))]
+                 + [cell(a.get(f"pref:{c}")) for c in prefs] + [cell(a.get("pref_mean")),
+                                                                cell(a.get("reward_last")), cell(a.get("kl_last"), 4)])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render(p: Profile, s: dict[str, Any], context: dict[str, Any], timing: dict[str, float]) -> str:
+    clients, held_out = context["training_clients"], context["held_out_client"]
+    first = next(iter(s["main"]["methods"].values()))
+    benchmarks = sorted(k[4:] for k in first["agg"] if k.startswith("acc:"))
+    g = p.grpo
+    out = [f"# MoR vs baselines — profile `{p.name}`", "",
+           f"Command: `{context['command']}`", "",
+           f"Policy {p.policy.arch}/{p.policy.preset}, one SFT start for every method; GRPO {g['steps']} steps of "
+           f"{g['prompts_per_step']} prompts x {g['group_size']} answers (lr {g['lr']}), seeds {list(p.seeds)}; "
+           f"held-out split, {p.eval_examples} examples per benchmark, greedy. acc = VQA accuracy; pref = mean "
+           f"true-oracle preference of the client on its own domains; reward and KL = mean of the last 3 steps. "
+           f"Cells are mean ± std over seeds. Wall time {timing['total'] / 60:.1f} min.", "",
+           "## Main table", "", *main_table(s, benchmarks, clients, held_out), "",
+           "## MoR against each baseline (paired over seeds; better/worse = |mean diff| > 2 SE)", "",
+           "| baseline | Δ acc mean | verdict | Δ pref mean | verdict |", "|---|---|---|---|---|"]
+    for m, cmp in s["main"]["mor_vs"].items():
+        a, b = cmp["acc_mean"], cmp["pref_mean"]
+        out.append(f"| {method(m).label} | {signed(a['diff'])} | {a['verdict']} | {signed(b['diff'])} | {b['verdict']} |")
+    ge = s["generalisation"]
+    out += ["", f"## Generalisation: `{ge['benchmark']}` is in no client's preference data", "",
+            f"Clients' domain mixes leave `{ge['benchmark']}` out; the server prompt pool and calibration set still "
+            f"span every benchmark. Covered: {', '.join(ge['covered'])}.", "",
+            f"| method | acc {ge['benchmark']} (held out) | change vs SFT | acc covered | MoR minus method, held out |",
+            "|---|---|---|---|---|"]
+    for m, row in ge["methods"].items():
+        cmp = ge["mor_vs"].get(m, {}).get(f"acc:{ge['benchmark']}")
+        out.append(f"| {method(m).label} | {cell(row['held_out'])} | {signed(row['held_out_gain'])} | "
+                   f"{cell(row['covered'])} | {signed(cmp['diff']) + ' (' + cmp['verdict'] + ')' if cmp else '—'} |")
+    rb = s["robustness"]
+    lv = rb["levels"]
+    out += ["", f"## Robustness: {rb['noisy_client']}'s labels flipped", "",
+            "| method | " + " | ".join(f"acc mean @{x:.0%}" for x in lv) + " | acc drop | "
+            + " | ".join(f"pref mean @{x:.0%}" for x in lv) + " | pref drop |", "|---|" + "---|" * (2 * len(lv) + 2)]
+    for m, row in rb["methods"].items():
+        acc = [cell(row["levels"].get(str(x), {}).get("acc_mean")) for x in lv]
+        pref = [cell(row["levels"].get(str(x), {}).get("pref_mean")) for x in lv]
+        out.append(f"| {method(m).label} | " + " | ".join(acc) + f" | {signed(row['drop']['acc_mean'])} | "
+                   + " | ".join(pref) + f" | {signed(row['drop']['pref_mean'])} |")
+    ad = s["adaptability"]
+    if ad:
+        out += ["", f"## Cross-client adaptability: `{ad['client']}` joins after step {ad['join_step']}", "",
+                f"MoR run in which {ad['client']}'s node joins mid-run (router rebuilt and refitted) vs the same run "
+                f"without it (control). Steps to improve = steps after joining until {ad['client']}'s oracle "
+                f"preference exceeds its at-join value by {ad['margin']}.", "",
+                "| seed | steps to improve | same, control | pref at join | pref end | pref end, control | "
+                "others end | others end, control |", "|---|---|---|---|---|---|---|---|"]
+        for seed, v in ad["seeds"].items():
+            out.append(f"| {seed} | {v['steps_to_improve'] if v['steps_to_improve'] is not None else 'never'} | "
+                       f"{v['steps_to_improve_control'] if v['steps_to_improve_control'] is not None else 'never'} | "
+                       f"{v['client_at_join']:.3f} | {v['client_end']:.3f} | {v['client_end_control']:.3f} | "
+                       f"{v['others_end']:.3f} | {v['others_end_control']:.3f} |")
+        out += ["", f"{ad['client']} preference at the end, joined minus control: {cell(ad['client_gain_vs_control'])}; "
+                f"other clients, joined minus control: {cell(ad['others_change_vs_control'])}; improved in "
+                f"{ad['improved_in']} of {ad['n']} seeds."]
+    out += ["", "## Reward models (held-out pair accuracy)", "", "| node | world | kind | source | seed | accuracy |",
+            "|---|---|---|---|---|---|"]
+    out += [f"| {r['node_id']} | {r['world']} | {r['kind']} | {r['source']} | {r['seed']} | {r['held_out_accuracy']:.3f} |"
+            for r in context["reward_models"]]
+    out += ["", "## Plots", "", *[f"![{n}]({n}.png)" for n in PLOTS], ""]
+    return "\n".join(out)
+
+
+PLOTS = ("curves", "router_weights", "accuracy_bars", "robustness", "adaptability")
+
+
+def write_report(p: Profile, jobs: dict[str, dict[str, Any]], context: dict[str, Any], timing: dict[str, float],
+                 out: Path, ws: Workspace, console: Console) -> dict[str, Any]:
+    from services.experiments.plots import make_plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    s = build_summary(p, jobs, context)
+    plots = make_plots(p, s, jobs, context, out)
+    timing["report"] = time.perf_counter() - t
+    timing["total"] = timing["total_before_report"] + timing["report"]
+    results = {**context, "timing": timing, "summary": s, "plots": plots,
+               "jobs": {k: {key: v for key, v in r.items() if key != "spec"} | {"job": r["spec"]["job"]}
+                        for k, r in sorted(jobs.items())}}
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True, allow_nan=True) + "\n")
+    (out / "results.md").write_text(render(p, s, context, timing))
+    console.print(f"[green]results[/] {out / 'results.md'}, {out / 'results.json'}, {len(plots)} plots")
+    return results
+
+
+__all__ = ["PLOTS", "build_summary", "cell", "render", "write_report"]

@@ -1,0 +1,212 @@
+"""One job of the table: a GRPO run of one method and seed against real reward nodes, then evaluation.
+
+The nodes are the real gRPC service (``build_app(settings).start()`` on 127.0.0.1:0, in this
+process, stopped when the run ends); the policy samples in process (``RunConfig.sampler = None``),
+so a job is one process. A job writes ``<run dir>/job.json`` when it finishes; a job whose file
+exists with the same spec is not run again, so an interrupted table resumes where it stopped.
+
+Adaptability jobs also evaluate the policy during the run (greedy, a fixed subset of the test
+split) every ``claims.adapt_eval_every`` steps, and one of them lets the held-out client's node
+join after step ``claims.adapt_join_step`` through ``MoRRun.request_add_node``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.experiments.prepare import RMSpec, Workspace, rm_settings
+from services.experiments.profiles import Profile, method
+
+ROUTER_PROBE_PROMPTS = 40  # test prompts per benchmark on which the router's weights are averaged
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """What to run: a method in a scenario's world with one seed (and, for adaptability, a joiner)."""
+
+    scenario: str  # main, general, noise<NN>, adapt, adapt_control
+    world: str
+    method: str
+    seed: int
+    steps: int
+    track: bool = False  # evaluate during the run (adaptability curves)
+    join: str | None = None  # node that joins after claims.adapt_join_step
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario}/{self.method}/s{self.seed}"
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """A job plus the reward models it serves (picklable, for worker processes)."""
+
+    job: RunJob
+    profile: Profile
+    ws: Workspace
+    nodes: tuple[tuple[RMSpec, str], ...] = ()  # (spec, checkpoint) served from the start
+    joiner: tuple[RMSpec, str] | None = None
+    rm_accuracy: dict[str, float] = field(default_factory=dict)
+
+
+def _eval(vlm: Any, world: Any, n: int) -> dict[str, Any]:
+    from services.common.evaluation import evaluate_policy
+
+    ev = evaluate_policy(vlm, world, per_benchmark=n)
+    keep = ("n", "exact_match", "vqa_accuracy", "format_ok", "chance", "blind")
+    return {"benchmarks": {b: {k: r[k] for k in keep} for b, r in ev["benchmarks"].items()},
+            "client_preference": ev["client_preference"], "samples": ev["samples"][:6]}
+
+
+@contextlib.asynccontextmanager
+async def serve(inputs: JobInputs, specs: list[tuple[RMSpec, str]]) -> AsyncIterator[dict[str, dict]]:
+    """Start one real reward node per spec; yields node_id -> NodeEndpoint fields; stops them on exit."""
+    from services.reward_node.app import build_app
+
+    apps, endpoints = [], {}
+    try:
+        for spec, ckpt in specs:
+            app = build_app(rm_settings(inputs.profile, inputs.ws, spec, Path(ckpt)))
+            await app.start()
+            apps.append(app)
+            endpoints[spec.node_id] = {"node_id": spec.node_id, "address": f"127.0.0.1:{app.port}",
+                                       "tls": {"insecure": True}, "timeout_s": 120}
+        yield endpoints
+    finally:
+        for app in apps:
+            with contextlib.suppress(Exception):
+                await app.stop(0)
+
+
+def run_config(inputs: JobInputs, endpoints: list[dict], out: Path) -> Any:
+    from services.common.config import RunConfig
+
+    p, job, m = inputs.profile, inputs.job, method(inputs.job.method)
+    hybrid = {} if m.rules else {"format_weight": 0.0, "accuracy_weight": 0.0}
+    return RunConfig(
+        seed=job.seed, world=inputs.ws.world_dir(job.world), output_dir=out, policy={"path": inputs.ws.sft_dir},
+        sampler=None, nodes=endpoints, grpo={**p.grpo, "steps": job.steps},
+        router={**p.router, "kind": m.router}, hybrid=hybrid,
+        fanout={"step_deadline_s": 300, "min_nodes": 1}, checkpoint_every=max(job.steps, 1), torch_threads=1,
+    )
+
+
+def router_by_domain(run: Any, world: Any) -> dict[str, dict[str, float]] | None:
+    """Mean router weight of each node on each benchmark's test prompts (learned routers only)."""
+    import torch
+
+    from services.orchestrator.fusion.base import LogitRouter
+
+    router = run.router
+    if not isinstance(router, LogitRouter):
+        return None
+    out = {}
+    for b in world.benchmarks:
+        exs = world.examples(b, "test")[:ROUTER_PROBE_PROMPTS]
+        feats = run.embedder.embed([e.question for e in exs], [world.load_image(e.image) for e in exs])
+        w = router.weights(feats, torch.ones(router.k, dtype=torch.bool)).mean(0)
+        out[b] = {n: float(x) for n, x in zip(router.node_ids, w.tolist(), strict=True)}
+    return out
+
+
+def _curves(records: list[Any]) -> dict[str, Any]:
+    nodes = sorted({n.node_id for r in records for n in r.nodes})
+    weight = {n: [next((x.weight_mean for x in r.nodes if x.node_id == n), 0.0) for r in records] for n in nodes}
+    return {
+        "step": [r.step for r in records], "reward": [r.reward_mean for r in records],
+        "fused": [r.fused_reward_mean for r in records], "rule": [r.rule_reward_mean for r in records],
+        "kl": [r.kl for r in records], "sampled_accuracy": [r.accuracy_mean for r in records],
+        "format": [r.format_mean for r in records], "step_seconds": [r.phases.get("total", 0.0) for r in records],
+        "weights": weight,
+    }
+
+
+async def _train(inputs: JobInputs, out: Path, world: Any, track_n: int) -> dict[str, Any]:
+    from services.common.config import NodeEndpoint
+    from services.orchestrator.run import MoRRun
+
+    job, claims = inputs.job, inputs.profile.claims
+    specs = list(inputs.nodes) + ([inputs.joiner] if inputs.joiner else [])
+    track: list[dict[str, Any]] = []
+    async with serve(inputs, specs) as endpoints:
+        start = [endpoints[s.node_id] for s, _ in inputs.nodes]
+        run: Any = None
+
+        def on_step(r: Any) -> None:
+            if job.track and (r.step % claims.adapt_eval_every == 0 or r.step in (claims.adapt_join_step, job.steps)):
+                track.append(_track_point(r.step, _eval(run.trainer.policy, world, track_n)))
+            if inputs.joiner and r.step == claims.adapt_join_step:
+                run.request_add_node(NodeEndpoint(**endpoints[inputs.joiner[0].node_id]))
+
+        run = MoRRun(run_config(inputs, start, out), on_step=on_step, on_status=lambda _msg: None)
+        result = await run.run()
+        domains = router_by_domain(run, world)
+    return {"records": run.records, "policy": result.final_policy, "router_domains": domains, "track": track}
+
+
+def run_job(inputs: JobInputs) -> dict[str, Any]:
+    """Run (or reuse) one job; returns its result dict (also written to <run dir>/job.json)."""
+    import torch
+
+    from services.common.data.world import load_world
+    from services.common.models.factory import load_vlm
+
+    torch.set_num_threads(1)
+    job, p = inputs.job, inputs.profile
+    run_dir = inputs.ws.run_dir(job.scenario, job.method, job.seed)
+    done = run_dir / "job.json"
+    spec = {"job": asdict(job), "profile": p.describe(), "rms": [[asdict(s), c] for s, c in inputs.nodes]}
+    if done.is_file():
+        cached = json.loads(done.read_text())
+        if cached.get("spec") == json.loads(json.dumps(spec)):
+            return cached
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a half-finished job starts over
+    run_dir.mkdir(parents=True)
+    t0 = time.perf_counter()
+    world = load_world(inputs.ws.world_dir(job.world))
+    track_n = p.claims.adapt_eval_examples
+    result: dict[str, Any] = {"spec": spec, "key": job.key, "rm_accuracy": inputs.rm_accuracy}
+    if not method(job.method).trains:
+        result.update(eval=_sft_eval(inputs, world), curves=None, router_domains=None, track=None)
+    else:
+        start = [_track_point(0, _eval(load_vlm(inputs.ws.sft_dir), world, track_n))] if job.track else []
+        trained = asyncio.run(_train(inputs, run_dir / "run", world, track_n))
+        result.update(eval=_eval(load_vlm(trained["policy"]), world, p.eval_examples),
+                      curves=_curves(trained["records"]), router_domains=trained["router_domains"],
+                      track=(start + trained["track"]) if job.track else None)
+    result["seconds"] = time.perf_counter() - t0
+    done.write_text(json.dumps(result, indent=1, sort_keys=True, allow_nan=True))
+    return json.loads(done.read_text())
+
+
+def _sft_eval(inputs: JobInputs, world: Any) -> dict[str, Any]:
+    """The SFT start's evaluation on a world: greedy, so one per world serves every seed (cached)."""
+    from services.common.models.factory import load_vlm
+
+    n = inputs.profile.eval_examples
+    path = inputs.ws.root / "sft_eval" / f"{inputs.job.world}-{n}.json"
+    stamp = (inputs.ws.sft_dir / "sft_report.json").read_text()
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached["stamp"] == stamp:
+            return cached["eval"]
+    ev = _eval(load_vlm(inputs.ws.sft_dir), world, n)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"stamp": stamp, "eval": ev}))
+    return ev
+
+
+def _track_point(step: int, ev: dict[str, Any]) -> dict[str, Any]:
+    return {"step": step, "client_preference": ev["client_preference"],
+            "vqa_accuracy": {b: x["vqa_accuracy"] for b, x in ev["benchmarks"].items()}}
+
+
+__all__ = ["JobInputs", "RunJob", "router_by_domain", "run_config", "run_job", "serve"]

@@ -1,0 +1,153 @@
+"""experiments/mor_table.py: the quick profile end to end (real reward nodes, real GRPO runs), and the
+planning and summary maths on hand-made inputs."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from services.experiments import summary as sm
+from services.experiments.prepare import general_world, noisy_world
+from services.experiments.profiles import method, quick
+from services.experiments.report import PLOTS, cell
+from services.experiments.table import plan
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    """The quick profile, run as a user runs it (one process, the script's own command line)."""
+    root = tmp_path_factory.mktemp("mor-table")
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "experiments/mor_table.py", "--profile", "quick", "--out", str(root / "out"),
+                           "--work", str(root / "work")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["profile"] == "quick"
+    out = root / "out"
+    return out, json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
+
+
+def test_quick_profile_writes_json_markdown_and_valid_pngs(table):
+    out, results, md = table
+
+    for name in PLOTS:
+        data = (out / f"{name}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        with Image.open(out / f"{name}.png") as im:
+            im.verify()
+        assert f"![{name}]({name}.png)" in md
+    assert results["command"].startswith("python experiments/mor_table.py --profile quick")
+    assert results["timing"]["total"] > 0
+
+
+def test_every_method_has_a_row_with_finite_numbers(table):
+    _, results, _ = table
+    p = quick()
+    rows = results["summary"]["main"]["methods"]
+
+    assert results["summary"]["main"]["order"] == list(p.methods) and set(rows) == set(p.methods)
+    for m, row in rows.items():
+        agg = row["agg"]
+        names = [k for k in agg if k.startswith(("acc:", "em:", "format:", "pref:"))] + ["acc_mean", "pref_mean"]
+        assert {"acc:charts", "acc:digits", "acc:shapes", "pref:clinic", "pref:bank", "pref:school", "pref:lab"} <= set(agg)
+        assert all(math.isfinite(agg[k]["mean"]) and math.isfinite(agg[k]["std"]) for k in names)
+        if method(m).trains:
+            assert math.isfinite(agg["reward_last"]["mean"]) and math.isfinite(agg["kl_last"]["mean"])
+    for m in p.methods:
+        job = results["jobs"][f"main/{m}/s0"]
+        if method(m).trains:  # every RL method got the same GRPO budget
+            assert job["curves"]["step"] == list(range(1, p.grpo["steps"] + 1))
+
+
+def test_markdown_main_table_is_rendered_from_the_json(table):
+    _, results, md = table
+    rows = {m: results["summary"]["main"]["methods"][m] for m in results["summary"]["main"]["order"]}
+    lines = md.split("## Main table")[1].split("##")[0].strip().splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+    assert len(body) == len(rows)
+    key = {"acc mean": "acc_mean", "pref mean": "pref_mean", "reward": "reward_last", "KL": "kl_last"}
+    for (_m, row), cells in zip(rows.items(), body, strict=True):
+        assert cells[0] == row["label"]
+        for col, text in zip(head[1:], cells[1:], strict=True):
+            name = key.get(col) or re.sub(r"^(acc|pref) (\w+).*$", r"\1:\2", col)
+            assert text == cell(row["agg"][name], 4 if col == "KL" else 3), (row["label"], col)
+
+
+def test_claim_sections_hold_their_numbers(table):
+    _, results, md = table
+    s = results["summary"]
+
+    gen = s["generalisation"]
+    assert gen["benchmark"] == "charts" and gen["covered"] == ["digits", "shapes"]
+    assert set(gen["methods"]) == {"sft", "mor"}
+    assert results["jobs"]["general/mor/s0"]["rm_accuracy"].keys() == {"clinic", "bank", "school"}
+    rob = s["robustness"]
+    assert rob["levels"] == [0.0, 0.4] and set(rob["methods"]["mor"]["levels"]) == {"0.0", "0.4"}
+    ad = s["adaptability"]
+    assert ad["client"] == "lab" and ad["n"] == 1
+    assert "Generalisation" in md and "Robustness" in md and "adaptability" in md
+
+
+def test_the_held_out_client_joins_the_adaptability_run_only(table):
+    _, results, _ = table
+    join, control = results["jobs"]["adapt/mor/s0"], results["jobs"]["adapt_control/mor/s0"]
+    step = quick().claims.adapt_join_step
+
+    weights = join["curves"]["weights"]
+    assert weights["lab"][:step] == [0.0] * step and all(w > 0 for w in weights["lab"][step:])
+    assert "lab" not in control["curves"]["weights"]
+    assert [t["step"] for t in join["track"]] == list(range(0, quick().claims.adapt_steps + 1))
+    assert join["router_domains"] and set(next(iter(join["router_domains"].values()))) == {"clinic", "bank", "school", "lab"}
+
+
+def test_plan_adds_zero_noise_rows_and_never_repeats_a_job():
+    p = quick()
+
+    jobs = plan(p, "lab")
+
+    keys = [j.key for j in jobs]
+    assert len(keys) == len(set(keys))
+    assert {f"main/{m}/s{s}" for m in p.claims.noise_methods for s in p.claims.noise_seeds} <= set(keys)
+    assert [j.scenario for j in jobs[:2]] == ["adapt", "adapt_control"] and jobs[0].join == "lab"
+    assert plan(p, None)[0].scenario == "main"  # no held-out client: no adaptability jobs
+
+
+def test_claim_worlds_change_only_what_the_claim_needs():
+    base = quick().world
+
+    gen = general_world(base, "charts")
+    noisy = noisy_world(base, "bank", 0.2)
+
+    assert all("charts" not in c.domain_mix for c in gen.clients) and set(gen.benchmarks) == set(base.benchmarks)
+    assert {c.name: c.label_noise for c in noisy.clients} == {"clinic": 0.0, "bank": 0.2, "school": 0.0}
+    with pytest.raises(ValueError, match="noise_client"):
+        noisy_world(base, "nobody", 0.2)
+
+
+def test_paired_verdicts_and_first_improvement():
+    a = {0: {"x": 0.5}, 1: {"x": 0.6}, 2: {"x": 0.7}}
+    b = {0: {"x": 0.3}, 1: {"x": 0.41}, 2: {"x": 0.49}}
+    track = [{"step": s, "client_preference": {"lab": v}} for s, v in [(0, 0.2), (2, 0.2), (4, 0.205), (6, 0.3)]]
+
+    assert sm.paired(a, b, "x")["verdict"] == "better"
+    assert sm.paired(b, a, "x")["verdict"] == "worse"
+    assert sm.paired({0: {"x": 1.0}}, {0: {"x": 0.0}}, "x")["verdict"] == "one seed"
+    assert sm.first_improvement(track, "lab", after=2, margin=0.01) == 4
+    assert sm.first_improvement(track, "lab", after=6, margin=0.01) is None
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known: sft, central"):
+        method("median")
+    assert method("single:bank").rms == "client:bank"
