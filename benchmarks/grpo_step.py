@@ -192,6 +192,7 @@ def serve(argv: list[str]) -> None:
     ap.add_argument("kind", choices=["samplers", "nodes"])
     ap.add_argument("--spans", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--world", type=Path)
@@ -211,7 +212,7 @@ def serve(argv: list[str]) -> None:
                 settings = SamplerSettings(
                     model={"arch": "qwen2_vl", "preset": a.preset, "seed": 0}, tls={"insecure": True},
                     metrics={"enabled": False}, server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0},
-                    hf={"torch_threads": a.threads}, max_new_tokens=max(64, a.max_new_tokens),
+                    hf={"torch_threads": a.threads, "device": a.device}, max_new_tokens=max(64, a.max_new_tokens),
                 )
                 backend = HFBackend(settings.model, settings.hf)
                 backend._generate_sync = tl.wrap("generate", backend._generate_sync)  # the model thread's work
@@ -286,7 +287,7 @@ class MoRSide:
         for mode in MODES[1:]:
             overlap = mode == "mor_overlap"
             cfg = RunConfig(
-                seed=0, world=self.world_dir, output_dir=self.out / mode, torch_threads=a.threads,
+                seed=0, world=self.world_dir, output_dir=self.out / mode, torch_threads=a.threads, device=a.device,
                 policy={"arch": "qwen2_vl", "preset": a.preset, "seed": 0},
                 sampler={"address": f"127.0.0.1:{sampler_ports[mode]}", "tls": {"insecure": True}, "timeout_s": 300},
                 nodes=[{"node_id": n, "address": f"127.0.0.1:{p}", "tls": {"insecure": True}, "timeout_s": 120}
@@ -362,7 +363,7 @@ def build_trl(args: argparse.Namespace, world_dir: Path, loaded: dict[str, Loade
              "image": world.load_image(p.image), "question": p.question} for p in world.prompt_pool()]
     vlm = build_vlm(ModelConfig(arch="qwen2_vl", preset=args.preset, seed=0))
     cfg = GRPOConfig(
-        output_dir=str(out), use_cpu=True, bf16=False, seed=0, report_to="none", save_strategy="no",
+        output_dir=str(out), use_cpu=args.device == "cpu", bf16=False, seed=0, report_to="none", save_strategy="no",
         logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, max_steps=1 + args.steps,
         per_device_train_batch_size=args.prompts * args.group_size, num_generations=args.group_size,
         max_completion_length=args.max_new_tokens, temperature=1.0, learning_rate=args.lr, beta=0.04,
@@ -450,7 +451,8 @@ def run(args: argparse.Namespace) -> tuple[list[Step], Timeline, str]:
         try:
             # The children boot while the world is made and the RMs train.
             common = ["--threads", str(args.threads), "--preset", args.preset]
-            samplers = Child("samplers", root, *common, "--max-new-tokens", str(args.max_new_tokens))
+            samplers = Child("samplers", root, *common, "--max-new-tokens", str(args.max_new_tokens),
+                             "--device", args.device)
             nodes = Child("nodes", root, *common, "--world", str(root / "world"), "--rm-dir", str(root / "rm"))
             children += [samplers, nodes]
             world_dir, loaded = prepare(root, args.quick)
@@ -519,6 +521,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4, help="learning rate (both sides)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads of every process")
+    ap.add_argument("--device", default="cpu", help="device of the policy on every side (TRL, MoR trainer, sampler): cpu or cuda")
     args = ap.parse_args(argv)
     args.preset = args.preset or ("tiny" if args.quick else "small")
     args.prompts = args.prompts or (2 if args.quick else 4)
@@ -555,7 +558,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     headline: dict[str, Any] = {
         "bench": "grpo_step", "arch": "qwen2_vl", "preset": args.preset, "prompts": args.prompts,
         "group_size": args.group_size, "max_new_tokens": args.max_new_tokens, "lora_rank": args.lora_rank,
-        "threads": args.threads, "steps": args.steps, "trl_version": trl_version,
+        "threads": args.threads, "device": args.device, "steps": args.steps, "trl_version": trl_version,
         "mor_vs_trl": round(res["mor"]["total"] / a, 3),
         "mor_overlap_vs_trl": round(res["mor_overlap"]["total"] / a, 3),
         "mor_vs_trl_paired": round(res["mor"]["paired_vs_trl"], 3),
