@@ -44,7 +44,9 @@ class StepRecord:
     zero_std_group_fraction: float
     completion_tokens_mean: float
     nodes: list[NodeStep] = field(default_factory=list)
-    phases: dict[str, float] = field(default_factory=dict)  # seconds per PHASES entry, plus "total"
+    # seconds per PHASES entry, plus "total" and "generate_wait" (the part of generation the step
+    # waited for; less than "generate" when grpo.overlap ran it during the previous step)
+    phases: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=True)

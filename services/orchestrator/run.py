@@ -36,7 +36,7 @@ from services.common.data.world import load_world
 from services.common.errors import VersionMismatch
 from services.orchestrator import checkpoint as ckpt_io
 from services.orchestrator.prompts import Prompt, PromptStream
-from services.orchestrator.records import NodeStep, StepRecord
+from services.orchestrator.records import PHASES, NodeStep, StepRecord
 from services.orchestrator.rollouts import LocalSampler, RemoteSampler, Rollouts, RolloutSource
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,9 @@ class MoRRun:
         t_start = time.perf_counter()
         await self._admit_joining()
         pending, self._prefetch = self._prefetch, None
+        t_wait = time.perf_counter()
         prompts, rollouts, gen_s = await (pending if pending is not None else self._sample(step))
+        wait_s = time.perf_counter() - t_wait  # with overlap: what is left of a prefetch started last step
         self._stream_consumed = self.stream.state_dict()
         staleness = self.policy_version - rollouts.policy_version
         if staleness < 0 or staleness > g.max_staleness:
@@ -309,7 +311,7 @@ class MoRRun:
             clip_high=stats.clip_high, grad_norm=stats.grad_norm,
             zero_std_group_fraction=zero_std_fraction(reward, g.group_size),
             completion_tokens_mean=stats.completion_tokens_mean, nodes=nodes,
-            phases={"generate": gen_s, "score": t_score - t_gen, "fuse": t_fuse - t_score,
+            phases={"generate": gen_s, "generate_wait": wait_s, "score": t_score - t_gen, "fuse": t_fuse - t_score,
                     "train": t_train - t_fuse, "push": push_s, "total": total},
         )
         self._export(record)
@@ -351,7 +353,7 @@ class MoRRun:
         m.ORCHESTRATOR_CLIP_HIGH.set(r.clip_high)
         m.ORCHESTRATOR_ZERO_STD_GROUPS.set(r.zero_std_group_fraction)
         for phase, seconds in r.phases.items():
-            if phase != "total":
+            if phase in PHASES:
                 m.ORCHESTRATOR_PHASE_LATENCY.labels(phase=phase).observe(seconds)
         for n in r.nodes:
             m.ORCHESTRATOR_NODE_WEIGHT.labels(node_id=n.node_id).set(n.weight_mean)

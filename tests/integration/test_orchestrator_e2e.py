@@ -116,6 +116,7 @@ def test_overlap_trains_one_step_off_policy(stack, world_dir, tmp_path, arun):
     assert result.steps_done == 3 and result.policy_version == 3
     assert [r.staleness for r in steps] == [0, 1, 1]  # later batches were sampled while the previous trained
     assert [r.policy_version for r in steps] == [0, 0, 1]
+    assert all(r.phases["generate_wait"] <= r.phases["generate"] + 1e-3 for r in steps)
 
 
 def test_a_new_node_joins_mid_run(stack, world_dir, tmp_path, arun):
