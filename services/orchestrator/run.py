@@ -106,10 +106,6 @@ class MoRRun:
         """Finish the step in progress, checkpoint, and return."""
         self._stop.set()
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
     async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -141,7 +137,7 @@ class MoRRun:
 
         self.fanout = RewardFanout(cfg.nodes, cfg.fanout)
         infos = await self.fanout.start()
-        self.node_ids = [n.node_id for n in cfg.nodes]
+        self.node_ids = list(self.fanout.node_ids)
         self.embedder = PromptEmbedder()
         self.calibration = NodeCalibration(self.node_ids, infos, cfg.router)
         self.router = build_router(cfg.router.kind, self.node_ids, cfg.router, feature_dim=self.embedder.dim,
