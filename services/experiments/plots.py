@@ -86,16 +86,17 @@ def accuracy_bars(s: dict[str, Any], path: Path) -> None:
     benches = sorted(k[4:] for k in next(iter(rows.values()))["agg"] if k.startswith("acc:"))
     cols = [*benches, "mean"]
     width = 0.8 / max(1, len(rows))
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(cols) * len(rows) / 4), 4.5))
+    colours = plt.get_cmap("tab20").colors  # 20 distinct colours: one per method, none repeated
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(cols) * len(rows)) + 3, 4.5))
     for i, (m, row) in enumerate(rows.items()):
         stats = [row["agg"].get(f"acc:{b}" if b != "mean" else "acc_mean", {}) for b in cols]
         mean = [st.get("mean", math.nan) for st in stats]
         std = [st.get("std", 0.0) for st in stats]
         ax.bar(np.arange(len(cols)) + (i - (len(rows) - 1) / 2) * width, mean, width, yerr=std, capsize=2,
-               label=row["label"], edgecolor="k" if m == "mor" else None)
+               label=row["label"], color=colours[i % len(colours)], edgecolor="k" if m == "mor" else None)
     ax.set_xticks(range(len(cols)), cols)
     ax.set(ylabel="VQA accuracy (held-out split)", title="accuracy per benchmark, error bars = std over seeds")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -48,7 +48,11 @@ def build_summary(p: Profile, jobs: dict[str, dict[str, Any]], context: dict[str
     held_out = context["held_out_client"]
     return {
         "main": {"order": list(p.methods), "methods": {m: {"label": method(m).label, **main[m]} for m in p.methods},
-                 "mor_vs": sm.comparisons({m: main[m] for m in p.methods})},
+                 "mor_vs": sm.comparisons({m: main[m] for m in p.methods}),
+                 # The router alone against the other ways to fuse the same client RMs (no rules anywhere).
+                 "router_vs": sm.comparisons({m: main[m] for m in p.methods if m == "mor_norules"
+                                              or m in ("mean", "min", "static") or m.startswith("single:")},
+                                             against="mor_norules")},
         "generalisation": sm.generalisation(general, c.gen_benchmark, covered),
         "robustness": sm.robustness(levels, c.noise_client),
         "adaptability": (sm.adaptability(join, control, held_out, clients, c.adapt_join_step, c.improve_margin)
@@ -88,13 +92,19 @@ def render(p: Profile, s: dict[str, Any], context: dict[str, Any], timing: dict[
            f"{g['prompts_per_step']} prompts x {g['group_size']} answers (lr {g['lr']}), seeds {list(p.seeds)}; "
            f"held-out split, {p.eval_examples} examples per benchmark, greedy. acc = VQA accuracy; pref = mean "
            f"true-oracle preference of the client on its own domains; reward and KL = mean of the last 3 steps. "
-           f"Cells are mean ± std over seeds. Wall time {timing['total'] / 60:.1f} min.", "",
+           f"Cells are mean ± std over seeds. {_time_note(context, timing)}", "",
            "## Main table", "", *main_table(s, benchmarks, clients, held_out), "",
            "## MoR against each baseline (paired over seeds; better/worse = |mean diff| > 2 SE)", "",
            "| baseline | Δ acc mean | verdict | Δ pref mean | verdict |", "|---|---|---|---|---|"]
     for m, cmp in s["main"]["mor_vs"].items():
         a, b = cmp["acc_mean"], cmp["pref_mean"]
         out.append(f"| {method(m).label} | {signed(a['diff'])} | {a['verdict']} | {signed(b['diff'])} | {b['verdict']} |")
+    if s["main"]["router_vs"]:
+        out += ["", "## The MoR router alone (no rule reward) against the other fusions of the same client RMs", "",
+                "| fusion | Δ acc mean | verdict | Δ pref mean | verdict |", "|---|---|---|---|---|"]
+        for m, cmp in s["main"]["router_vs"].items():
+            a, b = cmp["acc_mean"], cmp["pref_mean"]
+            out.append(f"| {method(m).label} | {signed(a['diff'])} | {a['verdict']} | {signed(b['diff'])} | {b['verdict']} |")
     ge = s["generalisation"]
     out += ["", f"## Generalisation: `{ge['benchmark']}` is in no client's preference data", "",
             f"Clients' domain mixes leave `{ge['benchmark']}` out; the server prompt pool and calibration set still "
@@ -137,6 +147,16 @@ def render(p: Profile, s: dict[str, Any], context: dict[str, Any], timing: dict[
             for r in context["reward_models"]]
     out += ["", "## Plots", "", *[f"![{n}]({n}.png)" for n in PLOTS], ""]
     return "\n".join(out)
+
+
+def _time_note(context: dict[str, Any], timing: dict[str, float]) -> str:
+    jobs = context.get("jobs", {})
+    note = f"Wall time of this invocation {timing['total'] / 60:.1f} min"
+    if jobs.get("reused"):
+        note += (f"; {jobs['reused']} of {jobs['total']} jobs were reused from an earlier invocation with the same "
+                 f"settings (see experiments/results/README.md for the wall time of the run that made them)")
+    return note + (f"; the run times of the {jobs.get('total', 0)} jobs add up to "
+                   f"{jobs.get('compute_seconds', 0.0) / 60:.1f} min (with several workers they overlap).")
 
 
 PLOTS = ("curves", "router_weights", "accuracy_bars", "robustness", "adaptability")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -159,6 +160,8 @@ def run_job(inputs: JobInputs) -> dict[str, Any]:
     from services.common.models.factory import load_vlm
 
     torch.set_num_threads(1)
+    # Worker processes start with fresh logging: loopback plaintext is the point here, not a warning.
+    logging.getLogger("services.common.grpc").setLevel(logging.ERROR)
     job, p = inputs.job, inputs.profile
     run_dir = inputs.ws.run_dir(job.scenario, job.method, job.seed)
     done = run_dir / "job.json"
@@ -166,7 +169,7 @@ def run_job(inputs: JobInputs) -> dict[str, Any]:
     if done.is_file():
         cached = json.loads(done.read_text())
         if cached.get("spec") == json.loads(json.dumps(spec)):
-            return cached
+            return {**cached, "cached": True}
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a half-finished job starts over
     run_dir.mkdir(parents=True)
@@ -184,7 +187,7 @@ def run_job(inputs: JobInputs) -> dict[str, Any]:
                       track=(start + trained["track"]) if job.track else None)
     result["seconds"] = time.perf_counter() - t0
     done.write_text(json.dumps(result, indent=1, sort_keys=True, allow_nan=True))
-    return json.loads(done.read_text())
+    return {**json.loads(done.read_text()), "cached": False}
 
 
 def _sft_eval(inputs: JobInputs, world: Any) -> dict[str, Any]:

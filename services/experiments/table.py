@@ -138,7 +138,9 @@ def run_table(p: Profile, out: Path, work: Path, *, workers: int | None = None,
     planned, specs = inputs_for(p, ws, jobs)
     t = time.perf_counter()
     # Specs with the same checkpoint folder (same data, settings and seed) are trained once.
-    by_dir = {rm_dir(p, ws, s): s for s in specs}
+    by_dir: dict[Path, RMSpec] = {}
+    for s in specs:
+        by_dir.setdefault(rm_dir(p, ws, s), s)
     console.print(f"[green]reward models[/] {len(by_dir)} to train or reuse")
     trained = _pool_map(_train_rm, [(p, ws, s) for s in by_dir.values()], workers,
                         lambda a, r: console.print(f"  {a[2].node_id} ({a[2].kind}, {a[2].world}, seed {a[2].seed}): "
@@ -172,9 +174,13 @@ def run_table(p: Profile, out: Path, work: Path, *, workers: int | None = None,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "workers": workers},
         "reward_models": rm_table,
+        # Jobs found finished in --work are not run again: say so, with the compute they took when they ran.
+        "jobs": {"total": len(results), "reused": sum(bool(r.get("cached")) for r in results),
+                 "compute_seconds": sum(r["seconds"] for r in results)},
     }
     timing["total_before_report"] = time.perf_counter() - t0
-    return write_report(p, {r["key"]: r for r in results}, context, timing, out, ws, console)
+    jobs_by_key = {r["key"]: {k: v for k, v in r.items() if k != "cached"} for r in results}
+    return write_report(p, jobs_by_key, context, timing, out, ws, console)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
