@@ -32,10 +32,18 @@ from services.common.config import ConfigError
 from services.common.config.services import RewardNodeSettings
 from services.reward_node.checkpoint import save_checkpoint
 from services.reward_node.data import SPLITS, NodeData, load_node_data
-from services.reward_node.hybrid import part_stats, parts_matrix
+from services.reward_node.hybrid import parts_matrix
 from services.reward_node.rm import build_rm
-from services.reward_node.rm.text_encoder import EMBEDDER, get_encoder
-from services.reward_node.train import TrainResult, fit, pair_accuracy, prepare_pairs, raw_scores, train_rm
+from services.reward_node.rm.text_encoder import get_encoder
+from services.reward_node.train import (
+    TrainResult,
+    fit,
+    held_out_metadata,
+    pair_accuracy,
+    prepare_pairs,
+    raw_scores,
+    train_rm,
+)
 
 
 def _interleave(lists: Sequence[Sequence]) -> list:
@@ -150,13 +158,7 @@ def train_fedavg_rm(settings: RewardNodeSettings, world_dir: str | Path, clients
             "seconds": round(seconds, 2), "loss_per_round": [round(x, 5) for x in history],
         },
         "train_accuracy": sum(a * n for a, n in zip(train_acc, counts, strict=True)) / sum(counts),
-        "held_out_accuracy": pair_accuracy(test_scores[:n_te], test_scores[n_te:]),
-        "score_mean": float(test_scores.mean()),
-        "score_std": float(test_scores.std(unbiased=False)),
-        "score_min": float(test_scores.min()),
-        "score_max": float(test_scores.max()),
-        "parts": {**part_stats(parts), "length_budget_words": settings.model.length_budget_words},
-        "prototype": {"embedder": EMBEDDER, "dim": int(prototype.numel()), "source": "mean of training prompt embeddings"},
+        **held_out_metadata(test_scores, n_te, parts, settings, prototype),
     }
     meta = save_checkpoint(model, out, metadata, prototype)
     return TrainResult(out, meta, seconds, model)

@@ -136,6 +136,21 @@ def fit(
     return history
 
 
+def held_out_metadata(test_scores: torch.Tensor, n_te: int, parts: Any, settings: RewardNodeSettings,
+                      prototype: torch.Tensor) -> dict[str, Any]:
+    """The checkpoint metadata read off the held-out scores (chosen first, then rejected): pair
+    accuracy, the score statistics GetInfo publishes, rule-part statistics and the prototype's description."""
+    return {
+        "held_out_accuracy": pair_accuracy(test_scores[:n_te], test_scores[n_te:]),
+        "score_mean": float(test_scores.mean()),
+        "score_std": float(test_scores.std(unbiased=False)),
+        "score_min": float(test_scores.min()),
+        "score_max": float(test_scores.max()),
+        "parts": {**part_stats(parts), "length_budget_words": settings.model.length_budget_words},
+        "prototype": {"embedder": EMBEDDER, "dim": int(prototype.numel()), "source": "mean of training prompt embeddings"},
+    }
+
+
 def train_rm(
     settings: RewardNodeSettings,
     *,
@@ -190,13 +205,7 @@ def train_rm(
             "seed": cfg.seed, "seconds": round(seconds, 2), "loss_per_epoch": [round(x, 5) for x in history],
         },
         "train_accuracy": pair_accuracy(train_scores[:n_tr], train_scores[n_tr:]),
-        "held_out_accuracy": pair_accuracy(test_scores[:n_te], test_scores[n_te:]),
-        "score_mean": float(test_scores.mean()),
-        "score_std": float(test_scores.std(unbiased=False)),
-        "score_min": float(test_scores.min()),
-        "score_max": float(test_scores.max()),
-        "parts": {**part_stats(parts), "length_budget_words": settings.model.length_budget_words},
-        "prototype": {"embedder": EMBEDDER, "dim": int(prototype.numel()), "source": "mean of training prompt embeddings"},
+        **held_out_metadata(test_scores, n_te, parts, settings, prototype),
         "software": _versions(),
     }
     assert list(PART_NAMES) == metadata["parts"]["names"]
