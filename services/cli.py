@@ -380,7 +380,7 @@ def orchestrator_run(
 
     def on_step(r):
         if not quiet:
-            bar.console.print(view.row(r), highlight=False, markup=False)
+            bar.console.print(view.row(r), highlight=False, markup=False, soft_wrap=True)
         bar.update(task, completed=r.step)
 
     def on_status(msg: str) -> None:
@@ -394,7 +394,7 @@ def orchestrator_run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, run.request_stop)
         if not quiet:
-            bar.console.print(view.header([n.node_id for n in cfg.nodes]), highlight=False, markup=False)
+            bar.console.print(view.header([n.node_id for n in cfg.nodes]), highlight=False, markup=False, soft_wrap=True)
         return await run.run()
 
     try:
