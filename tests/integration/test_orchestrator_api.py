@@ -3,6 +3,7 @@ registry, error statuses, and its metrics side port (scraped over HTTP)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.request
 
 import grpc
@@ -26,27 +27,33 @@ def _run_yaml(cfg) -> str:
     return yaml.safe_dump(data)
 
 
+@contextlib.asynccontextmanager
+async def serving(tmp_path):
+    """A started orchestrator API server and a stub on a channel to it; both closed on exit."""
+    app = OrchestratorApp(_settings(tmp_path))
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            yield app, orchestrator_pb2_grpc.OrchestratorStub(ch)
+    finally:
+        await app.stop(0)
+
+
 def test_start_watch_get_run_to_completion_and_metrics(stack, world_dir, tmp_path, arun):
     async def scenario():
         async with stack() as s:
-            app = OrchestratorApp(_settings(tmp_path))
-            await app.start()
-            try:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
-                    stub = orchestrator_pb2_grpc.OrchestratorStub(ch)
-                    cfg = s.run_config(world_dir, tmp_path / "ignored", grpo={"steps": 2})
-                    started = await stub.StartRun(orchestrator_pb2.StartRunRequest(
-                        run_id="r1", config_yaml=_run_yaml(cfg), overrides=["grpo.beta=0.02"]))
-                    events = [ev.event async for ev in stub.WatchRun(orchestrator_pb2.WatchRunRequest(run_id="r1"))]
-                    got = await stub.GetRun(orchestrator_pb2.GetRunRequest(run_id="r1"))
-                    with pytest.raises(grpc.aio.AioRpcError) as dup:
-                        await stub.StartRun(orchestrator_pb2.StartRunRequest(run_id="r1", config_yaml=_run_yaml(cfg)))
-                    url = f"http://127.0.0.1:{app.service.metrics_port}/metrics"
-                    # the side port is served by this event loop: fetch from a thread
-                    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
-                    return started.run, events, got.run, dup.value, body
-            finally:
-                await app.stop(0)
+            async with serving(tmp_path) as (app, stub):
+                cfg = s.run_config(world_dir, tmp_path / "ignored", grpo={"steps": 2})
+                started = await stub.StartRun(orchestrator_pb2.StartRunRequest(
+                    run_id="r1", config_yaml=_run_yaml(cfg), overrides=["grpo.beta=0.02"]))
+                events = [ev.event async for ev in stub.WatchRun(orchestrator_pb2.WatchRunRequest(run_id="r1"))]
+                got = await stub.GetRun(orchestrator_pb2.GetRunRequest(run_id="r1"))
+                with pytest.raises(grpc.aio.AioRpcError) as dup:
+                    await stub.StartRun(orchestrator_pb2.StartRunRequest(run_id="r1", config_yaml=_run_yaml(cfg)))
+                url = f"http://127.0.0.1:{app.service.metrics_port}/metrics"
+                # the side port is served by this event loop: fetch from a thread
+                body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+                return started.run, events, got.run, dup.value, body
 
     started, events, run, dup, body = arun(scenario())
     assert started.run_id == "r1" and started.total_steps == 2
@@ -66,44 +73,38 @@ def test_start_watch_get_run_to_completion_and_metrics(stack, world_dir, tmp_pat
 def test_stop_run_bad_config_unknown_run_and_nodes(stack, world_dir, tmp_path, arun):
     async def scenario():
         async with stack() as s:
-            app = OrchestratorApp(_settings(tmp_path))
-            await app.start()
-            try:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
-                    stub = orchestrator_pb2_grpc.OrchestratorStub(ch)
-                    codes = {}
-                    for name, req in {
-                        "bad_yaml": orchestrator_pb2.StartRunRequest(config_yaml="grpo: [unclosed"),
-                        "bad_field": orchestrator_pb2.StartRunRequest(config_yaml="grpo: {group_size: 1}"),
-                        "no_nodes": orchestrator_pb2.StartRunRequest(config_yaml="seed: 1"),
-                    }.items():
-                        try:
-                            await stub.StartRun(req)
-                        except grpc.aio.AioRpcError as e:
-                            codes[name] = (e.code(), e.details())
+            async with serving(tmp_path) as (app, stub):
+                codes = {}
+                for name, req in {
+                    "bad_yaml": orchestrator_pb2.StartRunRequest(config_yaml="grpo: [unclosed"),
+                    "bad_field": orchestrator_pb2.StartRunRequest(config_yaml="grpo: {group_size: 1}"),
+                    "no_nodes": orchestrator_pb2.StartRunRequest(config_yaml="seed: 1"),
+                }.items():
                     try:
-                        await stub.GetRun(orchestrator_pb2.GetRunRequest(run_id="nope"))
+                        await stub.StartRun(req)
                     except grpc.aio.AioRpcError as e:
-                        codes["unknown"] = (e.code(), e.details())
-                    for n, node in s.nodes.items():
-                        await stub.RegisterNode(orchestrator_pb2.RegisterNodeRequest(node_id=n, endpoint=f"127.0.0.1:{node.port}"))
-                    listed = await stub.ListNodes(orchestrator_pb2.ListNodesRequest())
-                    cfg = s.run_config(world_dir, tmp_path / "x", grpo={"steps": 50})
-                    data = yaml.safe_load(_run_yaml(cfg))
-                    data.pop("nodes")  # the registered nodes are used
-                    await stub.StartRun(orchestrator_pb2.StartRunRequest(run_id="long", config_yaml=yaml.safe_dump(data)))
-                    watch = stub.WatchRun(orchestrator_pb2.WatchRunRequest(run_id="long"))
-                    seen = []
-                    async for ev in watch:
-                        seen.append(ev.event)
-                        if ev.event.WhichOneof("kind") == "step" and ev.event.step.step == 1:
-                            stopping = await stub.StopRun(orchestrator_pb2.StopRunRequest(run_id="long"))
-                    final = await stub.GetRun(orchestrator_pb2.GetRunRequest(run_id="long"))
-                    removed = await stub.RemoveNode(orchestrator_pb2.RemoveNodeRequest(node_id="bank"))
-                    after = await stub.ListNodes(orchestrator_pb2.ListNodesRequest())
-                    return codes, listed, stopping.run, final.run, removed, after
-            finally:
-                await app.stop(0)
+                        codes[name] = (e.code(), e.details())
+                try:
+                    await stub.GetRun(orchestrator_pb2.GetRunRequest(run_id="nope"))
+                except grpc.aio.AioRpcError as e:
+                    codes["unknown"] = (e.code(), e.details())
+                for n, node in s.nodes.items():
+                    await stub.RegisterNode(orchestrator_pb2.RegisterNodeRequest(node_id=n, endpoint=f"127.0.0.1:{node.port}"))
+                listed = await stub.ListNodes(orchestrator_pb2.ListNodesRequest())
+                cfg = s.run_config(world_dir, tmp_path / "x", grpo={"steps": 50})
+                data = yaml.safe_load(_run_yaml(cfg))
+                data.pop("nodes")  # the registered nodes are used
+                await stub.StartRun(orchestrator_pb2.StartRunRequest(run_id="long", config_yaml=yaml.safe_dump(data)))
+                watch = stub.WatchRun(orchestrator_pb2.WatchRunRequest(run_id="long"))
+                seen = []
+                async for ev in watch:
+                    seen.append(ev.event)
+                    if ev.event.WhichOneof("kind") == "step" and ev.event.step.step == 1:
+                        stopping = await stub.StopRun(orchestrator_pb2.StopRunRequest(run_id="long"))
+                final = await stub.GetRun(orchestrator_pb2.GetRunRequest(run_id="long"))
+                removed = await stub.RemoveNode(orchestrator_pb2.RemoveNodeRequest(node_id="bank"))
+                after = await stub.ListNodes(orchestrator_pb2.ListNodesRequest())
+                return codes, listed, stopping.run, final.run, removed, after
 
     codes, listed, stopping, final, removed, after = arun(scenario())
     assert codes["bad_yaml"][0] == grpc.StatusCode.INVALID_ARGUMENT and "config_yaml" in codes["bad_yaml"][1]
