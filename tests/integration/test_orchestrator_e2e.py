@@ -136,3 +136,23 @@ def test_a_new_node_joins_mid_run(stack, world_dir, tmp_path, arun):
         nodes = {n.node_id: n for n in r.nodes}
         assert nodes[joined].responded and nodes[joined].weight_mean > 0
         assert abs(sum(n.weight_mean for n in r.nodes) - 1.0) < 1e-4
+
+
+def test_rollouts_older_than_max_staleness_are_refused(stack, world_dir, tmp_path, arun):
+    from services.orchestrator.run import StaleRollouts
+
+    async def scenario():
+        async with stack() as s:
+            run = MoRRun(s.run_config(world_dir, tmp_path / "run", grpo={"steps": 2}))
+            try:
+                await run.setup()
+                run.policy_version += 2  # the trainer moved on twice; the sampler still serves version 0
+                with pytest.raises(StaleRollouts, match="max_staleness=0"):
+                    await run.run_step()
+                run.policy_version = -1  # rollouts from a version the trainer never pushed
+                with pytest.raises(StaleRollouts):
+                    await run.run_step()
+            finally:
+                await run.close()
+
+    arun(scenario())
