@@ -362,8 +362,10 @@ def orchestrator_run(
     import signal
 
     from services.common.config import RunConfig
+    from services.common.data.world import WorldFormatError
     from services.common.errors import MorError
     from services.orchestrator import console as view
+    from services.orchestrator.checkpoint import CheckpointError
 
     try:
         cfg = load_yaml(RunConfig, config)
@@ -405,7 +407,9 @@ def orchestrator_run(
                 result = asyncio.run(main())
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
-    except (MorError, OSError) as exc:
+    except WorldFormatError as exc:
+        fail(f"world: {exc}", EXIT_DATA)
+    except (MorError, OSError, CheckpointError) as exc:
         fail(f"run failed at step {run.step + 1}: {exc}", EXIT_RUN)
     if not quiet:
         out.print(view.summary(run.records, title=f"MoR run ({cfg.router.kind} router)"))

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from services.common.config import EndpointSection
+from services.common.errors import NotReady
 from services.orchestrator.prompts import Prompt
 from services.policy_sampler.backends.base import Sample
 
@@ -46,6 +48,19 @@ class RolloutSource(abc.ABC):
         """Release channels."""
 
 
+@contextlib.asynccontextmanager
+async def _sampler_errors(address: str, what: str) -> AsyncIterator[None]:
+    """A failed sampler call becomes a domain error that names the sampler and the status."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        raise NotReady(f"sampler at {address}: {what} failed with {code}: {details}") from None
+
+
 class RemoteSampler(RolloutSource):
     """The policy_sampler service."""
 
@@ -56,21 +71,24 @@ class RemoteSampler(RolloutSource):
         self._client = SamplerClient(endpoint)
 
     async def start(self) -> int:
-        info = await self._client.get_info()
+        async with _sampler_errors(self.endpoint.address, "GetInfo"):
+            info = await self._client.get_info()
         return info.policy_version
 
     async def generate(self, prompts: Sequence[Prompt], group_size: int, *, temperature: float,
                        max_new_tokens: int, seed: int) -> Rollouts:
         from services.policy_sampler.client import SamplerPrompt
 
-        out = await self._client.generate(
-            [SamplerPrompt(p.prompt_id, p.question, p.image_png) for p in prompts], group_size,
-            temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-        )
+        async with _sampler_errors(self.endpoint.address, "Generate"):
+            out = await self._client.generate(
+                [SamplerPrompt(p.prompt_id, p.question, p.image_png) for p in prompts], group_size,
+                temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+            )
         return Rollouts([list(g) for g in out.groups], out.policy_version)
 
     async def push(self, version: int, kind: str, payload: bytes, config_json: str) -> None:
-        result = await self._client.push_weights(version, payload, kind, adapter_config_json=config_json)  # type: ignore[arg-type]
+        async with _sampler_errors(self.endpoint.address, f"UpdateWeights (version {version})"):
+            result = await self._client.push_weights(version, payload, kind, adapter_config_json=config_json)  # type: ignore[arg-type]
         if result.version != version:
             raise RuntimeError(f"sampler answered version {result.version} to a push of version {version}")
 

@@ -125,3 +125,23 @@ def test_certs_make_a_ca_certs_and_a_token(tmp_path):
     assert token_file.name == "orchestrator-to-clinic.token" and len(token_file.read_text().strip()) >= 32
     assert token_file.read_text().strip() not in (tmp_path / "certs" / "clinic-tokens.yaml").read_text()
     assert bad.returncode == 2 and "must match" in bad.stderr
+
+
+def test_orchestrator_run_errors_are_one_line_without_traceback(tmp_path):
+    from services.common.data import WorldConfig, make_world
+
+    missing = tmp_path / "no-world.yaml"
+    missing.write_text(f"world: {tmp_path / 'nowhere'}\noutput_dir: {tmp_path / 'out'}\n")
+    world = tmp_path / "world"
+    make_world(WorldConfig.small(seed=1), world)
+    no_sampler = tmp_path / "no-sampler.yaml"
+    no_sampler.write_text(f"world: {world}\noutput_dir: {tmp_path / 'out2'}\n"
+                          "sampler: {address: '127.0.0.1:9', tls: {insecure: true}, timeout_s: 2}\n"
+                          "nodes: [{node_id: a, address: '127.0.0.1:9', tls: {insecure: true}}]\n")
+
+    no_world = mor("orchestrator", "run", "--config", str(missing), "--quiet")
+    down = mor("orchestrator", "run", "--config", str(no_sampler), "--quiet")
+
+    assert no_world.returncode == 3 and "is not a MoR world" in no_world.stderr
+    assert down.returncode == 4 and "sampler at 127.0.0.1:9" in down.stderr and "UNAVAILABLE" in down.stderr
+    assert "Traceback" not in no_world.stderr + down.stderr
