@@ -52,10 +52,12 @@ class Children:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.procs: dict[str, subprocess.Popen] = {}
+        self._logs: list[Any] = []
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = (self.logs / f"{name}.log").open("w")
+        self._logs.append(log)
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], stdout=log, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
@@ -84,6 +86,8 @@ class Children:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        for log in self._logs:
+            log.close()
 
 
 async def _wait_ready(children: Children, checks: dict[str, Any], timeout_s: float) -> None:
