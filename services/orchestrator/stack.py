@@ -32,6 +32,7 @@ QUICK_WORLD_STEPS = {"steps": 4, "prompts_per_step": 4, "group_size": 4, "max_ne
 QUICK_ROUTER = {"train_steps": 60, "calibration_pairs": 48}
 QUICK_RM_EPOCHS = 3
 STARTUP_TIMEOUT_S = 180.0
+ORCHESTRATOR_STOP_S = 120.0
 
 
 def free_port() -> int:
@@ -237,10 +238,23 @@ class Stack:
             asyncio.run(self._wait_all(children, run_yaml))
             self.console.print(f"[green]stack[/] {len(names)} reward nodes (mTLS + tokens) and the sampler are "
                                f"serving; starting the orchestrator (logs in {children.logs})")
-            orch = subprocess.run([sys.executable, "-m", "services.cli", "orchestrator", "run", "--config",
-                                   str(run_yaml)], env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-            if orch.returncode != 0:
-                raise RuntimeError(f"orchestrator exited with code {orch.returncode}")
+            orch = subprocess.Popen([sys.executable, "-m", "services.cli", "orchestrator", "run", "--config",
+                                     str(run_yaml)], env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+            try:
+                code = orch.wait()
+            except KeyboardInterrupt:
+                # Ctrl-C: the orchestrator finishes its step and checkpoints (`--resume` continues).
+                self.console.print("[yellow]stack[/] interrupted: the orchestrator finishes its step and checkpoints")
+                with contextlib.suppress(ProcessLookupError):
+                    orch.send_signal(signal.SIGINT)
+                try:
+                    orch.wait(ORCHESTRATOR_STOP_S)
+                except subprocess.TimeoutExpired:
+                    orch.kill()
+                    orch.wait()
+                raise
+            if code != 0:
+                raise RuntimeError(f"orchestrator exited with code {code}")
         finally:
             children.stop()
         return self.report(world, policy, self.workdir / "mor")

@@ -145,3 +145,33 @@ def test_orchestrator_run_errors_are_one_line_without_traceback(tmp_path):
     assert no_world.returncode == 3 and "is not a MoR world" in no_world.stderr
     assert down.returncode == 4 and "sampler at 127.0.0.1:9" in down.stderr and "UNAVAILABLE" in down.stderr
     assert "Traceback" not in no_world.stderr + down.stderr
+
+
+def test_ctrl_c_stops_every_process_of_the_stack(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(f"workdir: {tmp_path / 'local'}\n")
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "stack", "up", "--quick", "--config", str(stack)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 300
+        while "starting the" not in seen and time.monotonic() < deadline and proc.poll() is None:
+            seen += proc.stdout.readline()
+        assert "starting the" in seen, seen[-2000:]
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert len(children) >= 5  # 4 reward nodes (the quick world has a noisy client too) + sampler (+ orchestrator)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (seen + out)[-3000:]
+    assert "interrupted" in out
+    time.sleep(0.5)
+    assert not [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
