@@ -43,6 +43,7 @@ class StepRecord:
     grad_norm: float
     zero_std_group_fraction: float
     completion_tokens_mean: float
+    beta: float = float("nan")  # the KL coefficient this step trained with (changes with grpo.target_kl)
     nodes: list[NodeStep] = field(default_factory=list)
     # seconds per PHASES entry, plus "total" and "generate_wait" (the part of generation the step
     # waited for; less than "generate" when grpo.overlap ran it during the previous step)

@@ -233,7 +233,7 @@ class MoRRun:
         return prompts, rollouts, time.perf_counter() - t0
 
     async def run_step(self) -> StepRecord:
-        from services.orchestrator.grpo.ops import group_advantages, zero_std_fraction
+        from services.orchestrator.grpo.ops import adaptive_beta, group_advantages, zero_std_fraction
         from services.orchestrator.grpo.trainer import RolloutBatch
         from services.orchestrator.rewards import hybrid_reward, rule_rewards
 
@@ -279,7 +279,10 @@ class MoRRun:
             completion_ids=[list(s.token_ids) for _, s in flat], old_logprobs=[list(s.logprobs) for _, s in flat],
             advantages=advantages,
         )
+        beta = self.trainer.beta
         stats = await self._in_worker(self.trainer.step, batch)
+        if g.target_kl is not None and g.beta > 0:
+            self.trainer.beta = adaptive_beta(beta, stats.kl, g.target_kl, g.kl_horizon)
         t_train = time.perf_counter()
 
         self.step = step
@@ -303,7 +306,7 @@ class MoRRun:
             step=step, policy_version=rollouts.policy_version, staleness=staleness,
             reward_mean=_mean(reward), reward_std=_std(reward), fused_reward_mean=_mean(fused),
             rule_reward_mean=_mean(rule), accuracy_mean=float(acc[ref_mask].mean()) if ref_mask.any() else float("nan"),
-            format_mean=float(fmt.float().mean()), kl=stats.kl, loss=stats.loss, clip_low=stats.clip_low,
+            format_mean=float(fmt.float().mean()), kl=stats.kl, beta=beta, loss=stats.loss, clip_low=stats.clip_low,
             clip_high=stats.clip_high, grad_norm=stats.grad_norm,
             zero_std_group_fraction=zero_std_fraction(reward, g.group_size),
             completion_tokens_mean=stats.completion_tokens_mean, nodes=nodes,

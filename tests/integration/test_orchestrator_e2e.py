@@ -156,3 +156,20 @@ def test_rollouts_older_than_max_staleness_are_refused(stack, world_dir, tmp_pat
                 await run.close()
 
     arun(scenario())
+
+
+def test_target_kl_adapts_beta_step_by_step(stack, world_dir, tmp_path, arun):
+    async def scenario():
+        async with stack() as s:
+            cfg = s.run_config(world_dir, tmp_path / "run", grpo={"steps": 3, "beta": 0.04, "target_kl": 1e-9,
+                                                                  "kl_horizon": 1})
+            run = MoRRun(cfg)
+            await run.run()
+            return run.trainer.beta
+
+    final = arun(scenario())
+    steps = read_steps(tmp_path / "run" / "steps.jsonl")
+    # step 1 is on-policy at the reference (KL 0 < target: beta -20 %), later KL > target: +20 %
+    assert steps[0].kl < 1e-6 < steps[1].kl
+    assert [round(r.beta, 6) for r in steps] == [0.04, 0.032, 0.0384]
+    assert final > steps[-1].beta

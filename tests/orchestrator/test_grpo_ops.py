@@ -304,3 +304,12 @@ def test_grpo_loss_without_kl_term():
     assert_close(no_ref, torch.tensor(-1.0))
     assert stats["kl"] > 0 and stats["ratio_mean"] == pytest.approx(1.0)
     assert math.isnan(stats_no_ref["kl"])
+
+
+def test_adaptive_beta_moves_towards_the_target_kl_within_the_clip():
+    from services.orchestrator.grpo.ops import adaptive_beta
+
+    assert adaptive_beta(0.1, kl=0.11, target_kl=0.1, horizon=10) == pytest.approx(0.1 * (1 + 0.1 / 10))
+    assert adaptive_beta(0.1, kl=0.5, target_kl=0.1, horizon=10) == pytest.approx(0.1 * 1.02)  # clipped at +0.2
+    assert adaptive_beta(0.1, kl=0.0, target_kl=0.1, horizon=10) == pytest.approx(0.1 * 0.98)  # clipped at -0.2
+    assert adaptive_beta(0.1, kl=float("nan"), target_kl=0.1, horizon=10) == 0.1

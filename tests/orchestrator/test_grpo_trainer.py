@@ -320,3 +320,12 @@ def test_a_peft_wrapped_model_is_refused():
 
     with pytest.raises(ValueError, match="plain"):
         GRPOTrainer(trainer.policy, grpo_cfg())
+
+
+def test_the_adapted_kl_coefficient_is_part_of_the_state():
+    trainer = GRPOTrainer(fresh_vlm(), grpo_cfg(beta=0.04))
+    trainer.beta = 0.05  # what the run loop's adaptive controller would have set
+    state = trainer.state_dict()
+    again = GRPOTrainer(fresh_vlm(), grpo_cfg(beta=0.04))
+    again.load_state_dict(state)
+    assert again.beta == 0.05

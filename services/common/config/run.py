@@ -25,6 +25,8 @@ class GRPOSection(Section):
     steps: int = Field(20, ge=1, description="Optimisation steps of the run.")
     lr: float = Field(5e-5, gt=0, description="AdamW learning rate.")
     beta: float = Field(0.04, ge=0, description="Weight of the k3 KL penalty to the reference (initial) policy.")
+    target_kl: float | None = Field(None, gt=0, description="Adapt beta after every step towards this KL to the reference (proportional controller); None keeps beta fixed.")
+    kl_horizon: int = Field(10, ge=1, description="With target_kl: steps over which beta moves by at most 20 % (larger: slower).")
     epsilon_low: float = Field(0.2, gt=0, lt=1, description="Lower clip of the importance ratio: 1 - epsilon_low.")
     epsilon_high: float = Field(0.2, gt=0, description="Upper clip of the importance ratio: 1 + epsilon_high.")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("grpo", description="How per-token losses are normalised.")

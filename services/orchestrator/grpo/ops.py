@@ -227,8 +227,22 @@ def grpo_loss(
     return loss, stats
 
 
+def adaptive_beta(beta: float, kl: float, target_kl: float, horizon: int, max_error: float = 0.2) -> float:
+    """The KL coefficient for the next step, from a proportional controller on the measured KL
+    (Ziegler et al. 2019, as in TRL's AdaptiveKLController): beta * (1 + clip(kl/target - 1, +-max_error) / horizon).
+
+    A KL above target raises beta, below lowers it; the clip keeps one noisy step from moving beta by
+    more than max_error / horizon. A non-finite kl leaves beta unchanged.
+    """
+    if not (kl == kl) or kl in (float("inf"), float("-inf")):
+        return beta
+    error = max(-max_error, min(max_error, kl / target_kl - 1.0))
+    return beta * (1.0 + error / horizon)
+
+
 __all__ = [
     "LOSS_AGGREGATORS",
+    "adaptive_beta",
     "SCALES",
     "accumulation_weight",
     "aggregate",

@@ -109,6 +109,7 @@ class GRPOTrainer:
         self.cfg = cfg
         self.seed = seed
         self.steps_done = 0
+        self.beta = cfg.beta  # the KL coefficient in force; the run loop adapts it when grpo.target_kl is set
         self.kind = "lora" if cfg.lora else "full"
         if cfg.lora:
             from peft import LoraConfig, get_peft_model
@@ -185,7 +186,7 @@ class GRPOTrainer:
             logp = self.policy.completion_logprobs(mb.batch, cfg.temperature)
             loss, stats = ops.grpo_loss(
                 logp, mb.old, mb.ref, mb.adv, mb.mask,
-                beta=cfg.beta,
+                beta=self.beta,
                 epsilon_low=cfg.epsilon_low,
                 epsilon_high=cfg.epsilon_high,
                 loss_type=cfg.loss_type,
@@ -271,6 +272,7 @@ class GRPOTrainer:
             "format": _STATE_FORMAT,
             "kind": self.kind,
             "steps_done": self.steps_done,
+            "beta": self.beta,
             "params": {n: p.detach().clone() for n, p in self._named_trainable().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
         }
@@ -294,6 +296,7 @@ class GRPOTrainer:
         # The optimizer keeps the tensors it is given; a copy keeps the caller's state unchanged.
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.steps_done = int(state["steps_done"])
+        self.beta = float(state.get("beta", self.cfg.beta))
 
 
 __all__ = ["ADAPTER_NAME", "GRPOTrainer", "RolloutBatch", "TrainStats"]
