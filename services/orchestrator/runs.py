@@ -151,8 +151,6 @@ class RunManager:
         return handle
 
     def _on_step(self, handle: RunHandle, record: StepRecord) -> None:
-        if handle.state is RunState.PENDING:
-            asyncio.ensure_future(self._set_state(handle, RunState.RUNNING, "first step done"))
         handle.latest = record
         asyncio.ensure_future(self._emit(handle, record))
 
