@@ -475,11 +475,11 @@ def eval_policy(
     report = {"policy": str(policy), "world": str(world),
               **evaluate_policy(vlm, loaded_world, per_benchmark=examples, split=split)}
     table = Table(title=f"{policy} on {world} ({split} split, greedy)")
-    for col in ("benchmark", "n", "chance", "blind prior", "exact match", "VQA acc", "format ok"):
+    for col in ("benchmark", "n", "chance", "blind prior", "exact match", "VQA acc", "format ok", "client preference"):
         table.add_column(col, justify="left" if col == "benchmark" else "right")
     for b, row in report["benchmarks"].items():
         table.add_row(b, str(row["n"]), f"{row['chance']:.3f}", f"{row['blind']:.3f}", f"{row['exact_match']:.3f}",
-                      f"{row['vqa_accuracy']:.3f}", f"{row['format_ok']:.3f}")
+                      f"{row['vqa_accuracy']:.3f}", f"{row['format_ok']:.3f}", f"{row['preference']:.3f}")
     table.caption = "oracle preference: " + ", ".join(f"{c} {s:.3f}" for c, s in report["client_preference"].items())
     console.print(table)
     text = json.dumps(report, indent=2, sort_keys=True)

@@ -34,12 +34,14 @@ def answer(vlm: VLM, world: World, examples: Sequence[VQAExample], batch_size: i
 
 def evaluate_policy(vlm: VLM, world: World, per_benchmark: int = 200, split: str = "test",
                     batch_size: int = 32, progress: Progress | None = None) -> dict:
-    """Per benchmark: exact match, VQA accuracy, format compliance, chance and blind baselines; per
-    client (training and held-out): mean true-preference score of the answers on its own domains."""
+    """Per benchmark: exact match, VQA accuracy, format compliance, chance and blind baselines, and
+    `preference`: the mean over the training clients of their true-preference (oracle) score of the
+    answers; per client (training and held-out): mean true-preference score on its own domains."""
     examples = [ex for b in world.benchmarks for ex in world.examples(b, split)[:per_benchmark]]
     responses = answer(vlm, world, examples, batch_size=batch_size, progress=progress)
     chance = benchmark_chance(examples)
     blind = blind_baseline(world.examples(None, "train"), examples)
+    trainers = [world.oracle(name) for name in world.training_clients()]
     benchmarks = {}
     for b in world.benchmarks:
         rows = [(ex, r) for ex, r in zip(examples, responses, strict=True) if ex.benchmark == b]
@@ -50,6 +52,7 @@ def evaluate_policy(vlm: VLM, world: World, per_benchmark: int = 200, split: str
             "format_ok": fmean(float(format_ok(r)) for _, r in rows),
             "chance": chance.get(b, float("nan")),
             "blind": blind.get(b, float("nan")),
+            "preference": fmean(o.score(ex, r) for o in trainers for ex, r in rows),
         }
     clients = {}
     for name, spec in world.clients.items():

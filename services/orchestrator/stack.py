@@ -305,7 +305,7 @@ class Stack:
 
 
 def result_table(report: dict[str, Any]) -> Table:
-    """SFT start vs MoR per benchmark (exact match) and per client (oracle preference)."""
+    """SFT start vs MoR per benchmark (exact match, mean client preference) and per client (oracle preference)."""
     before, after = report["before"], report["after"]
     table = Table(title=f"held-out results: SFT start vs MoR ({report['router']} router, {len(report['steps'])} GRPO steps)")
     for col in ("", "chance", "SFT start", "MoR", "change"):
@@ -313,6 +313,9 @@ def result_table(report: dict[str, Any]) -> Table:
     for b, row in after["benchmarks"].items():
         s, m = before["benchmarks"][b]["exact_match"], row["exact_match"]
         table.add_row(f"{b} exact match", f"{row['chance']:.3f}", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}")
+    for b, row in after["benchmarks"].items():
+        s, m = before["benchmarks"][b]["preference"], row["preference"]
+        table.add_row(f"{b} mean client preference", "", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}")
     for c, m in after["client_preference"].items():
         s = before["client_preference"][c]
         table.add_row(f"{c} preference", "", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}")

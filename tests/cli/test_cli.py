@@ -110,6 +110,7 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     logs = tmp_path / "local" / "quick" / "logs"
     assert {p.name for p in logs.glob("*.log")} >= {"sampler.log", "node-clinic.log", "node-bank.log"}
     assert "SFT start vs MoR" in proc.stdout
+    assert "digits mean client preference" in proc.stdout
 
 
 def test_certs_make_a_ca_certs_and_a_token(tmp_path):

@@ -51,3 +51,14 @@ def test_wrong_policy_scores_zero_and_below_truthful(world):
 
     assert all(r["exact_match"] == 0 for r in wrong["benchmarks"].values())
     assert all(wrong["client_preference"][c] < right["client_preference"][c] for c in right["client_preference"])
+    assert all(wrong["benchmarks"][b]["preference"] < right["benchmarks"][b]["preference"] for b in right["benchmarks"])
+
+
+def test_benchmark_preference_is_the_mean_of_the_training_clients_oracles(world):
+    report = run(world, "justified")
+    examples = [ex for ex in world.examples("digits", "test")[:10]]
+    oracles = [world.oracle(c) for c in world.training_clients()]
+    expected = sum(o.score(ex, render_answer(ex, "justified")) for o in oracles for ex in examples) / (10 * len(oracles))
+
+    assert report["benchmarks"]["digits"]["preference"] == pytest.approx(expected)
+    assert world.config.held_out_client.name not in world.training_clients()
