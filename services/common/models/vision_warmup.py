@@ -6,7 +6,10 @@ tokens that carry no information yet, while the vision tower only gets gradient 
 (still diffuse) attention. Measured on the synthetic world: 1500 SFT steps of the small preset stay at
 the blind prior on every benchmark. Supervising the tower directly breaks the loop: a small
 VQA classifier (pooled image tokens + bag of question tokens -> answer class) trains the tower
-and projector in a few hundred cheap steps, and SFT then starts from informative image tokens.
+and projector in cheap steps, and SFT then starts from informative image tokens. How many matters:
+with the small preset on the default world, 400 warm-up steps before 800 SFT steps left digits at
+the blind prior (exact match 0.305, the LM answered from the question alone), 1500 reached 0.56
+(charts 0.43 -> 0.485, shapes 0.33 -> 0.38).
 The classifier head is thrown away; only the tower/projector weights stay in the model.
 """
 from __future__ import annotations
