@@ -143,7 +143,8 @@ class Stack:
         out = self.workdir / "policy-sft"
         stamp = out / "sft_report.json"
         want = {"policy": self.cfg.policy.model_dump(mode="json"), "sft": self.cfg.sft.model_dump(mode="json")}
-        if stamp.is_file():
+        # A policy older than the world was fine-tuned on another world's examples.
+        if stamp.is_file() and stamp.stat().st_mtime >= (world.root / "manifest.json").stat().st_mtime:
             have = json.loads(stamp.read_text())
             if {k: have.get(k) for k in want} == want:
                 self.console.print(f"[green]policy[/] reusing SFT checkpoint {out}")
@@ -181,17 +182,20 @@ class Stack:
             "prototype": {"publish": True, "noise_sigma": 0.02},
         }
 
-    def train_rms(self, world, names: list[str]) -> None:
+    def train_rms(self, world, names: list[str], policy: Path) -> None:
         from services.common.config import RewardNodeSettings
         from services.reward_node.checkpoint import read_metadata
         from services.reward_node.train import train_rm
 
+        # An RM older than the world or the SFT policy (the VLM RM's backbone) was trained on other data.
+        inputs = max(p.stat().st_mtime for p in (world.root / "manifest.json", policy / "sft_report.json") if p.is_file())
         for name in names:
             path = self.configs / f"node-{name}.yaml"
             settings = RewardNodeSettings(**yaml.safe_load(path.read_text()))
             ckpt = settings.model.checkpoint
             with contextlib.suppress(Exception):
-                if read_metadata(ckpt).get("kind") == settings.model.kind:
+                fresh = (Path(ckpt) / "metadata.json").stat().st_mtime >= inputs
+                if fresh and read_metadata(ckpt).get("kind") == settings.model.kind:
                     self.console.print(f"[green]reward node {name}[/] reusing RM {ckpt}")
                     continue
             self.console.print(f"[green]reward node {name}[/] training its {settings.model.kind} RM on its own pairs")
@@ -208,7 +212,7 @@ class Stack:
         ports = {n: (free_port(), free_port()) for n in [*names, "sampler", "orchestrator"]}
         for n in names:
             _write_yaml(self.configs / f"node-{n}.yaml", self.node_settings(world, n, *ports[n]))
-        self.train_rms(world, names)
+        self.train_rms(world, names, policy)
         _write_yaml(self.configs / "sampler.yaml", {
             "model": {"path": str(policy)}, "max_new_tokens": max(64, self.cfg.run.grpo.max_new_tokens),
             "hf": {"torch_threads": 1},
