@@ -162,9 +162,10 @@ def test_ctrl_c_stops_every_process_of_the_stack(tmp_path):
     try:
         seen = ""
         deadline = time.monotonic() + 300
-        while "starting the" not in seen and time.monotonic() < deadline and proc.poll() is None:
+        # Ctrl-C once the orchestrator child is up (it prints "policy: loading" before its first step).
+        while "policy: loading" not in seen and time.monotonic() < deadline and proc.poll() is None:
             seen += proc.stdout.readline()
-        assert "starting the" in seen, seen[-2000:]
+        assert "starting the" in seen and "policy: loading" in seen, seen[-2000:]
         children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         assert len(children) >= 5  # 4 reward nodes (the quick world has a noisy client too) + sampler (+ orchestrator)
         proc.send_signal(signal.SIGINT)
