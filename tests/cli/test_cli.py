@@ -157,8 +157,11 @@ def test_ctrl_c_stops_every_process_of_the_stack(tmp_path):
     stack = tmp_path / "stack.yaml"
     stack.write_text(f"workdir: {tmp_path / 'local'}\n")
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    # A test runner started in the background (`cmd &` without job control) ignores SIGINT, and a
+    # Python child that starts with SIGINT ignored keeps ignoring it: give the stack a terminal's default.
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "stack", "up", "--quick", "--config", str(stack)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = ""
         deadline = time.monotonic() + 300
