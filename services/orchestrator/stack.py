@@ -184,7 +184,7 @@ class Stack:
 
     def train_rms(self, world, names: list[str], policy: Path) -> None:
         from services.common.config import RewardNodeSettings
-        from services.reward_node.checkpoint import read_metadata
+        from services.reward_node.checkpoint import METADATA, read_metadata
         from services.reward_node.train import train_rm
 
         # An RM older than the world or the SFT policy (the VLM RM's backbone) was trained on other data.
@@ -194,7 +194,7 @@ class Stack:
             settings = RewardNodeSettings(**yaml.safe_load(path.read_text()))
             ckpt = settings.model.checkpoint
             with contextlib.suppress(Exception):
-                fresh = (Path(ckpt) / "metadata.json").stat().st_mtime >= inputs
+                fresh = (Path(ckpt) / METADATA).stat().st_mtime >= inputs
                 if fresh and read_metadata(ckpt).get("kind") == settings.model.kind:
                     self.console.print(f"[green]reward node {name}[/] reusing RM {ckpt}")
                     continue

@@ -13,6 +13,7 @@ Conventions:
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -234,7 +235,7 @@ def adaptive_beta(beta: float, kl: float, target_kl: float, horizon: int, max_er
     A KL above target raises beta, below lowers it; the clip keeps one noisy step from moving beta by
     more than max_error / horizon. A non-finite kl leaves beta unchanged.
     """
-    if not (kl == kl) or kl in (float("inf"), float("-inf")):
+    if not math.isfinite(kl):
         return beta
     error = max(-max_error, min(max_error, kl / target_kl - 1.0))
     return beta * (1.0 + error / horizon)
