@@ -63,6 +63,7 @@ import torch  # noqa: E402
 from services.common.config import RewardNodeSettings, RunConfig, SamplerSettings  # noqa: E402
 from services.common.data import WorldConfig, make_world  # noqa: E402
 from services.common.data.world import load_world  # noqa: E402
+from services.common.grpc.server import serving  # noqa: E402
 from services.common.models import ModelConfig, build_vlm  # noqa: E402
 from services.orchestrator.grpo.trainer import GRPOTrainer as MoRTrainer  # noqa: E402
 from services.orchestrator.rollouts import RemoteSampler  # noqa: E402
@@ -226,17 +227,9 @@ def serve(argv: list[str]) -> None:
                 loaded = load_checkpoint(a.rm_dir / n)
                 loaded.model.score_batch = tl.wrap("score", loaded.model.score_batch)
                 apps[n] = build_app(node_settings(a.world, n, a.rm_dir / n, a.threads), loaded=loaded)
-        started = []
-        try:
-            for app in apps.values():
-                await app.start()
-                started.append(app)
+        async with serving(list(apps.values())):
             print(json.dumps({n: app.port for n, app in apps.items()}), flush=True)
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        finally:
-            for app in started:
-                with contextlib.suppress(Exception):
-                    await app.stop(0)
 
     asyncio.run(run())
 

@@ -35,41 +35,36 @@ def summary(report: dict) -> dict:
 
 async def train_and_watch(args: argparse.Namespace, stack: StackConfig, world_dir: Path, sft_dir: Path,
                           rms: dict[str, Path], log) -> None:
+    from services.common.grpc.server import serving
     from services.orchestrator.run import MoRRun
     from services.reward_node.app import build_app
 
-    apps = {}
-    for node, ckpt in rms.items():
-        apps[node] = build_app(RewardNodeSettings(
-            node_id=node, model={"kind": load_world(world_dir).clients[node].rm_arch, "checkpoint": ckpt},
-            server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0}, tls={"insecure": True},
-            metrics={"enabled": False}))
-        await apps[node].start()
-    run_data = stack.run.model_dump(mode="json")
-    run_data.update(world=str(world_dir), output_dir=str(args.out / "mor"), policy={"path": str(sft_dir)},
-                    device=args.device, sampler=None,
-                    nodes=[{"node_id": n, "address": f"127.0.0.1:{a.port}", "tls": {"insecure": True}, "timeout_s": 120}
-                           for n, a in apps.items()])
-    run_data["grpo"].update(steps=args.steps, lr=args.lr, beta=args.beta, prompts_per_step=args.prompts,
-                            group_size=args.group_size)
-    run_data["router"]["kind"] = args.router
-    cfg = RunConfig(**run_data)
-    world = load_world(world_dir)
-    run = None
+    apps = {node: build_app(RewardNodeSettings(
+        node_id=node, model={"kind": load_world(world_dir).clients[node].rm_arch, "checkpoint": ckpt},
+        server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0}, tls={"insecure": True},
+        metrics={"enabled": False})) for node, ckpt in rms.items()}
+    async with serving(list(apps.values())):
+        run_data = stack.run.model_dump(mode="json")
+        run_data.update(world=str(world_dir), output_dir=str(args.out / "mor"), policy={"path": str(sft_dir)},
+                        device=args.device, sampler=None,
+                        nodes=[{"node_id": n, "address": f"127.0.0.1:{a.port}", "tls": {"insecure": True}, "timeout_s": 120}
+                               for n, a in apps.items()])
+        run_data["grpo"].update(steps=args.steps, lr=args.lr, beta=args.beta, prompts_per_step=args.prompts,
+                                group_size=args.group_size)
+        run_data["router"]["kind"] = args.router
+        cfg = RunConfig(**run_data)
+        world = load_world(world_dir)
+        run = None
 
-    def on_step(r):
-        if r.step % 10 == 0:
-            print(f"step {r.step}: reward {r.reward_mean:.3f} acc {r.accuracy_mean:.3f} kl {r.kl:.4f} "
-                  f"tokens {r.completion_tokens_mean:.1f} {r.phases['total']:.2f}s", flush=True)
-        if r.step % args.eval_every == 0 or r.step == args.steps:
-            log(r.step, evaluate_policy(run.trainer.policy, world, per_benchmark=args.examples))
+        def on_step(r):
+            if r.step % 10 == 0:
+                print(f"step {r.step}: reward {r.reward_mean:.3f} acc {r.accuracy_mean:.3f} kl {r.kl:.4f} "
+                      f"tokens {r.completion_tokens_mean:.1f} {r.phases['total']:.2f}s", flush=True)
+            if r.step % args.eval_every == 0 or r.step == args.steps:
+                log(r.step, evaluate_policy(run.trainer.policy, world, per_benchmark=args.examples))
 
-    run = MoRRun(cfg, on_step=on_step)
-    try:
+        run = MoRRun(cfg, on_step=on_step)
         await run.run()
-    finally:
-        for a in apps.values():
-            await a.stop(0)
 
 
 def main() -> None:

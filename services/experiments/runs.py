@@ -69,21 +69,13 @@ def _eval(vlm: Any, world: Any, n: int) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def serve(inputs: JobInputs, specs: list[tuple[RMSpec, str]]) -> AsyncIterator[dict[str, dict]]:
     """Start one real reward node per spec; yields node_id -> NodeEndpoint fields; stops them on exit."""
+    from services.common.grpc.server import serving
     from services.reward_node.app import build_app
 
-    apps, endpoints = [], {}
-    try:
-        for spec, ckpt in specs:
-            app = build_app(rm_settings(inputs.profile, inputs.ws, spec, Path(ckpt)))
-            await app.start()
-            apps.append(app)
-            endpoints[spec.node_id] = {"node_id": spec.node_id, "address": f"127.0.0.1:{app.port}",
-                                       "tls": {"insecure": True}, "timeout_s": 120}
-        yield endpoints
-    finally:
-        for app in apps:
-            with contextlib.suppress(Exception):
-                await app.stop(0)
+    apps = {spec.node_id: build_app(rm_settings(inputs.profile, inputs.ws, spec, Path(ckpt))) for spec, ckpt in specs}
+    async with serving(list(apps.values())):
+        yield {n: {"node_id": n, "address": f"127.0.0.1:{app.port}", "tls": {"insecure": True}, "timeout_s": 120}
+               for n, app in apps.items()}
 
 
 def run_config(inputs: JobInputs, endpoints: list[dict], out: Path) -> Any:

@@ -17,9 +17,10 @@ second signal stops at once. Calls beyond `server.max_concurrent_rpcs` get RESOU
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import ModuleType, TracebackType
 from typing import Any
 
@@ -267,4 +268,21 @@ class GrpcService:
         await self.stop(None if exc is None else 0.0)
 
 
-__all__ = ["OVERALL", "GrpcService", "load_token_digests", "service_name"]
+@contextlib.asynccontextmanager
+async def serving(apps: Sequence[Any]) -> AsyncIterator[Sequence[Any]]:
+    """Start in-process servers (anything with ``start()``/``stop(grace)``) in order, yield them, and
+    stop the started ones at once on exit, also when a later one fails to start: scripts and
+    experiments that host reward nodes or samplers in their own event loop leak no bound port."""
+    started = []
+    try:
+        for app in apps:
+            await app.start()
+            started.append(app)
+        yield apps
+    finally:
+        for app in reversed(started):
+            with contextlib.suppress(Exception):
+                await app.stop(0)
+
+
+__all__ = ["OVERALL", "GrpcService", "load_token_digests", "service_name", "serving"]

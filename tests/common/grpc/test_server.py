@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.config import AuthSection, ConfigError, EndpointSection, ServerSection, TLSSection
 from services.common.grpc import GrpcService, create_channel
+from services.common.grpc.server import serving
 from services.common.wire import reward_node_pb2, reward_node_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -251,3 +252,37 @@ def test_sigterm_drains_and_stops(arun) -> None:
     assert ready is False
     assert refused is True
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_serving_stops_the_started_servers_when_a_later_one_fails_to_start(arun) -> None:
+    def service(tls: TLSSection) -> GrpcService:
+        s = GrpcService("t", server=ServerSection(host="127.0.0.1", port=0), tls=tls)
+        s.add_servicer(reward_node_pb2_grpc.add_RewardNodeServicer_to_server,
+                       reward_node_pb2_grpc.RewardNodeServicer(), "mor.v1.RewardNode")
+        return s
+
+    async def health_ok(port: int) -> bool:
+        ep = EndpointSection(address=f"127.0.0.1:{port}", tls=TLSSection(insecure=True))
+        async with create_channel(ep) as ch:
+            try:
+                return await _status(ch, "") == SERVING
+            except grpc.aio.AioRpcError:
+                return False
+
+    async def scenario() -> tuple[list[bool], str, list[bool]]:
+        good = [service(TLSSection(insecure=True)) for _ in range(2)]
+        async with serving(good):
+            for s in good:
+                await s.set_ready()
+            up = [await health_ok(s.port) for s in good]
+        broken = [service(TLSSection(insecure=True)), service(TLSSection())]  # TLS without a certificate: start() fails
+        with pytest.raises(ConfigError) as err:
+            async with serving(broken):
+                pass
+        return up, str(err.value), [await health_ok(s.port) for s in [*good, broken[0]]]
+
+    up, error, after = arun(scenario())
+
+    assert up == [True, True]
+    assert error.startswith("tls.cert")
+    assert after == [False, False, False]  # every server serving() started is down again
