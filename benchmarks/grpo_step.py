@@ -63,7 +63,7 @@ import torch  # noqa: E402
 from services.common.config import RewardNodeSettings, RunConfig, SamplerSettings  # noqa: E402
 from services.common.data import WorldConfig, make_world  # noqa: E402
 from services.common.data.world import load_world  # noqa: E402
-from services.common.grpc.server import serving  # noqa: E402
+from services.common.grpc import serving  # noqa: E402
 from services.common.models import ModelConfig, build_vlm  # noqa: E402
 from services.orchestrator.grpo.trainer import GRPOTrainer as MoRTrainer  # noqa: E402
 from services.orchestrator.rollouts import RemoteSampler  # noqa: E402

@@ -35,12 +35,13 @@ def summary(report: dict) -> dict:
 
 async def train_and_watch(args: argparse.Namespace, stack: StackConfig, world_dir: Path, sft_dir: Path,
                           rms: dict[str, Path], log) -> None:
-    from services.common.grpc.server import serving
+    from services.common.grpc import serving
     from services.orchestrator.run import MoRRun
     from services.reward_node.app import build_app
 
+    world = load_world(world_dir)
     apps = {node: build_app(RewardNodeSettings(
-        node_id=node, model={"kind": load_world(world_dir).clients[node].rm_arch, "checkpoint": ckpt},
+        node_id=node, model={"kind": world.clients[node].rm_arch, "checkpoint": ckpt},
         server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0}, tls={"insecure": True},
         metrics={"enabled": False})) for node, ckpt in rms.items()}
     async with serving(list(apps.values())):
@@ -53,7 +54,6 @@ async def train_and_watch(args: argparse.Namespace, stack: StackConfig, world_di
                                 group_size=args.group_size)
         run_data["router"]["kind"] = args.router
         cfg = RunConfig(**run_data)
-        world = load_world(world_dir)
         run = None
 
         def on_step(r):

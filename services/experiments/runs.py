@@ -69,7 +69,7 @@ def _eval(vlm: Any, world: Any, n: int) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def serve(inputs: JobInputs, specs: list[tuple[RMSpec, str]]) -> AsyncIterator[dict[str, dict]]:
     """Start one real reward node per spec; yields node_id -> NodeEndpoint fields; stops them on exit."""
-    from services.common.grpc.server import serving
+    from services.common.grpc import serving
     from services.reward_node.app import build_app
 
     apps = {spec.node_id: build_app(rm_settings(inputs.profile, inputs.ws, spec, Path(ckpt))) for spec, ckpt in specs}

@@ -4,7 +4,8 @@ Domain-free: nothing here knows reward models or policies.
 
     credentials   TLS / mTLS / plaintext credentials and channel options from config sections
     interceptors  auth -> request id -> metrics -> exception-to-status server interceptors
-    server        GrpcService: health, reflection, binding, readiness, graceful stop, signals
+    server        GrpcService: health, reflection, binding, readiness, graceful stop, signals;
+                  serving(): start/stop in-process servers as one async context
     client        channels from an EndpointSection, bearer tokens, call_with_retry
 """
 
@@ -16,7 +17,7 @@ from services.common.grpc.client import (
     read_token,
 )
 from services.common.grpc.interceptors import current_caller, current_request_id
-from services.common.grpc.server import GrpcService, service_name
+from services.common.grpc.server import GrpcService, service_name, serving
 
 __all__ = [
     "DEFAULT_RETRY_CODES",
@@ -28,4 +29,5 @@ __all__ = [
     "error_reason",
     "read_token",
     "service_name",
+    "serving",
 ]

@@ -12,8 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.config import AuthSection, ConfigError, EndpointSection, ServerSection, TLSSection
-from services.common.grpc import GrpcService, create_channel
-from services.common.grpc.server import serving
+from services.common.grpc import GrpcService, create_channel, serving
 from services.common.wire import reward_node_pb2, reward_node_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
