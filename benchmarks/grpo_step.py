@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from services.common.config import RewardNodeSettings, RunConfig, SamplerSettings  # noqa: E402
+from services.common.config import NodeEndpoint, RewardNodeSettings, RunConfig, SamplerSettings  # noqa: E402
 from services.common.data import WorldConfig, make_world  # noqa: E402
 from services.common.data.world import load_world  # noqa: E402
 from services.common.grpc import serving  # noqa: E402
@@ -283,8 +283,7 @@ class MoRSide:
                 seed=0, world=self.world_dir, output_dir=self.out / mode, torch_threads=a.threads, device=a.device,
                 policy={"arch": "qwen2_vl", "preset": a.preset, "seed": 0},
                 sampler={"address": f"127.0.0.1:{sampler_ports[mode]}", "tls": {"insecure": True}, "timeout_s": 300},
-                nodes=[{"node_id": n, "address": f"127.0.0.1:{p}", "tls": {"insecure": True}, "timeout_s": 120}
-                       for n, p in node_ports.items()],
+                nodes=[NodeEndpoint.loopback(n, p) for n, p in node_ports.items()],
                 grpo={"steps": 1_000_000, "prompts_per_step": a.prompts, "group_size": a.group_size,
                       "max_new_tokens": a.max_new_tokens, "lr": a.lr, "beta": 0.04, "loss_type": "grpo",
                       "lora_rank": a.lora_rank, "lora_alpha": 2.0 * a.lora_rank, "lora_target_modules": LORA_TARGETS,

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console  # noqa: E402
 
-from services.common.config import RewardNodeSettings, RunConfig, StackConfig, load_yaml  # noqa: E402
+from services.common.config import NodeEndpoint, RewardNodeSettings, RunConfig, StackConfig, load_yaml  # noqa: E402
 from services.common.data.world import load_world, make_world  # noqa: E402
 from services.common.evaluation import evaluate_policy  # noqa: E402
 from services.common.warm_start import QUICK_POLICY, QUICK_SFT, run_sft, world_config  # noqa: E402
@@ -48,8 +48,7 @@ async def train_and_watch(args: argparse.Namespace, stack: StackConfig, world_di
         run_data = stack.run.model_dump(mode="json")
         run_data.update(world=str(world_dir), output_dir=str(args.out / "mor"), policy={"path": str(sft_dir)},
                         device=args.device, sampler=None,
-                        nodes=[{"node_id": n, "address": f"127.0.0.1:{a.port}", "tls": {"insecure": True}, "timeout_s": 120}
-                               for n, a in apps.items()])
+                        nodes=[NodeEndpoint.loopback(n, a.port) for n, a in apps.items()])
         run_data["grpo"].update(steps=args.steps, lr=args.lr, beta=args.beta, prompts_per_step=args.prompts,
                                 group_size=args.group_size)
         run_data["router"]["kind"] = args.router

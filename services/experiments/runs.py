@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.common.config import NodeEndpoint
 from services.experiments.prepare import RMSpec, Workspace, rm_settings
 from services.experiments.profiles import Profile, method
 
@@ -67,18 +68,17 @@ def _eval(vlm: Any, world: Any, n: int) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def serve(inputs: JobInputs, specs: list[tuple[RMSpec, str]]) -> AsyncIterator[dict[str, dict]]:
-    """Start one real reward node per spec; yields node_id -> NodeEndpoint fields; stops them on exit."""
+async def serve(inputs: JobInputs, specs: list[tuple[RMSpec, str]]) -> AsyncIterator[dict[str, NodeEndpoint]]:
+    """Start one real reward node per spec; yields node_id -> its endpoint; stops them on exit."""
     from services.common.grpc import serving
     from services.reward_node.app import build_app
 
     apps = {spec.node_id: build_app(rm_settings(inputs.profile, inputs.ws, spec, Path(ckpt))) for spec, ckpt in specs}
     async with serving(list(apps.values())):
-        yield {n: {"node_id": n, "address": f"127.0.0.1:{app.port}", "tls": {"insecure": True}, "timeout_s": 120}
-               for n, app in apps.items()}
+        yield {n: NodeEndpoint.loopback(n, app.port) for n, app in apps.items()}
 
 
-def run_config(inputs: JobInputs, endpoints: list[dict], out: Path) -> Any:
+def run_config(inputs: JobInputs, endpoints: list[NodeEndpoint], out: Path) -> Any:
     from services.common.config import RunConfig
 
     p, job, m = inputs.profile, inputs.job, method(inputs.job.method)
@@ -122,7 +122,6 @@ def _curves(records: list[Any]) -> dict[str, Any]:
 
 
 async def _train(inputs: JobInputs, out: Path, world: Any, track_n: int) -> dict[str, Any]:
-    from services.common.config import NodeEndpoint
     from services.orchestrator.run import MoRRun
 
     job, claims = inputs.job, inputs.profile.claims
@@ -136,7 +135,7 @@ async def _train(inputs: JobInputs, out: Path, world: Any, track_n: int) -> dict
             if job.track and (r.step % claims.adapt_eval_every == 0 or r.step in (claims.adapt_join_step, job.steps)):
                 track.append(_track_point(r.step, _eval(run.trainer.policy, world, track_n)))
             if inputs.joiner and r.step == claims.adapt_join_step:
-                run.request_add_node(NodeEndpoint(**endpoints[inputs.joiner[0].node_id]))
+                run.request_add_node(endpoints[inputs.joiner[0].node_id])
 
         run = MoRRun(run_config(inputs, start, out), on_step=on_step, on_status=lambda _msg: None)
         result = await run.run()

@@ -16,7 +16,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from services.common.config import RewardNodeSettings, RunConfig, SamplerSettings  # noqa: E402
+from services.common.config import NodeEndpoint, RewardNodeSettings, RunConfig, SamplerSettings  # noqa: E402
 from services.common.data import WorldConfig, make_world  # noqa: E402
 from services.common.data.world import load_world  # noqa: E402
 from services.policy_sampler.app import SamplerApp  # noqa: E402
@@ -77,8 +77,7 @@ class Stack:
             "seed": 0, "world": world_dir, "output_dir": output_dir, "policy": POLICY, "torch_threads": 1,
             "device": DEVICE,
             "sampler": {"address": f"127.0.0.1:{self.sampler.port}", "tls": {"insecure": True}, "timeout_s": 60},
-            "nodes": [{"node_id": n, "address": f"127.0.0.1:{app.port}", "tls": {"insecure": True}, "timeout_s": 20}
-                      for n, app in self.nodes.items()],
+            "nodes": [NodeEndpoint.loopback(n, app.port, 20) for n, app in self.nodes.items()],
             "grpo": {"steps": 3, "prompts_per_step": 2, "group_size": 3, "max_new_tokens": 6, "lr": 5e-3, "beta": 0.04},
             "router": {"kind": "mor", "train_steps": 20, "calibration_pairs": 12},
             "fanout": {"step_deadline_s": 30, "min_nodes": 2},

@@ -116,8 +116,7 @@ class FakeNode:
             await app.stop(0)
 
     def endpoint(self, timeout_s: float = 5.0) -> NodeEndpoint:
-        return NodeEndpoint(node_id=self.node_id, address=f"127.0.0.1:{self.port}", tls={"insecure": True},
-                            timeout_s=timeout_s)
+        return NodeEndpoint.loopback(self.node_id, self.port, timeout_s)
 
 
 @pytest.fixture

@@ -128,6 +128,9 @@ def test_mor_learns_input_dependent_weights_while_static_learns_one_global_weigh
     assert w_mor[is_a, 0].mean() > 0.8 and w_mor[~is_a, 1].mean() > 0.8
     assert_close(w_static, w_static[:1].expand_as(w_static))  # the same row for every input
     assert mor_report["heldout_accuracy"] > 0.9 > static_report["heldout_accuracy"] + 0.2
+    # nodes a and b cancel in the plain mean; the untrained mor router is that mean
+    assert mor_report["heldout_mean_accuracy"] < 0.7
+    assert mor_report["heldout_mean_accuracy"] == mor_report["initial_heldout_accuracy"]
     assert mor_report["heldout_pairs"] == 48 and mor_report["train_pairs"] == 192
 
 

@@ -125,3 +125,8 @@ class NodeEndpoint(EndpointSection):
     """A reward node the orchestrator fans out to."""
 
     node_id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$", description="Stable id of the node (its organisation).")
+
+    @classmethod
+    def loopback(cls, node_id: str, port: int, timeout_s: float = 120.0) -> NodeEndpoint:
+        """A plaintext node on 127.0.0.1 (the in-process nodes of experiments and benchmarks)."""
+        return cls(node_id=node_id, address=f"127.0.0.1:{port}", tls=TLSSection(insecure=True), timeout_s=timeout_s)

@@ -84,10 +84,15 @@ def pair_accuracy(margin: torch.Tensor) -> float:
     return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
 
 
+def logit_margin(logits: torch.Tensor, data: CalibrationData) -> torch.Tensor:
+    """Fused margins[P] of router logits[P, K] on ``data``: softmax over the nodes that scored the pair."""
+    w = ops.masked_softmax(logits, data.mask.T)
+    return ops.pair_margin(w, data.z_chosen.float(), data.z_rejected.float(), data.mask)
+
+
 def router_margin(router: LogitRouter, data: CalibrationData) -> torch.Tensor:
     """Fused margins[P] of the router on ``data`` (differentiable in the router's parameters)."""
-    w = ops.masked_softmax(router.logits(data.features.float()), data.mask.T)
-    return ops.pair_margin(w, data.z_chosen.float(), data.z_rejected.float(), data.mask)
+    return logit_margin(router.logits(data.features.float()), data)
 
 
 def train_bradley_terry(
@@ -103,7 +108,9 @@ def train_bradley_terry(
     """Train ``router.net`` in place; returns losses and pair accuracies before/after on both splits.
 
     Keys: train_pairs, heldout_pairs, train_loss, train_accuracy, heldout_loss, heldout_accuracy,
-    initial_train_accuracy, initial_heldout_accuracy (held-out figures are NaN with no held-out pair).
+    initial_train_accuracy, initial_heldout_accuracy, heldout_mean_accuracy (the uniform mean of the
+    nodes on the same held-out pairs: the bar a learned router has to clear); held-out figures are
+    NaN with no held-out pair.
     """
     if data.z_chosen.shape[0] != router.k:
         raise ValueError(f"calibration data has {data.z_chosen.shape[0]} nodes, the router {router.k}")
@@ -117,6 +124,7 @@ def train_bradley_terry(
 
     _, init_train_acc = evaluate(train)
     _, init_held_acc = evaluate(held)
+    held_mean_acc = pair_accuracy(logit_margin(torch.zeros(held.n_pairs, router.k), held))
     params = [p for p in router.net.parameters() if p.requires_grad]
     if steps > 0 and train.n_pairs > 0 and params:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -140,6 +148,7 @@ def train_bradley_terry(
         "heldout_accuracy": held_acc,
         "initial_train_accuracy": init_train_acc,
         "initial_heldout_accuracy": init_held_acc,
+        "heldout_mean_accuracy": held_mean_acc,
     }
 
 

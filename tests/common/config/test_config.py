@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from services.common.config import (
     CONFIG_KINDS,
     ConfigError,
+    NodeEndpoint,
     OrchestratorSettings,
     RewardNodeSettings,
     RunConfig,
@@ -70,6 +71,13 @@ def test_duplicate_nodes_and_quorum_above_node_count_rejected(tmp_path):
 def test_bad_address_named(tmp_path):
     with pytest.raises(ConfigError, match=r"nodes\.0\.address.*host:port"):
         load_yaml(RunConfig, write(tmp_path, {"nodes": [{"node_id": "a", "address": "nowhere"}]}))
+
+
+def test_loopback_endpoint_is_plaintext_on_127_0_0_1_and_validated():
+    ep = NodeEndpoint.loopback("clinic", 50123, timeout_s=7.5)
+    assert (ep.node_id, ep.address, ep.tls.insecure, ep.timeout_s) == ("clinic", "127.0.0.1:50123", True, 7.5)
+    with pytest.raises(ValidationError, match="node_id"):
+        NodeEndpoint.loopback("Not An Id", 1)
 
 
 def test_config_is_frozen():
