@@ -6,7 +6,11 @@
 
 Every service gets a config file under <workdir>/configs/ (ports picked at start-up), logs under
 <workdir>/logs/. Children are stopped on exit, on error and on Ctrl-C (SIGTERM, then SIGKILL).
-Artefacts that exist and match (world, SFT policy, RM checkpoints) are reused.
+Artefacts are reused while they were built from the same inputs: the world when its config is the
+same; the SFT policy and each RM while the content hashes of what they were trained on (world
+manifest, SFT weights, node data) and their configs match the stamp written beside them
+(``<artefact>.inputs.json``). Hashes, not modification times: a copied or restored workdir is
+reused, and a remade world with other content is not.
 """
 from __future__ import annotations
 
@@ -39,6 +43,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _stamp(artefact: Path) -> Path:
+    return artefact.with_name(artefact.name + ".inputs.json")
+
+
+def built_from(artefact: Path, inputs: dict[str, Any]) -> bool:
+    """True when ``artefact`` exists and its stamp records exactly ``inputs`` (JSON-comparable)."""
+    try:
+        return artefact.exists() and json.loads(_stamp(artefact).read_text()) == inputs
+    except (OSError, ValueError):
+        return False
+
+
+def record_inputs(artefact: Path, inputs: dict[str, Any] | None) -> None:
+    """Stamp ``artefact`` as built from ``inputs``; None removes the stamp (before a rebuild, so a
+    failed one is not mistaken for the old artefact)."""
+    if inputs is None:
+        _stamp(artefact).unlink(missing_ok=True)
+    else:
+        _stamp(artefact).write_text(json.dumps(inputs, indent=2, sort_keys=True))
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
@@ -139,18 +164,18 @@ class Stack:
 
     def prepare_policy(self, world) -> Path:
         from services.common.warm_start import run_sft
+        from services.reward_node.checkpoint import file_sha256
 
         out = self.workdir / "policy-sft"
-        stamp = out / "sft_report.json"
-        want = {"policy": self.cfg.policy.model_dump(mode="json"), "sft": self.cfg.sft.model_dump(mode="json")}
-        # A policy older than the world was fine-tuned on another world's examples.
-        if stamp.is_file() and stamp.stat().st_mtime >= (world.root / "manifest.json").stat().st_mtime:
-            have = json.loads(stamp.read_text())
-            if {k: have.get(k) for k in want} == want:
-                self.console.print(f"[green]policy[/] reusing SFT checkpoint {out}")
-                return out
+        want = {"world": file_sha256(world.root / "manifest.json"), "policy": self.cfg.policy.model_dump(mode="json"),
+                "sft": self.cfg.sft.model_dump(mode="json")}
+        if built_from(out, want) and (out / "sft_report.json").is_file():
+            self.console.print(f"[green]policy[/] reusing SFT checkpoint {out} (same world, policy and sft config)")
+            return out
+        record_inputs(out, None)
         run_sft(world.root, out, self.cfg.policy, self.cfg.sft, eval_examples=self.cfg.eval_examples,
                 console=self.console)
+        record_inputs(out, want)
         return out
 
     def prepare_pki(self, names: list[str]) -> None:
@@ -184,22 +209,25 @@ class Stack:
 
     def train_rms(self, world, names: list[str], policy: Path) -> None:
         from services.common.config import RewardNodeSettings
-        from services.reward_node.checkpoint import METADATA, read_metadata
+        from services.reward_node.checkpoint import file_sha256, read_metadata
+        from services.reward_node.data import load_node_data
         from services.reward_node.train import train_rm
 
-        # An RM older than the world or the SFT policy (the VLM RM's backbone) was trained on other data.
-        inputs = max(p.stat().st_mtime for p in (world.root / "manifest.json", policy / "sft_report.json") if p.is_file())
+        backbone = file_sha256(policy / "model.safetensors")  # the VLM RM's backbone is the SFT policy
         for name in names:
             path = self.configs / f"node-{name}.yaml"
             settings = RewardNodeSettings(**yaml.safe_load(path.read_text()))
-            ckpt = settings.model.checkpoint
+            ckpt = Path(settings.model.checkpoint)
+            want = {"kind": settings.model.kind, "data": load_node_data(world.root, name).data_sha256,
+                    "backbone": backbone, "train": settings.train.model_dump(mode="json")}
             with contextlib.suppress(Exception):
-                fresh = (Path(ckpt) / METADATA).stat().st_mtime >= inputs
-                if fresh and read_metadata(ckpt).get("kind") == settings.model.kind:
-                    self.console.print(f"[green]reward node {name}[/] reusing RM {ckpt}")
+                if built_from(ckpt, want) and read_metadata(ckpt).get("kind") == settings.model.kind:
+                    self.console.print(f"[green]reward node {name}[/] reusing RM {ckpt} (same data, backbone and training config)")
                     continue
+            record_inputs(ckpt, None)
             self.console.print(f"[green]reward node {name}[/] training its {settings.model.kind} RM on its own pairs")
             result = train_rm(settings, progress=True)
+            record_inputs(ckpt, want)
             self.console.print(f"[green]reward node {name}[/] held-out pair accuracy "
                                f"{result.metadata['held_out_accuracy']:.3f}")
 

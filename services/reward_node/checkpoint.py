@@ -50,7 +50,8 @@ class LoadedRM:
         return str(self.metadata["model_version"])
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -60,7 +61,7 @@ def _sha256(path: Path) -> str:
 
 def _file_hashes(root: Path) -> dict[str, str]:
     return {
-        p.relative_to(root).as_posix(): _sha256(p)
+        p.relative_to(root).as_posix(): file_sha256(p)
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name != METADATA
     }
@@ -128,7 +129,7 @@ def load_checkpoint(checkpoint_dir: str | Path, verify: bool = True) -> LoadedRM
     meta = read_metadata(root)
     if verify:
         listed: dict[str, str] = meta.get("files", {})
-        bad = [rel for rel, sha in listed.items() if not (root / rel).is_file() or _sha256(root / rel) != sha]
+        bad = [rel for rel, sha in listed.items() if not (root / rel).is_file() or file_sha256(root / rel) != sha]
         if bad:
             raise CheckpointError(f"{root}: file(s) missing or changed since training: {', '.join(bad[:5])}")
     try:

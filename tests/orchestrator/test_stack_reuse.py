@@ -1,4 +1,5 @@
-"""The local stack reuses its SFT policy and client RMs only while they are newer than what they were made from."""
+"""The local stack reuses its SFT policy and client RMs while they were built from the same inputs:
+content hashes and configs, not file times."""
 from __future__ import annotations
 
 import os
@@ -7,43 +8,71 @@ import pytest
 from rich.console import Console
 
 from services.common.config import StackConfig
-from services.orchestrator.stack import Stack, _write_yaml
+from services.orchestrator.stack import Stack, _write_yaml, built_from, record_inputs
 
 
 def _mtime(path):
     return path.stat().st_mtime_ns
 
 
-def _shift(path, seconds: float) -> None:
-    """Move `path`'s modification time by `seconds` (filesystem timestamps can be coarse)."""
-    t = path.stat().st_mtime + seconds
-    os.utime(path, (t, t))
+def test_stamp_matches_only_the_recorded_inputs_of_an_existing_artefact(tmp_path):
+    artefact = tmp_path / "policy"
+    inputs = {"world": "ab12", "sft": {"steps": 3}}
+    artefact.mkdir()
+    assert not built_from(artefact, inputs)  # never stamped
+
+    record_inputs(artefact, inputs)
+    assert built_from(artefact, {"sft": {"steps": 3}, "world": "ab12"})
+    assert not built_from(artefact, {**inputs, "world": "cd34"})
+    assert not built_from(tmp_path / "other", inputs)  # stamp of another artefact
+
+    (tmp_path / "policy.inputs.json").write_text("{not json")
+    assert not built_from(artefact, inputs)
+    record_inputs(artefact, inputs)
+    record_inputs(artefact, None)  # a rebuild starts by removing the stamp
+    assert not built_from(artefact, inputs)
 
 
-@pytest.mark.slow
-def test_policy_and_rms_are_retrained_when_older_than_their_inputs(tmp_path):
-    stack = Stack(StackConfig(workdir=tmp_path / "local"), quick=True, console=Console(quiet=True))
-    world = stack.prepare_world()
-    manifest = world.root / "manifest.json"
-    _shift(manifest, -120)
-    names = world.training_clients()
-    stack.prepare_pki(names)
+def _nodes(stack, world, names):
     for n in names:
         _write_yaml(stack.configs / f"node-{n}.yaml", stack.node_settings(world, n, 1, 2))
 
-    policy = stack.prepare_policy(world)
-    stamp = policy / "sft_report.json"
-    stack.train_rms(world, names, policy)
-    rm_meta = {n: stack.workdir / "rm" / n / "metadata.json" for n in names}
-    first_policy, first_rms = _mtime(stamp), {n: _mtime(m) for n, m in rm_meta.items()}
 
+@pytest.mark.slow
+def test_policy_and_rms_are_rebuilt_when_their_inputs_change_not_when_file_times_do(tmp_path):
+    cfg = StackConfig(workdir=tmp_path / "local")
+    stack = Stack(cfg, quick=True, console=Console(quiet=True))
+    world = stack.prepare_world()
+    names = world.training_clients()
+    stack.prepare_pki(names)
+    _nodes(stack, world, names)
+    policy = stack.prepare_policy(world)
+    stack.train_rms(world, names, policy)
+    weights = policy / "model.safetensors"
+    rm_meta = {n: stack.workdir / "rm" / n / "metadata.json" for n in names}
+    first_policy, first_rms = _mtime(weights), {n: _mtime(m) for n, m in rm_meta.items()}
+
+    t = world.root.joinpath("manifest.json").stat().st_mtime + 240  # as if the workdir were copied
+    os.utime(world.root / "manifest.json", (t, t))
     stack.prepare_policy(world)
     stack.train_rms(world, names, policy)
-    assert _mtime(stamp) == first_policy  # nothing changed: both reused
+    assert _mtime(weights) == first_policy
     assert {n: _mtime(m) for n, m in rm_meta.items()} == first_rms
 
-    _shift(manifest, 240)  # the world was remade after the policy and the RMs
-    stack.prepare_policy(world)
-    assert _mtime(stamp) > first_policy
-    stack.train_rms(world, names, policy)
+    other_lr = Stack(cfg.model_copy(update={"rm_train": cfg.rm_train.model_copy(update={"lr": 1e-3})}), quick=True,
+                     console=Console(quiet=True))
+    _nodes(other_lr, world, names)
+    other_lr.prepare_policy(world)
+    other_lr.train_rms(world, names, policy)
+    assert _mtime(weights) == first_policy  # the RMs' training config is not the policy's input
     assert all(_mtime(m) > first_rms[n] for n, m in rm_meta.items())
+    second_rms = {n: _mtime(m) for n, m in rm_meta.items()}
+
+    reseeded = Stack(cfg.model_copy(update={"world": cfg.world.model_copy(update={"seed": 1})}), quick=True,
+                     console=Console(quiet=True))
+    world = reseeded.prepare_world()  # same folder, other content
+    _nodes(reseeded, world, names)
+    reseeded.prepare_policy(world)
+    assert _mtime(weights) > first_policy
+    reseeded.train_rms(world, names, policy)
+    assert all(_mtime(m) > second_rms[n] for n, m in rm_meta.items())
