@@ -17,7 +17,7 @@ from services.orchestrator.calibration import NodeCalibration
 from services.orchestrator.embedding import PromptEmbedder
 from services.orchestrator.fanout import RewardFanout
 from services.orchestrator.fusion import ROUTERS, CalibrationData, UnknownRouter, build_router
-from services.orchestrator.fusion.trainer import calibration_data
+from services.orchestrator.fusion.trainer import calibration_data, fused_pair_margin, router_margin
 from services.reward_node.client import NodeInfo, NodeLimitsInfo
 from services.reward_node.rm.text_encoder import EMBEDDER
 
@@ -132,6 +132,20 @@ def test_mor_learns_input_dependent_weights_while_static_learns_one_global_weigh
     assert mor_report["heldout_mean_accuracy"] < 0.7
     assert mor_report["heldout_mean_accuracy"] == mor_report["initial_heldout_accuracy"]
     assert mor_report["heldout_pairs"] == 48 and mor_report["train_pairs"] == 192
+
+
+def test_fused_pair_margin_agrees_with_the_logit_margin_and_handles_per_response_routers() -> None:
+    data, _ = clusters(40)
+    mor = router("mor", train_steps=50)
+    mor.fit(data)
+    assert_close(fused_pair_margin(mor, data), router_margin(mor, data).detach())
+
+    z_c = torch.tensor([[2.0, 0.0], [0.0, NAN], [1.0, 5.0]])
+    z_r = torch.tensor([[0.0, 1.0], [3.0, NAN], [1.0, 2.0]])
+    pairs = CalibrationData(torch.zeros(2, 6), z_c, z_r, torch.tensor([[T, T], [T, F], [T, T]]))
+    assert_close(fused_pair_margin(router("mean"), pairs), torch.tensor([-1 / 3, (-1 + 3) / 2]))
+    assert_close(fused_pair_margin(router("max"), pairs), torch.tensor([2 - 3.0, 5 - 2.0]))
+    assert_close(fused_pair_margin(router("single:b"), pairs), torch.tensor([-3.0, 0.0]))  # b did not score pair 2: a tie
 
 
 def test_untrained_mor_is_the_uniform_mean_and_training_is_deterministic() -> None:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from services.orchestrator.calibration import NodeCalibration
     from services.orchestrator.embedding import PromptEmbedder
     from services.orchestrator.fanout import RewardFanout
-    from services.orchestrator.fusion.base import LogitRouter
+    from services.orchestrator.fusion.base import LogitRouter, Router
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,18 @@ def logit_margin(logits: torch.Tensor, data: CalibrationData) -> torch.Tensor:
 def router_margin(router: LogitRouter, data: CalibrationData) -> torch.Tensor:
     """Fused margins[P] of the router on ``data`` (differentiable in the router's parameters)."""
     return logit_margin(router.logits(data.features.float()), data)
+
+
+def fused_pair_margin(router: Router, data: CalibrationData) -> torch.Tensor:
+    """Margins[P] of any router (fixed, learned, per-response like min/max): each pair is fused as
+    a group of two answers to its prompt, exactly as a rollout group is; 0 where no node scored
+    both answers (a tie). For a LogitRouter this equals ``router_margin``."""
+    k, p = data.z_chosen.shape
+    z = torch.stack([data.z_chosen, data.z_rejected], dim=2).reshape(k, 2 * p).float()
+    mask = data.mask.repeat_interleave(2, dim=1)
+    with torch.no_grad():
+        r, _ = router.fuse(z, mask, torch.arange(p).repeat_interleave(2), data.features.float())
+    return (r[0::2] - r[1::2]).nan_to_num(0.0)
 
 
 def train_bradley_terry(
@@ -196,4 +208,5 @@ async def calibration_data(
     return CalibrationData(features, z[:, 0::2], z[:, 1::2], mask[:, 0::2] & mask[:, 1::2])
 
 
-__all__ = ["CalibrationData", "calibration_data", "bt_loss", "pair_accuracy", "router_margin", "split_pairs", "train_bradley_terry"]
+__all__ = ["CalibrationData", "bt_loss", "calibration_data", "fused_pair_margin", "pair_accuracy", "router_margin", "split_pairs",
+           "train_bradley_terry"]

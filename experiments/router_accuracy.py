@@ -1,0 +1,144 @@
+"""How well does each router fuse the clients' RMs? Pair accuracy on fresh neutral preference pairs.
+
+    make demo                                     # world, SFT policy and client RMs under runs/local
+    python experiments/router_accuracy.py --workdir runs/local --pairs 900 --seeds 6
+
+A router is trained on the server calibration set (150 pairs in the demo world, 30 of them held out
+for the accuracy the run logs), which is too small to tell routers apart. This script labels
+``--pairs`` fresh pairs with the same neutral server oracle, on held-out test images, scores them on
+the demo's reward nodes (real gRPC nodes on 127.0.0.1, the same calibration as a run), fits every
+router kind on the calibration set as a run does (``--seeds`` seeds for the trained ones), and prints
+the share of fresh pairs each ranks right, overall and per benchmark. Writes <workdir>/router_accuracy.json.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from services.common.config import NodeEndpoint, RewardNodeSettings, StackConfig, load_yaml  # noqa: E402
+from services.common.data.oracle import ServerOracle  # noqa: E402
+from services.common.data.prefs import make_pair  # noqa: E402
+from services.common.data.world import World, load_world  # noqa: E402
+
+FIXED = ("mean", "min", "max", "prototype")
+TRAINED = ("static", "mor")
+
+
+def fresh_pairs(world: World, n: int, seed: int) -> list:
+    """About n neutral-oracle pairs, an equal share per benchmark, on test images (never calibration ones)."""
+    rng = np.random.default_rng(seed)
+    oracle, out = ServerOracle(), []
+    for b in world.benchmarks:
+        exs = world.examples(b, "test")
+        for i in rng.permutation(len(exs))[: n // len(world.benchmarks)]:
+            try:
+                out.append(make_pair(f"fresh-{b}-{i}", "server", exs[int(i)], oracle, rng, world.config.pair_margin))
+            except ValueError:  # no candidate answers clear the margin for this example
+                continue
+    return out
+
+
+async def score(world: World, workdir: Path, router_cfg, pairs: list) -> tuple[tuple[str, ...], dict, object, object]:
+    """(node ids, node infos, calibration-set data, fresh-pair data), scored on real loopback nodes."""
+    from services.common.config.run import FanoutSection
+    from services.common.grpc import serving
+    from services.orchestrator.calibration import NodeCalibration
+    from services.orchestrator.embedding import PromptEmbedder
+    from services.orchestrator.fanout import RewardFanout
+    from services.orchestrator.fusion.trainer import calibration_data
+    from services.reward_node.app import build_app
+
+    apps = [build_app(RewardNodeSettings(
+        node_id=n, model={"kind": world.clients[n].rm_arch, "checkpoint": workdir / "rm" / n},
+        server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0}, tls={"insecure": True}, metrics={"enabled": False},
+        prototype={"publish": True})) for n in world.training_clients()]
+    async with serving(apps):
+        fanout = RewardFanout([NodeEndpoint.loopback(a.settings.node_id, a.port, 600) for a in apps],
+                              FanoutSection(step_deadline_s=900, min_nodes=len(apps)))
+        try:
+            infos = await fanout.start()
+            calibration = NodeCalibration(list(fanout.node_ids), infos, router_cfg)
+            embedder = PromptEmbedder()
+            cal = await calibration_data(fanout, calibration, embedder, world.calibration_pairs()[: router_cfg.calibration_pairs], world)
+            fresh = await calibration_data(fanout, calibration, embedder, pairs, world)
+        finally:
+            await fanout.close()
+    return fanout.node_ids, infos, cal, fresh
+
+
+def accuracies(router, fresh, benchmarks: list[str], names: list[str]) -> dict[str, float]:
+    from services.orchestrator.fusion.trainer import fused_pair_margin, pair_accuracy
+
+    margin = fused_pair_margin(router, fresh)
+    out = {"all": pair_accuracy(margin)}
+    for b in benchmarks:
+        idx = torch.tensor([i for i, name in enumerate(names) if name == b])
+        out[b] = pair_accuracy(margin[idx])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("runs/local"), help="a `make demo` workdir (world/, rm/<node>/)")
+    ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "examples" / "local.yaml")
+    ap.add_argument("--pairs", type=int, default=900, help="fresh pairs (split evenly over the benchmarks)")
+    ap.add_argument("--seeds", type=int, default=6, help="seeds of the trained routers (split and initialisation)")
+    args = ap.parse_args()
+    from services.orchestrator.fusion import build_router
+
+    console = Console()
+    world = load_world(args.workdir / "world")
+    missing = [n for n in world.training_clients() if not (args.workdir / "rm" / n / "metadata.json").is_file()]
+    if missing:
+        sys.exit(f"no trained RM for {', '.join(missing)} under {args.workdir / 'rm'}: run `make demo` first")
+    router_cfg = load_yaml(StackConfig, args.config).run.router
+    torch.set_num_threads(1)
+    pairs = fresh_pairs(world, args.pairs, seed=12345)
+    console.print(f"scoring {len(world.calibration_pairs()[: router_cfg.calibration_pairs])} calibration and "
+                  f"{len(pairs)} fresh pairs on {len(world.training_clients())} nodes")
+    nodes, infos, cal, fresh = asyncio.run(score(world, args.workdir, router_cfg, pairs))
+    names, dim = [p.benchmark for p in pairs], int(cal.features.shape[1])
+
+    results: dict[str, dict] = {}
+    for kind in [*FIXED, *(f"single:{n}" for n in nodes)]:
+        results[kind] = {k: [v] for k, v in accuracies(build_router(kind, nodes, router_cfg, feature_dim=dim, infos=infos),
+                                                          fresh, world.benchmarks, names).items()}
+    for kind in TRAINED:
+        runs = []
+        for seed in range(args.seeds):
+            r = build_router(kind, nodes, router_cfg, feature_dim=dim, infos=infos, seed=seed)
+            r.fit(cal)
+            runs.append(accuracies(r, fresh, world.benchmarks, names))
+        results[kind] = {k: [run[k] for run in runs] for k in runs[0]}
+
+    n = fresh.n_pairs
+    table = Table(title=f"pair accuracy on {n} fresh neutral pairs (± binomial se {0.5 / n ** 0.5:.3f} at 0.5; "
+                        f"trained routers: mean ± std over {args.seeds} seeds)")
+    for col in ["router", "all", *world.benchmarks]:
+        table.add_column(col, justify="left" if col == "router" else "right")
+    for kind, acc in results.items():
+        cells = [f"{statistics.mean(v):.3f}" + (f" ± {statistics.pstdev(v):.3f}" if len(v) > 1 else "")
+                 for v in (acc[c] for c in ["all", *world.benchmarks])]
+        table.add_row(kind, *cells)
+    console.print(table)
+    out = args.workdir / "router_accuracy.json"
+    out.write_text(json.dumps({"fresh_pairs": n, "calibration_pairs": cal.n_pairs, "seeds": args.seeds,
+                               "accuracy": results}, indent=2))
+    console.print(f"[green]results[/] {out}")
+
+
+if __name__ == "__main__":
+    main()
