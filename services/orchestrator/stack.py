@@ -221,7 +221,7 @@ class Stack:
             want = {"kind": settings.model.kind, "data": load_node_data(world.root, name).data_sha256,
                     "backbone": backbone, "train": settings.train.model_dump(mode="json")}
             with contextlib.suppress(Exception):
-                if built_from(ckpt, want) and read_metadata(ckpt).get("kind") == settings.model.kind:
+                if built_from(ckpt, want) and read_metadata(ckpt):  # and still a readable checkpoint
                     self.console.print(f"[green]reward node {name}[/] reusing RM {ckpt} (same data, backbone and training config)")
                     continue
             record_inputs(ckpt, None)
