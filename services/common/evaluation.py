@@ -5,8 +5,9 @@ Greedy decoding, so the numbers describe the policy, not a sampling seed. Shared
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from statistics import fmean
+from statistics import fmean, stdev
 
 from rich.progress import Progress
 
@@ -33,27 +34,32 @@ def answer(vlm: VLM, world: World, examples: Sequence[VQAExample], batch_size: i
 
 
 def evaluate_policy(vlm: VLM, world: World, per_benchmark: int = 200, split: str = "test",
-                    batch_size: int = 32, progress: Progress | None = None) -> dict:
+                    batch_size: int = 32, progress: Progress | None = None, per_example: bool = False) -> dict:
     """Per benchmark: exact match, VQA accuracy, format compliance, chance and blind baselines, and
     `preference`: the mean over the training clients of their true-preference (oracle) score of the
-    answers; per client (training and held-out): mean true-preference score on its own domains."""
+    answers; per client (training and held-out): mean true-preference score on its own domains.
+    ``per_example`` adds, per benchmark, each example's id, exact match and preference (what
+    ``paired_change`` compares between two policies)."""
     examples = [ex for b in world.benchmarks for ex in world.examples(b, split)[:per_benchmark]]
     responses = answer(vlm, world, examples, batch_size=batch_size, progress=progress)
     chance = benchmark_chance(examples)
     blind = blind_baseline(world.examples(None, "train"), examples)
     trainers = [world.oracle(name) for name in world.training_clients()]
-    benchmarks = {}
+    benchmarks, rows_by_benchmark = {}, {}
     for b in world.benchmarks:
         rows = [(ex, r) for ex, r in zip(examples, responses, strict=True) if ex.benchmark == b]
+        em = [exact_match(r, ex.answers) for ex, r in rows]
+        pref = [fmean(o.score(ex, r) for o in trainers) for ex, r in rows]
         benchmarks[b] = {
             "n": len(rows),
-            "exact_match": fmean(exact_match(r, ex.answers) for ex, r in rows),
+            "exact_match": fmean(em),
             "vqa_accuracy": fmean(vqa_accuracy(r, ex.answers) for ex, r in rows),
             "format_ok": fmean(float(format_ok(r)) for _, r in rows),
             "chance": chance.get(b, float("nan")),
             "blind": blind.get(b, float("nan")),
-            "preference": fmean(o.score(ex, r) for o in trainers for ex, r in rows),
+            "preference": fmean(pref),
         }
+        rows_by_benchmark[b] = {"id": [ex.id for ex, _ in rows], "exact_match": em, "preference": pref}
     clients = {}
     for name, spec in world.clients.items():
         oracle = world.oracle(name)
@@ -64,4 +70,22 @@ def evaluate_policy(vlm: VLM, world: World, per_benchmark: int = 200, split: str
         clients[name] = sum(weights[b] * s for b, s in per_b.items()) / total if total else float("nan")
     samples = [{"id": ex.id, "question": ex.question, "answers": ex.answers[:3], "response": r}
                for ex, r in list(zip(examples, responses, strict=True))[:: max(1, len(examples) // 12)]]
-    return {"split": split, "benchmarks": benchmarks, "client_preference": clients, "samples": samples}
+    report = {"split": split, "benchmarks": benchmarks, "client_preference": clients, "samples": samples}
+    if per_example:
+        report["per_example"] = rows_by_benchmark
+    return report
+
+
+def paired_change(before: dict, after: dict, benchmark: str) -> dict:
+    """Two ``per_example`` evaluations of the same examples, compared pair by pair: answers that
+    turned right / wrong (exact match) and the mean preference change with its paired standard error."""
+    a, b = before["per_example"][benchmark], after["per_example"][benchmark]
+    if a["id"] != b["id"]:
+        raise ValueError(f"{benchmark}: the two evaluations are not of the same examples")
+    diff = [y - x for x, y in zip(a["preference"], b["preference"], strict=True)]
+    return {
+        "turned_right": sum(y > x for x, y in zip(a["exact_match"], b["exact_match"], strict=True)),
+        "turned_wrong": sum(y < x for x, y in zip(a["exact_match"], b["exact_match"], strict=True)),
+        "preference_change": fmean(diff) if diff else math.nan,
+        "preference_se": stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan,
+    }

@@ -325,8 +325,8 @@ class Stack:
 
         n = self.cfg.eval_examples
         self.console.print(f"[green]evaluation[/] held-out split, {n} examples per benchmark, greedy")
-        before = evaluate_policy(load_vlm(sft_policy), world, per_benchmark=n)
-        after = evaluate_policy(load_vlm(run_dir / "policy"), world, per_benchmark=n)
+        before = evaluate_policy(load_vlm(sft_policy), world, per_benchmark=n, per_example=True)
+        after = evaluate_policy(load_vlm(run_dir / "policy"), world, per_benchmark=n, per_example=True)
         steps = read_steps(run_dir / "steps.jsonl")
         report = {"before": before, "after": after, "steps": [json.loads(s.to_json()) for s in steps],
                   "router": self.cfg.run.router.kind, "workdir": str(self.workdir)}
@@ -337,20 +337,27 @@ class Stack:
 
 
 def result_table(report: dict[str, Any]) -> Table:
-    """SFT start vs MoR per benchmark (exact match, mean client preference) and per client (oracle preference)."""
+    """SFT start vs MoR per benchmark (exact match, mean client preference) and per client (oracle
+    preference). The paired column says whether a change is more than noise: how many answers
+    turned right and wrong, and the paired standard error of the preference change."""
+    from services.common.evaluation import paired_change
+
     before, after = report["before"], report["after"]
     table = Table(title=f"held-out results: SFT start vs MoR ({report['router']} router, {len(report['steps'])} GRPO steps)")
-    for col in ("", "chance", "SFT start", "MoR", "change"):
+    for col in ("", "chance", "SFT start", "MoR", "change", "paired"):
         table.add_column(col, justify="right")
+    paired = {b: paired_change(before, after, b) for b in after["benchmarks"]}
     for b, row in after["benchmarks"].items():
         s, m = before["benchmarks"][b]["exact_match"], row["exact_match"]
-        table.add_row(f"{b} exact match", f"{row['chance']:.3f}", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}")
+        table.add_row(f"{b} exact match", f"{row['chance']:.3f}", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}",
+                      f"{paired[b]['turned_right']} right / {paired[b]['turned_wrong']} wrong")
     for b, row in after["benchmarks"].items():
         s, m = before["benchmarks"][b]["preference"], row["preference"]
-        table.add_row(f"{b} mean client preference", "", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}")
+        table.add_row(f"{b} mean client preference", "", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}",
+                      f"± {paired[b]['preference_se']:.3f} se")
     for c, m in after["client_preference"].items():
         s = before["client_preference"][c]
-        table.add_row(f"{c} preference", "", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}")
+        table.add_row(f"{c} preference", "", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}", "")
     return table
 
 

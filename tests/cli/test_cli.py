@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from services.common.evaluation import paired_change
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -111,6 +113,9 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert {p.name for p in logs.glob("*.log")} >= {"sampler.log", "node-clinic.log", "node-bank.log"}
     assert "SFT start vs MoR" in proc.stdout
     assert "digits mean client preference" in proc.stdout
+    for b in results["after"]["benchmarks"]:  # the paired column, from the per-example results
+        change = paired_change(results["before"], results["after"], b)
+        assert f"{change['turned_right']} right / {change['turned_wrong']} wrong" in proc.stdout
 
 
 def test_certs_make_a_ca_certs_and_a_token(tmp_path):

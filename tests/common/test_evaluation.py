@@ -7,7 +7,7 @@ import pytest
 
 from services.common.data import WorldConfig, load_world, make_world
 from services.common.data.answers import render_answer
-from services.common.evaluation import evaluate_policy
+from services.common.evaluation import evaluate_policy, paired_change
 
 
 class ScriptedPolicy:
@@ -28,10 +28,10 @@ def world(tmp_path_factory):
     return load_world(root)
 
 
-def run(world, style):
+def run(world, style, per_example=False):
     examples = [ex for b in world.benchmarks for ex in world.examples(b, "test")[:10]]
     policy = ScriptedPolicy([render_answer(ex, style) if style else "purple elephant" for ex in examples])
-    return evaluate_policy(policy, world, per_benchmark=10, batch_size=7)
+    return evaluate_policy(policy, world, per_benchmark=10, batch_size=7, per_example=per_example)
 
 
 def test_truthful_policy_scores_one_and_pleases_matching_client(world):
@@ -62,3 +62,31 @@ def test_benchmark_preference_is_the_mean_of_the_training_clients_oracles(world)
 
     assert report["benchmarks"]["digits"]["preference"] == pytest.approx(expected)
     assert world.config.held_out_client.name not in world.training_clients()
+
+
+def test_per_example_rows_add_up_to_the_benchmark_figures(world):
+    report = run(world, "justified", per_example=True)
+
+    assert "per_example" not in run(world, "justified")
+    for b, row in report["benchmarks"].items():
+        rows = report["per_example"][b]
+        assert rows["id"] == [ex.id for ex in world.examples(b, "test")[:10]]
+        assert sum(rows["exact_match"]) / 10 == pytest.approx(row["exact_match"])
+        assert sum(rows["preference"]) / 10 == pytest.approx(row["preference"])
+
+
+def test_paired_change_counts_flips_and_the_paired_preference_change(world):
+    wrong, right = run(world, None, per_example=True), run(world, "digits", per_example=True)
+
+    for b in world.benchmarks:
+        up, down = paired_change(wrong, right, b), paired_change(right, wrong, b)
+        assert (up["turned_right"], up["turned_wrong"]) == (10, 0)
+        assert (down["turned_right"], down["turned_wrong"]) == (0, 10)
+        change = right["benchmarks"][b]["preference"] - wrong["benchmarks"][b]["preference"]
+        assert up["preference_change"] == pytest.approx(change) and down["preference_change"] == pytest.approx(-change)
+        assert up["preference_se"] == pytest.approx(down["preference_se"]) and up["preference_se"] >= 0
+        assert paired_change(right, right, b)["preference_se"] == 0.0
+
+    shuffled = {"per_example": {b: {**r, "id": r["id"][::-1]} for b, r in right["per_example"].items()}}
+    with pytest.raises(ValueError, match="not of the same examples"):
+        paired_change(wrong, shuffled, "digits")
