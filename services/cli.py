@@ -450,6 +450,9 @@ def eval_policy(
     examples: int = typer.Option(200, "--examples", "-n", help="Examples per benchmark (the first N of the split)."),
     split: str = typer.Option("test", help="Split to evaluate: test (held out) or train."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report to this file."),
+    baseline: Path | None = typer.Option(
+        None, "--baseline", "-b", help="Also evaluate this policy on the same examples and compare pair by pair: answers "
+        "turned right / wrong and the preference change with its paired standard error (e.g. the SFT start of a run)."),
 ) -> None:
     """Greedy held-out evaluation of a policy: accuracy and format per benchmark, oracle preference per client (JSON)."""
     from services.common.data.records import SPLITS
@@ -459,21 +462,25 @@ def eval_policy(
         fail(f"--examples must be at least 1 (got {examples})", EXIT_CONFIG)
     if split not in SPLITS:
         fail(f"--split must be one of {', '.join(SPLITS)} (got {split!r})", EXIT_CONFIG)
-    if not (policy / "config.json").is_file():
-        fail(f"--policy: {policy} is not a policy checkpoint (no config.json)", EXIT_DATA)
+    checkpoints = {"--policy": policy} if baseline is None else {"--policy": policy, "--baseline": baseline}
+    for option, path in checkpoints.items():
+        if not (path / "config.json").is_file():
+            fail(f"{option}: {path} is not a policy checkpoint (no config.json)", EXIT_DATA)
     try:
         loaded_world = load_world(world)
     except WorldFormatError as exc:
         fail(f"--world: {exc}", EXIT_DATA)
-    from services.common.evaluation import evaluate_policy
+    from services.common.evaluation import evaluate_policy, paired_change
     from services.common.models.factory import load_vlm
 
-    try:
-        vlm = load_vlm(policy)
-    except (OSError, ValueError) as exc:
-        fail(f"--policy: cannot load {policy}: {exc}", EXIT_DATA)
-    report = {"policy": str(policy), "world": str(world),
-              **evaluate_policy(vlm, loaded_world, per_benchmark=examples, split=split)}
+    def evaluate(option: str, path: Path) -> dict:
+        try:
+            vlm = load_vlm(path)
+        except (OSError, ValueError) as exc:
+            fail(f"{option}: cannot load {path}: {exc}", EXIT_DATA)
+        return evaluate_policy(vlm, loaded_world, per_benchmark=examples, split=split, per_example=baseline is not None)
+
+    report = {"policy": str(policy), "world": str(world), **evaluate("--policy", policy)}
     table = Table(title=f"{policy} on {world} ({split} split, greedy)")
     for col in ("benchmark", "n", "chance", "blind prior", "exact match", "VQA acc", "format ok", "client preference"):
         table.add_column(col, justify="left" if col == "benchmark" else "right")
@@ -482,6 +489,18 @@ def eval_policy(
                       f"{row['vqa_accuracy']:.3f}", f"{row['format_ok']:.3f}", f"{row['preference']:.3f}")
     table.caption = "oracle preference: " + ", ".join(f"{c} {s:.3f}" for c, s in report["client_preference"].items())
     console.print(table)
+    if baseline is not None:
+        base = evaluate("--baseline", baseline)
+        report["baseline"] = {"policy": str(baseline), **base}
+        report["paired"] = {b: paired_change(base, report, b) for b in report["benchmarks"]}
+        table = Table(title=f"{policy} vs baseline {baseline}, the same {examples} examples per benchmark")
+        for col in ("benchmark", "exact match", "turned right / wrong", "preference", "± paired se"):
+            table.add_column(col, justify="left" if col == "benchmark" else "right")
+        for b, row in report["benchmarks"].items():
+            p, s = report["paired"][b], base["benchmarks"][b]
+            table.add_row(b, f"{s['exact_match']:.3f} → {row['exact_match']:.3f}", f"{p['turned_right']} / {p['turned_wrong']}",
+                          f"{s['preference']:.3f} → {row['preference']:.3f}", f"{p['preference_se']:.3f}")
+        console.print(table)
     text = json.dumps(report, indent=2, sort_keys=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,26 @@ def test_eval_prints_and_writes_accuracy_format_and_client_preferences(tiny, tmp
     assert "VQA acc" in proc.stderr and "oracle preference" in proc.stderr  # the table goes to stderr
 
 
+def test_eval_against_a_baseline_compares_the_same_examples_pair_by_pair(tiny, tmp_path):
+    policy, world = tiny
+    other = tmp_path / "other"
+    build_vlm(ModelConfig(preset="tiny", seed=1)).save(other)
+
+    proc = mor("eval", "--policy", str(policy), "--world", str(world), "-n", "6", "--baseline", str(other))
+    same = mor("eval", "--policy", str(policy), "--world", str(world), "-n", "6", "--baseline", str(policy))
+
+    assert proc.returncode == 0 and same.returncode == 0, proc.stderr + same.stderr
+    report, self_report = json.loads(proc.stdout), json.loads(same.stdout)
+    assert report["baseline"]["policy"] == str(other)
+    for b, row in report["benchmarks"].items():
+        paired, base = report["paired"][b], report["baseline"]["benchmarks"][b]
+        assert paired["turned_right"] - paired["turned_wrong"] == round(6 * (row["exact_match"] - base["exact_match"]))
+        assert paired["preference_change"] == pytest.approx(row["preference"] - base["preference"])
+        assert self_report["paired"][b] == {"turned_right": 0, "turned_wrong": 0, "preference_change": 0.0,
+                                            "preference_se": 0.0}
+    assert "turned right / wrong" in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "code", "names"),
     [
@@ -50,6 +70,7 @@ def test_eval_prints_and_writes_accuracy_format_and_client_preferences(tiny, tmp
         (["--split", "validation"], 2, "--split"),
         (["--world", "{tmp}"], 3, "--world"),
         (["--policy", "{tmp}"], 3, "--policy"),
+        (["--baseline", "{tmp}"], 3, "--baseline"),
     ],
 )
 def test_eval_option_errors_name_the_option_without_a_traceback(tiny, tmp_path, args, code, names):
