@@ -30,7 +30,7 @@ import yaml  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from services.common.config import NodeEndpoint, RewardNodeSettings, RunConfig, StackConfig, load_yaml  # noqa: E402
+from services.common.config import RunConfig, StackConfig, load_yaml  # noqa: E402
 from services.common.config.base import ConfigError, build  # noqa: E402
 from services.common.data.world import World, load_world  # noqa: E402
 from services.common.evaluation import evaluate_policy, paired_change  # noqa: E402
@@ -55,16 +55,13 @@ def apply_overrides(data: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
 
 async def one_run(world: World, workdir: Path, run_data: dict[str, Any], out: Path) -> Path:
     """One MoRRun against the workdir's RMs; returns the final policy folder."""
-    from services.common.grpc import serving
+    from services.experiments.prepare import loopback_rm
+    from services.experiments.runs import serve_nodes
     from services.orchestrator.run import MoRRun
-    from services.reward_node.app import build_app
 
-    apps = [build_app(RewardNodeSettings(
-        node_id=n, model={"kind": world.clients[n].rm_arch, "checkpoint": workdir / "rm" / n, "torch_threads": 1},
-        server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0}, tls={"insecure": True}, metrics={"enabled": False}))
-        for n in world.training_clients()]
-    async with serving(apps):
-        data = {**run_data, "nodes": [NodeEndpoint.loopback(a.settings.node_id, a.port) for a in apps]}
+    settings = [loopback_rm(n, world.clients[n].rm_arch, workdir / "rm" / n) for n in world.training_clients()]
+    async with serve_nodes(settings) as endpoints:
+        data = {**run_data, "nodes": list(endpoints.values())}
         cfg = build(RunConfig, data, source="examples config + --set")
         run = MoRRun(cfg, on_status=lambda _msg: None)
         await run.run()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console  # noqa: E402
 
-from services.common.config import NodeEndpoint, RewardNodeSettings, RunConfig, StackConfig, load_yaml  # noqa: E402
+from services.common.config import RewardNodeSettings, RunConfig, StackConfig, load_yaml  # noqa: E402
 from services.common.data.world import load_world, make_world  # noqa: E402
 from services.common.evaluation import evaluate_policy  # noqa: E402
 from services.common.warm_start import QUICK_POLICY, QUICK_SFT, run_sft, world_config  # noqa: E402
@@ -35,20 +35,18 @@ def summary(report: dict) -> dict:
 
 async def train_and_watch(args: argparse.Namespace, stack: StackConfig, world_dir: Path, sft_dir: Path,
                           rms: dict[str, Path], log) -> None:
-    from services.common.grpc import serving
+    from services.experiments.prepare import loopback_rm
+    from services.experiments.runs import serve_nodes
     from services.orchestrator.run import MoRRun
-    from services.reward_node.app import build_app
 
     world = load_world(world_dir)
-    apps = {node: build_app(RewardNodeSettings(
-        node_id=node, model={"kind": world.clients[node].rm_arch, "checkpoint": ckpt},
-        server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0}, tls={"insecure": True},
-        metrics={"enabled": False})) for node, ckpt in rms.items()}
-    async with serving(list(apps.values())):
+    # the nodes share the machine with the policy: torch's default thread count, as a deployed node
+    settings = [loopback_rm(node, world.clients[node].rm_arch, ckpt, model={"torch_threads": None}) for node, ckpt in rms.items()]
+    async with serve_nodes(settings) as endpoints:
         run_data = stack.run.model_dump(mode="json")
         run_data.update(world=str(world_dir), output_dir=str(args.out / "mor"), policy={"path": str(sft_dir)},
                         device=args.device, sampler=None,
-                        nodes=[NodeEndpoint.loopback(n, a.port) for n, a in apps.items()])
+                        nodes=list(endpoints.values()))
         run_data["grpo"].update(steps=args.steps, lr=args.lr, beta=args.beta, prompts_per_step=args.prompts,
                                 group_size=args.group_size)
         run_data["router"]["kind"] = args.router

@@ -17,12 +17,12 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.common.config import NodeEndpoint
+from services.common.config import NodeEndpoint, RewardNodeSettings
 from services.experiments.prepare import RMSpec, Workspace, rm_settings
 from services.experiments.profiles import Profile, method
 
@@ -68,12 +68,13 @@ def _eval(vlm: Any, world: Any, n: int) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def serve(inputs: JobInputs, specs: list[tuple[RMSpec, str]]) -> AsyncIterator[dict[str, NodeEndpoint]]:
-    """Start one real reward node per spec; yields node_id -> its endpoint; stops them on exit."""
+async def serve_nodes(settings: Sequence[RewardNodeSettings]) -> AsyncIterator[dict[str, NodeEndpoint]]:
+    """Start one real reward node per settings (see prepare.loopback_rm); yields node_id -> its
+    endpoint; stops them on exit."""
     from services.common.grpc import serving
     from services.reward_node.app import build_app
 
-    apps = {spec.node_id: build_app(rm_settings(inputs.profile, inputs.ws, spec, Path(ckpt))) for spec, ckpt in specs}
+    apps = {s.node_id: build_app(s) for s in settings}
     async with serving(list(apps.values())):
         yield {n: NodeEndpoint.loopback(n, app.port) for n, app in apps.items()}
 
@@ -127,7 +128,7 @@ async def _train(inputs: JobInputs, out: Path, world: Any, track_n: int) -> dict
     job, claims = inputs.job, inputs.profile.claims
     specs = list(inputs.nodes) + ([inputs.joiner] if inputs.joiner else [])
     track: list[dict[str, Any]] = []
-    async with serve(inputs, specs) as endpoints:
+    async with serve_nodes([rm_settings(inputs.profile, inputs.ws, spec, Path(ckpt)) for spec, ckpt in specs]) as endpoints:
         start = [endpoints[s.node_id] for s, _ in inputs.nodes]
         run: Any = None
 
@@ -203,4 +204,4 @@ def _track_point(step: int, ev: dict[str, Any]) -> dict[str, Any]:
             "vqa_accuracy": {b: x["vqa_accuracy"] for b, x in ev["benchmarks"].items()}}
 
 
-__all__ = ["JobInputs", "RunJob", "router_by_domain", "run_config", "run_job", "serve"]
+__all__ = ["JobInputs", "RunJob", "router_by_domain", "run_config", "run_job", "serve_nodes"]
