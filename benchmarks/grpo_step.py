@@ -161,13 +161,8 @@ class Step:
 
 # ---- set-up: world and the three clients' RMs -------------------------------------------------
 def node_settings(world_dir: Path, node_id: str, checkpoint: Path, threads: int, epochs: int = 1) -> RewardNodeSettings:
-    return RewardNodeSettings(
-        node_id=node_id, data_dir=world_dir,
-        model={"kind": "light", "checkpoint": checkpoint, "torch_threads": threads},
-        train={"epochs": epochs, "batch_size": 16, "lr": 3e-3},
-        server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0},
-        tls={"insecure": True}, metrics={"enabled": False},
-    )
+    return RewardNodeSettings.loopback(node_id, "light", checkpoint, data_dir=world_dir, model={"torch_threads": threads},
+                                       train={"epochs": epochs, "batch_size": 16, "lr": 3e-3})
 
 
 def prepare(root: Path, quick: bool) -> tuple[Path, dict[str, LoadedRM]]:

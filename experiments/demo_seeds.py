@@ -30,7 +30,7 @@ import yaml  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from services.common.config import RunConfig, StackConfig, load_yaml  # noqa: E402
+from services.common.config import RewardNodeSettings, RunConfig, StackConfig, load_yaml  # noqa: E402
 from services.common.config.base import ConfigError, build  # noqa: E402
 from services.common.data.world import World, load_world  # noqa: E402
 from services.common.evaluation import evaluate_policy, paired_change  # noqa: E402
@@ -53,19 +53,18 @@ def apply_overrides(data: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-async def one_run(world: World, workdir: Path, run_data: dict[str, Any], out: Path) -> Path:
+async def one_run(world: World, workdir: Path, run_data: dict[str, Any]) -> Path:
     """One MoRRun against the workdir's RMs; returns the final policy folder."""
-    from services.experiments.prepare import loopback_rm
     from services.experiments.runs import serve_nodes
     from services.orchestrator.run import MoRRun
 
-    settings = [loopback_rm(n, world.clients[n].rm_arch, workdir / "rm" / n) for n in world.training_clients()]
+    settings = [RewardNodeSettings.loopback(n, world.clients[n].rm_arch, workdir / "rm" / n) for n in world.training_clients()]
     async with serve_nodes(settings) as endpoints:
         data = {**run_data, "nodes": list(endpoints.values())}
         cfg = build(RunConfig, data, source="examples config + --set")
         run = MoRRun(cfg, on_status=lambda _msg: None)
         await run.run()
-    return out / "policy"
+    return Path(cfg.output_dir) / "policy"
 
 
 def main() -> None:
@@ -104,7 +103,7 @@ def main() -> None:
         data = {**run_data, "seed": seed, "world": str(world.root), "output_dir": str(run_out),
                 "policy": {"path": str(sft)}, "sampler": None}
         console.print(f"seed {seed}: {data['grpo']['steps']} GRPO steps")
-        policy = asyncio.run(one_run(world, args.workdir, data, run_out))
+        policy = asyncio.run(one_run(world, args.workdir, data))
         after = evaluate_policy(load_vlm(policy), world, per_benchmark=args.examples, per_example=True)
         results["seeds"][str(seed)] = {
             "seconds": round(time.perf_counter() - t0, 1),

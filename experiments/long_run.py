@@ -35,13 +35,12 @@ def summary(report: dict) -> dict:
 
 async def train_and_watch(args: argparse.Namespace, stack: StackConfig, world_dir: Path, sft_dir: Path,
                           rms: dict[str, Path], log) -> None:
-    from services.experiments.prepare import loopback_rm
     from services.experiments.runs import serve_nodes
     from services.orchestrator.run import MoRRun
 
     world = load_world(world_dir)
     # the nodes share the machine with the policy: torch's default thread count, as a deployed node
-    settings = [loopback_rm(node, world.clients[node].rm_arch, ckpt, model={"torch_threads": None}) for node, ckpt in rms.items()]
+    settings = [RewardNodeSettings.loopback(node, world.clients[node].rm_arch, ckpt, model={"torch_threads": None}) for node, ckpt in rms.items()]
     async with serve_nodes(settings) as endpoints:
         run_data = stack.run.model_dump(mode="json")
         run_data.update(world=str(world_dir), output_dir=str(args.out / "mor"), policy={"path": str(sft_dir)},

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from services.common.config import StackConfig, load_yaml  # noqa: E402
+from services.common.config import RewardNodeSettings, StackConfig, load_yaml  # noqa: E402
 from services.common.data.oracle import ServerOracle  # noqa: E402
 from services.common.data.prefs import make_pair  # noqa: E402
 from services.common.data.world import World, load_world  # noqa: E402
@@ -54,14 +54,13 @@ def fresh_pairs(world: World, n: int, seed: int) -> list:
 async def score(world: World, workdir: Path, router_cfg, pairs: list) -> tuple[tuple[str, ...], dict, object, object]:
     """(node ids, node infos, calibration-set data, fresh-pair data), scored on real loopback nodes."""
     from services.common.config.run import FanoutSection
-    from services.experiments.prepare import loopback_rm
     from services.experiments.runs import serve_nodes
     from services.orchestrator.calibration import NodeCalibration
     from services.orchestrator.embedding import PromptEmbedder
     from services.orchestrator.fanout import RewardFanout
     from services.orchestrator.fusion.trainer import calibration_data
 
-    settings = [loopback_rm(n, world.clients[n].rm_arch, workdir / "rm" / n, prototype={"publish": True})
+    settings = [RewardNodeSettings.loopback(n, world.clients[n].rm_arch, workdir / "rm" / n, prototype={"publish": True})
                 for n in world.training_clients()]
     async with serve_nodes(settings) as endpoints:
         fanout = RewardFanout([ep.model_copy(update={"timeout_s": 600.0}) for ep in endpoints.values()],

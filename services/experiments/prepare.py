@@ -121,18 +121,9 @@ def client_kind(p: Profile, world: Path, client: str) -> str:
     return load_world(world).clients[client].rm_arch if p.client_rm_kinds == "spec" else "light"
 
 
-def loopback_rm(node_id: str, kind: str, checkpoint: Path | None, **fields: Any) -> RewardNodeSettings:
-    """Settings of an in-process reward node: 127.0.0.1, a free port, plaintext, no metrics port, one
-    torch thread (experiments and benchmarks). ``fields`` adds settings; its ``model`` entries join
-    kind and checkpoint."""
-    model = {"kind": kind, "checkpoint": checkpoint, "torch_threads": 1, **fields.pop("model", {})}
-    return RewardNodeSettings(node_id=node_id, model=model, server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0},
-                              tls={"insecure": True}, metrics={"enabled": False}, **fields)
-
-
 def rm_settings(p: Profile, ws: Workspace, spec: RMSpec, checkpoint: Path | None = None) -> RewardNodeSettings:
-    """Settings of a node serving (or training) ``spec`` (see ``loopback_rm``)."""
-    return loopback_rm(spec.node_id, spec.kind, checkpoint, data_dir=ws.world_dir(spec.world),
+    """Settings of a node serving (or training) ``spec`` (see ``RewardNodeSettings.loopback``)."""
+    return RewardNodeSettings.loopback(spec.node_id, spec.kind, checkpoint, data_dir=ws.world_dir(spec.world),
                        model={"backbone": {"path": str(ws.sft_dir)}}, train={**p.rm_train, "seed": spec.seed})
 
 

@@ -69,7 +69,7 @@ def _eval(vlm: Any, world: Any, n: int) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def serve_nodes(settings: Sequence[RewardNodeSettings]) -> AsyncIterator[dict[str, NodeEndpoint]]:
-    """Start one real reward node per settings (see prepare.loopback_rm); yields node_id -> its
+    """Start one real reward node per settings (see RewardNodeSettings.loopback); yields node_id -> its
     endpoint; stops them on exit."""
     from services.common.grpc import serving
     from services.reward_node.app import build_app

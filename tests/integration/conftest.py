@@ -46,13 +46,8 @@ def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def node_settings(world_dir: Path, node_id: str, checkpoint: Path) -> RewardNodeSettings:
-    return RewardNodeSettings(
-        node_id=node_id, data_dir=world_dir,
-        model={"kind": "light", "checkpoint": checkpoint, "torch_threads": 1},
-        train={"epochs": 3, "batch_size": 16, "lr": 3e-3},
-        server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0},
-        tls={"insecure": True}, metrics={"enabled": False},
-    )
+    return RewardNodeSettings.loopback(node_id, "light", checkpoint, data_dir=world_dir,
+                                       train={"epochs": 3, "batch_size": 16, "lr": 3e-3})
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -71,6 +71,15 @@ class RewardNodeSettings(ServiceSettings):
     batching: BatchingSection = Field(default_factory=BatchingSection, description="Dynamic batching.")
     prototype: PrototypeSection = Field(default_factory=PrototypeSection, description="Domain prototype in GetInfo.")
     train: RMTrainSection = Field(default_factory=RMTrainSection, description="Local RM training (`mor reward-node train`).")
+
+    @classmethod
+    def loopback(cls, node_id: str, kind: str, checkpoint: Path | None, **fields: Any) -> RewardNodeSettings:
+        """An in-process node (experiments, benchmarks, tests): 127.0.0.1, a free port, plaintext, no
+        metrics port, one torch thread. ``fields`` adds settings; its ``model`` entries join kind and
+        checkpoint."""
+        model = {"kind": kind, "checkpoint": checkpoint, "torch_threads": 1, **fields.pop("model", {})}
+        return cls(node_id=node_id, model=model, server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0},
+                   tls={"insecure": True}, metrics={"enabled": False}, **fields)
 
 
 class SamplingDefaultsSection(Section):

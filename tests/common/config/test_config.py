@@ -80,6 +80,13 @@ def test_loopback_endpoint_is_plaintext_on_127_0_0_1_and_validated():
         NodeEndpoint.loopback("Not An Id", 1)
 
 
+def test_loopback_node_settings_merge_model_entries_and_keep_the_loopback_transport(tmp_path):
+    s = RewardNodeSettings.loopback("bank", "vlm", tmp_path, model={"torch_threads": 4}, data_dir=tmp_path)
+    assert (s.model.kind, s.model.checkpoint, s.model.torch_threads, s.data_dir) == ("vlm", tmp_path, 4, tmp_path)
+    assert (s.server.host, s.server.port, s.tls.insecure, s.metrics.enabled) == ("127.0.0.1", 0, True, False)
+    assert RewardNodeSettings.loopback("bank", "light", None).model.torch_threads == 1
+
+
 def test_config_is_frozen():
     cfg = RunConfig()
     with pytest.raises(ValidationError, match="frozen"):
