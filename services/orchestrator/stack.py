@@ -231,16 +231,27 @@ class Stack:
             self.console.print(f"[green]reward node {name}[/] held-out pair accuracy "
                                f"{result.metadata['held_out_accuracy']:.3f}")
 
-    # ---- the run ---------------------------------------------------------------------------------
-    def up(self) -> dict[str, Any]:
+    def write_node_configs(self, world, ports: dict[str, tuple[int, int]]) -> None:
+        """<configs>/node-<name>.yaml per client in ``ports`` (name -> serving port, metrics port); train_rms
+        and `mor reward-node serve` read them."""
+        for name, (port, metrics_port) in ports.items():
+            _write_yaml(self.configs / f"node-{name}.yaml", self.node_settings(world, name, port, metrics_port))
+
+    def prepare(self) -> tuple[Any, Path, list[str], dict[str, tuple[int, int]]]:
+        """Everything before the services start: world, SFT policy, PKI, service configs on free ports and
+        the client RMs. Returns (world, SFT policy folder, client names, ports by service)."""
         world = self.prepare_world()
         policy = self.prepare_policy(world)
         names = world.training_clients()
         self.prepare_pki(names)
         ports = {n: (free_port(), free_port()) for n in [*names, "sampler", "orchestrator"]}
-        for n in names:
-            _write_yaml(self.configs / f"node-{n}.yaml", self.node_settings(world, n, *ports[n]))
+        self.write_node_configs(world, {n: ports[n] for n in names})
         self.train_rms(world, names, policy)
+        return world, policy, names, ports
+
+    # ---- the run ---------------------------------------------------------------------------------
+    def up(self) -> dict[str, Any]:
+        world, policy, names, ports = self.prepare()
         _write_yaml(self.configs / "sampler.yaml", {
             "model": {"path": str(policy)}, "max_new_tokens": max(64, self.cfg.run.grpo.max_new_tokens),
             "hf": {"torch_threads": 1},

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from services.common.config import StackConfig
-from services.orchestrator.stack import Stack, _write_yaml
+from services.orchestrator.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
@@ -25,10 +25,5 @@ def script(name: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stack = Stack(StackConfig(workdir=tmp_path_factory.mktemp("demo") / "local"), quick=True, console=Console(quiet=True))
-    world = stack.prepare_world()
-    names = world.training_clients()
-    stack.prepare_pki(names)
-    for n in names:
-        _write_yaml(stack.configs / f"node-{n}.yaml", stack.node_settings(world, n, 1, 2))
-    stack.train_rms(world, names, stack.prepare_policy(world))
+    stack.prepare()
     return stack.workdir

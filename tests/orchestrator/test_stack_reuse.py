@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from services.common.config import StackConfig
-from services.orchestrator.stack import Stack, _write_yaml, built_from, record_inputs
+from services.orchestrator.stack import Stack, built_from, record_inputs
 
 
 def _mtime(path):
@@ -33,11 +33,6 @@ def test_stamp_matches_only_the_recorded_inputs_of_an_existing_artefact(tmp_path
     assert not built_from(artefact, inputs)
 
 
-def _nodes(stack, world, names):
-    for n in names:
-        _write_yaml(stack.configs / f"node-{n}.yaml", stack.node_settings(world, n, 1, 2))
-
-
 @pytest.mark.slow
 def test_policy_and_rms_are_rebuilt_when_their_inputs_change_not_when_file_times_do(tmp_path):
     cfg = StackConfig(workdir=tmp_path / "local")
@@ -45,7 +40,7 @@ def test_policy_and_rms_are_rebuilt_when_their_inputs_change_not_when_file_times
     world = stack.prepare_world()
     names = world.training_clients()
     stack.prepare_pki(names)
-    _nodes(stack, world, names)
+    stack.write_node_configs(world, {n: (1, 2) for n in names})
     policy = stack.prepare_policy(world)
     stack.train_rms(world, names, policy)
     weights = policy / "model.safetensors"
@@ -61,7 +56,7 @@ def test_policy_and_rms_are_rebuilt_when_their_inputs_change_not_when_file_times
 
     other_lr = Stack(cfg.model_copy(update={"rm_train": cfg.rm_train.model_copy(update={"lr": 1e-3})}), quick=True,
                      console=Console(quiet=True))
-    _nodes(other_lr, world, names)
+    other_lr.write_node_configs(world, {n: (1, 2) for n in names})
     other_lr.prepare_policy(world)
     other_lr.train_rms(world, names, policy)
     assert _mtime(weights) == first_policy  # the RMs' training config is not the policy's input
@@ -71,7 +66,7 @@ def test_policy_and_rms_are_rebuilt_when_their_inputs_change_not_when_file_times
     reseeded = Stack(cfg.model_copy(update={"world": cfg.world.model_copy(update={"seed": 1})}), quick=True,
                      console=Console(quiet=True))
     world = reseeded.prepare_world()  # same folder, other content
-    _nodes(reseeded, world, names)
+    reseeded.write_node_configs(world, {n: (1, 2) for n in names})
     reseeded.prepare_policy(world)
     assert _mtime(weights) > first_policy
     reseeded.train_rms(world, names, policy)
