@@ -462,9 +462,8 @@ def eval_policy(
         fail(f"--examples must be at least 1 (got {examples})", EXIT_CONFIG)
     if split not in SPLITS:
         fail(f"--split must be one of {', '.join(SPLITS)} (got {split!r})", EXIT_CONFIG)
-    checkpoints = {"--policy": policy} if baseline is None else {"--policy": policy, "--baseline": baseline}
-    for option, path in checkpoints.items():
-        if not (path / "config.json").is_file():
+    for option, path in (("--policy", policy), ("--baseline", baseline)):
+        if path is not None and not (path / "config.json").is_file():
             fail(f"{option}: {path} is not a policy checkpoint (no config.json)", EXIT_DATA)
     try:
         loaded_world = load_world(world)
