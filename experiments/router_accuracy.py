@@ -8,7 +8,16 @@ for the accuracy the run logs), which is too small to tell routers apart. This s
 ``--pairs`` fresh pairs with the same neutral server oracle, on held-out test images, scores them on
 the demo's reward nodes (real gRPC nodes on 127.0.0.1, the same calibration as a run), fits every
 router kind on the calibration set as a run does (``--seeds`` seeds for the trained ones), and prints
-the share of fresh pairs each ranks right, overall and per benchmark. Writes <workdir>/router_accuracy.json.
+the share of fresh pairs each ranks right, overall and per benchmark, beside the **oracle router**:
+each benchmark's pairs routed to the client whose home it is (the largest weight of its domain mix;
+the uniform mean where no client has it as home), a ceiling only the evaluation can build because it
+reads the benchmark name. It also reports each RM's own accuracy on the fresh correctness pairs per
+benchmark (an expert should be high at home, near chance elsewhere).
+
+Writes ``--out`` (default <workdir>/router_accuracy.json):
+``{"pairs": N, "routers": {"mean": a, "static": a, "mor": a, "oracle": a, "single:<client>": a, ...},
+"nodes": {"<client>": {"<benchmark>": a}}, "by_benchmark": {...}, "seeds": S, ...}`` where trained routers
+(static, mor) give their mean over the seeds.
 """
 from __future__ import annotations
 
@@ -76,15 +85,28 @@ async def score(world: World, workdir: Path, router_cfg, pairs: list) -> tuple[t
     return fanout.node_ids, infos, cal, fresh
 
 
-def accuracies(router, fresh, benchmarks: list[str], names: list[str]) -> dict[str, float]:
-    from services.orchestrator.fusion.trainer import fused_pair_margin, pair_accuracy
+def accuracies(margin: torch.Tensor, benchmarks: list[str], names: list[str]) -> dict[str, float]:
+    """Pair accuracy of fused margins[P] (chosen minus rejected), overall and per benchmark."""
+    from services.orchestrator.fusion.trainer import pair_accuracy
 
-    margin = fused_pair_margin(router, fresh)
     out = {"all": pair_accuracy(margin)}
     for b in benchmarks:
         idx = torch.tensor([i for i, name in enumerate(names) if name == b])
         out[b] = pair_accuracy(margin[idx])
     return out
+
+
+def home_clients(world: World, nodes: tuple[str, ...]) -> dict[str, str]:
+    """benchmark -> the client whose home it is (largest domain weight, the first such client)."""
+    out: dict[str, str] = {}
+    for n in nodes:
+        out.setdefault(world.clients[n].home, n)
+    return out
+
+
+def oracle_margin(margins: dict[str, torch.Tensor], homes: dict[str, str], names: list[str]) -> torch.Tensor:
+    """Each pair's margin from its benchmark's home RM (the mean fusion's where no client has it as home)."""
+    return torch.stack([margins[f"single:{homes[b]}" if b in homes else "mean"][i] for i, b in enumerate(names)])
 
 
 def main() -> None:
@@ -93,6 +115,7 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "examples" / "local.yaml")
     ap.add_argument("--pairs", type=int, default=900, help="fresh pairs (split evenly over the benchmarks)")
     ap.add_argument("--seeds", type=int, default=6, help="seeds of the trained routers (split and initialisation)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON written here (default <workdir>/router_accuracy.json)")
     args = ap.parse_args()
     from services.orchestrator.fusion import build_router
 
@@ -107,19 +130,26 @@ def main() -> None:
     console.print(f"scoring {len(world.calibration_pairs()[: router_cfg.calibration_pairs])} calibration and "
                   f"{len(pairs)} fresh pairs on {len(world.training_clients())} nodes")
     nodes, infos, cal, fresh = asyncio.run(score(world, args.workdir, router_cfg, pairs))
-    names, dim = [p.benchmark for p in pairs], int(cal.features.shape[1])
+    from services.orchestrator.fusion.trainer import fused_pair_margin, pair_accuracy
 
+    names, dim = [p.benchmark for p in pairs], int(cal.features.shape[1])
     results: dict[str, dict] = {}
+    margins: dict[str, torch.Tensor] = {}
     for kind in [*FIXED, *(f"single:{n}" for n in nodes)]:
-        results[kind] = {k: [v] for k, v in accuracies(build_router(kind, nodes, router_cfg, feature_dim=dim, infos=infos),
-                                                          fresh, world.benchmarks, names).items()}
+        margins[kind] = fused_pair_margin(build_router(kind, nodes, router_cfg, feature_dim=dim, infos=infos), fresh)
+        results[kind] = {k: [v] for k, v in accuracies(margins[kind], world.benchmarks, names).items()}
+    homes = home_clients(world, nodes)
+    results["oracle"] = {k: [v] for k, v in accuracies(oracle_margin(margins, homes, names), world.benchmarks, names).items()}
     for kind in TRAINED:
         runs = []
         for seed in range(args.seeds):
             r = build_router(kind, nodes, router_cfg, feature_dim=dim, infos=infos, seed=seed)
             r.fit(cal)
-            runs.append(accuracies(r, fresh, world.benchmarks, names))
+            runs.append(accuracies(fused_pair_margin(r, fresh), world.benchmarks, names))
         results[kind] = {k: [run[k] for run in runs] for k in runs[0]}
+    correct = [i for i, p in enumerate(pairs) if p.kind == "correctness"]
+    node_acc = {n: {b: pair_accuracy(margins[f"single:{n}"][[i for i in correct if names[i] == b]])
+                    for b in world.benchmarks} for n in nodes}
 
     n = fresh.n_pairs
     table = Table(title=f"pair accuracy on {n} fresh neutral pairs (± binomial se {0.5 / n ** 0.5:.3f} at 0.5; "
@@ -131,9 +161,17 @@ def main() -> None:
                  for v in (acc[c] for c in ["all", *world.benchmarks])]
         table.add_row(kind, *cells)
     console.print(table)
-    out = args.workdir / "router_accuracy.json"
-    out.write_text(json.dumps({"fresh_pairs": n, "calibration_pairs": cal.n_pairs, "seeds": args.seeds,
-                               "accuracy": results}, indent=2))
+    console.print("RM accuracy on fresh correctness pairs: " + "; ".join(
+        f"{n} " + " ".join(f"{b} {a:.3f}" for b, a in node_acc[n].items()) for n in nodes))
+    out = args.out or args.workdir / "router_accuracy.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "pairs": n, "calibration_pairs": cal.n_pairs, "seeds": args.seeds, "homes": homes,
+        "routers": {k: statistics.mean(v["all"]) for k, v in results.items()},
+        "nodes": node_acc,
+        "by_benchmark": {k: {c: statistics.mean(x) for c, x in v.items()} for k, v in results.items()},
+        "per_seed": {k: v["all"] for k, v in results.items() if len(v["all"]) > 1},
+    }, indent=2) + "\n")
     console.print(f"[green]results[/] {out}")
 
 

@@ -9,6 +9,7 @@ import sys
 # must be set before torch is imported anywhere in the process.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -312,9 +313,25 @@ def reward_node_train(
                   f"{meta['data']['n_train_pairs']}/{meta['data']['n_held_out_pairs']}",
                   f"{meta['score_mean']:.3f}/{meta['score_std']:.3f}", f"{result.seconds:.1f}", meta["model_version"])
     Console(stderr=True).print(table)
+    Console(stderr=True).print(competence_table(meta))
+    by = {name: {k: round(v["accuracy"], 4) for k, v in groups.items()} for name, groups in meta["held_out_by"].items()}
     typer.echo(json.dumps({"node_id": meta["node_id"], "kind": meta["kind"], "checkpoint": str(result.checkpoint),
-                           "held_out_accuracy": round(meta["held_out_accuracy"], 4),
+                           "held_out_accuracy": round(meta["held_out_accuracy"], 4), "held_out_by": by,
                            "model_version": meta["model_version"]}, sort_keys=True))
+
+
+def competence_table(meta: dict[str, Any]) -> Table:
+    """Held-out pair accuracy (pairs) by pair kind (rows) and benchmark (columns), from RM metadata."""
+    by = meta["held_out_by"]
+    benchmarks = sorted(by["benchmark"])
+    table = Table(title=f"{meta['node_id']}: held-out pair accuracy by kind and benchmark (pairs)")
+    for col in ("kind", *benchmarks, "all"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    for kind, tot in by["kind"].items():
+        cells = [by["kind_benchmark"].get(f"{kind}/{b}") for b in benchmarks]
+        table.add_row(kind, *(f"{c['accuracy']:.3f} ({c['pairs']})" if c else "-" for c in cells),
+                      f"{tot['accuracy']:.3f} ({tot['pairs']})")
+    return table
 
 
 @reward_node_app.command("serve")

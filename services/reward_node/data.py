@@ -3,7 +3,9 @@
 ``data_dir`` is either a whole world (``manifest.json`` inside; the node's pairs are
 ``clients/<node_id>/``) or one client's folder inside a world (``<world>/clients/<name>/``, as a
 node that holds only its own files would have it); image paths in the pairs are relative to the
-world root in both cases. The held-out split is the client's ``prefs_test.jsonl``.
+world root in both cases. The held-out split is the client's ``prefs_test.jsonl``. An optional
+``labelled.jsonl`` (VQAExample lines) holds the organisation's own labelled examples, which
+grounding (services.reward_node.grounding) trains on before the pairs.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from typing import Any
 
 from PIL import Image
 
-from services.common.data.records import PreferencePair, RecordError, read_records
+from services.common.data.records import PreferencePair, RecordError, VQAExample, read_records
 
 SPLITS = ("train", "test")
+LABELLED = "labelled.jsonl"  # optional: the organisation's labelled examples (VQAExample lines)
 
 
 class DataError(ValueError):
@@ -33,6 +36,7 @@ class NodeData:
     image_root: Path
     data_sha256: str
     client_info: dict[str, Any] = field(default_factory=dict)
+    labelled: list[VQAExample] = field(default_factory=list)  # the node's own labelled examples (grounding)
     _images: dict[str, Image.Image] = field(default_factory=dict, repr=False)
 
     def image(self, rel: str) -> Image.Image:
@@ -81,9 +85,17 @@ def load_node_data(data_dir: str | Path, node_id: str) -> NodeData:
             raise DataError(str(exc)) from None
         if not pairs[split]:
             raise DataError(f"data_dir: {path} holds no pairs")
+    labelled: list[VQAExample] = []
+    lab_path = client / LABELLED
+    if lab_path.is_file():
+        h.update(b"labelled\0" + lab_path.read_bytes() + b"\0")
+        try:
+            labelled = read_records(lab_path, VQAExample)
+        except RecordError as exc:
+            raise DataError(str(exc)) from None
     info_path = client / "client.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    return NodeData(node_id, pairs, world_root, h.hexdigest(), info)
+    return NodeData(node_id, pairs, world_root, h.hexdigest(), info, labelled)
 
 
 __all__ = ["DataError", "NodeData", "SPLITS", "load_node_data"]

@@ -9,7 +9,8 @@ the organisations) and is the upper bound of the comparison.
 
 FedAvg ("share parameters"): every client starts each round from the same global RM, trains
 ``local_epochs`` of Bradley-Terry on its own pairs, and the server averages the parameters,
-weighted by pair counts (McMahan et al., 2017). All clients must use one architecture, which is
+weighted by pair counts (McMahan et al., 2017); grounding on the clients' labelled examples, where
+they have any, is federated the same way before the pair rounds. All clients must use one architecture, which is
 why this baseline needs ``settings.model.kind`` for everybody (the light RM in the experiments).
 The output standardisation is fitted from per-client (count, mean, M2) of the final model's raw
 training scores, merged as sufficient statistics, so no score of an individual answer leaves a
@@ -32,12 +33,14 @@ from services.common.config import ConfigError
 from services.common.config.services import RewardNodeSettings
 from services.reward_node.checkpoint import save_checkpoint
 from services.reward_node.data import SPLITS, NodeData, load_node_data
+from services.reward_node.grounding import candidate_set, ground
 from services.reward_node.hybrid import parts_matrix
-from services.reward_node.rm import build_rm
+from services.reward_node.rm import RewardModel, build_rm
 from services.reward_node.rm.text_encoder import get_encoder
 from services.reward_node.train import (
     TrainResult,
     fit,
+    grounding_examples,
     held_out_metadata,
     pair_accuracy,
     prepare_pairs,
@@ -65,7 +68,8 @@ def pooled_data(world_dir: str | Path, clients: Sequence[str], node_id: str) -> 
         raise ConfigError(f"clients: their pairs come from different worlds ({', '.join(map(str, roots))})")
     digest = hashlib.sha256("".join(p.data_sha256 for p in parts).encode()).hexdigest()
     pairs = {s: _interleave([p.pairs[s] for p in parts]) for s in SPLITS}
-    return NodeData(node_id, pairs, parts[0].image_root, digest, {"pooled_from": list(clients)})
+    labelled = _interleave([p.labelled for p in parts])
+    return NodeData(node_id, pairs, parts[0].image_root, digest, {"pooled_from": list(clients)}, labelled)
 
 
 def train_pooled_rm(settings: RewardNodeSettings, world_dir: str | Path, clients: Sequence[str],
@@ -98,6 +102,31 @@ def merge_moments(moments: Sequence[tuple[int, float, float]]) -> tuple[float, f
     return mean, math.sqrt(m2 / n)
 
 
+def _fedavg_grounding(model: RewardModel, datas: Sequence[NodeData], settings: RewardNodeSettings,
+                      rounds: int) -> dict[str, object]:
+    """Grounding the FedAvg way: each round every client grounds the global RM on its own labelled
+    examples for grounding_epochs / rounds epochs, and the server averages (weighted by examples)."""
+    cfg = settings.train
+    sets = [candidate_set(grounding_examples(d, cfg), cfg.seed) for d in datas]
+    counts = [g.n_examples for g in sets]
+    if cfg.grounding_epochs == 0 or sum(counts) == 0:
+        return {"examples": 0, "epochs": 0}
+    local = max(1, math.ceil(cfg.grounding_epochs / rounds))
+    for r in range(rounds):
+        global_state = copy.deepcopy(model.state_dict())
+        states, weights = [], []
+        for i, (gset, d) in enumerate(zip(sets, datas, strict=True)):
+            if gset.n_examples == 0:
+                continue
+            model.load_state_dict(global_state)
+            ground(model, gset, d.image, epochs=local, batch_size=cfg.batch_size, lr=cfg.grounding_lr,
+                   weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed + 1000 * r + i)
+            states.append(copy.deepcopy(model.state_dict()))
+            weights.append(gset.n_examples)
+        model.load_state_dict(average_states(states, weights))
+    return {"examples": sum(counts), "rounds": rounds, "local_epochs": local, "lr": cfg.grounding_lr}
+
+
 def train_fedavg_rm(settings: RewardNodeSettings, world_dir: str | Path, clients: Sequence[str], *,
                     rounds: int, local_epochs: int, out_dir: str | Path | None = None) -> TrainResult:
     """FedAvg of one RM architecture over ``clients``; see the module docstring."""
@@ -118,6 +147,7 @@ def train_fedavg_rm(settings: RewardNodeSettings, world_dir: str | Path, clients
                        for d in datas]
         prepared = [prepare_pairs(model, d, p) for d, p in zip(datas, train_pairs, strict=True)]
         counts = [len(p) for p in train_pairs]
+        grounding = _fedavg_grounding(model, datas, settings, rounds)
         history = []
         for r in range(rounds):
             global_state = copy.deepcopy(model.state_dict())
@@ -157,6 +187,7 @@ def train_fedavg_rm(settings: RewardNodeSettings, world_dir: str | Path, clients
             "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
             "seconds": round(seconds, 2), "loss_per_round": [round(x, 5) for x in history],
         },
+        "grounding": grounding,
         "train_accuracy": sum(a * n for a, n in zip(train_acc, counts, strict=True)) / sum(counts),
         **held_out_metadata(test_scores, n_te, parts, settings, prototype),
     }

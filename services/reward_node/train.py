@@ -25,6 +25,7 @@ from services.common.config.services import RewardNodeSettings
 from services.common.data.records import PreferencePair
 from services.reward_node.checkpoint import save_checkpoint
 from services.reward_node.data import NodeData, load_node_data
+from services.reward_node.grounding import candidate_set, ground
 from services.reward_node.hybrid import PART_NAMES, part_stats, parts_matrix
 from services.reward_node.rm import Prepared, RewardModel, build_rm
 from services.reward_node.rm.text_encoder import EMBEDDER, get_encoder
@@ -136,6 +137,45 @@ def fit(
     return history
 
 
+def accuracy_by(pairs: Sequence[PreferencePair], chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, Any]:
+    """Pair accuracy (and count) by pair kind, by benchmark, and by benchmark within each kind:
+    an expert's correctness pairs at home and elsewhere are the numbers routing depends on."""
+    groups: dict[str, dict[str, list[int]]] = {"kind": {}, "benchmark": {}, "kind_benchmark": {}}
+    for i, p in enumerate(pairs):
+        kind = p.kind or "unknown"
+        groups["kind"].setdefault(kind, []).append(i)
+        groups["benchmark"].setdefault(p.benchmark, []).append(i)
+        groups["kind_benchmark"].setdefault(f"{kind}/{p.benchmark}", []).append(i)
+    return {
+        name: {key: {"accuracy": pair_accuracy(chosen[idx], rejected[idx]), "pairs": len(idx)}
+               for key, idx in sorted(by.items())}
+        for name, by in groups.items()
+    }
+
+
+def grounding_examples(data: NodeData, cfg: Any) -> list[Any]:
+    """The labelled examples grounding uses (at most train.max_labelled)."""
+    return data.labelled[: cfg.max_labelled] if cfg.max_labelled else data.labelled
+
+
+def _ground(model: RewardModel, data: NodeData, settings: RewardNodeSettings, progress: bool) -> dict[str, Any]:
+    """The grounding stage on the node's labelled examples (module grounding); its report."""
+    cfg = settings.train
+    examples = grounding_examples(data, cfg)
+    if not examples or cfg.grounding_epochs == 0:
+        return {"examples": 0, "epochs": 0}
+    t0 = time.perf_counter()
+    gset = candidate_set(examples, cfg.seed)
+    total = cfg.grounding_epochs * math.ceil(gset.n_examples / cfg.batch_size)
+    with _progress(progress, f"ground {settings.node_id} on {gset.n_examples} labelled examples", total) as advance:
+        history = ground(model, gset, data.image, epochs=cfg.grounding_epochs, batch_size=cfg.batch_size,
+                         lr=cfg.grounding_lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+                         seed=cfg.seed, on_step=advance)
+    return {"examples": gset.n_examples, "candidates": len(gset.responses), "epochs": cfg.grounding_epochs,
+            "lr": cfg.grounding_lr, "seconds": round(time.perf_counter() - t0, 2),
+            "loss_per_epoch": [round(x, 5) for x in history]}
+
+
 def held_out_metadata(test_scores: torch.Tensor, n_te: int, parts: Any, settings: RewardNodeSettings,
                       prototype: torch.Tensor) -> dict[str, Any]:
     """The checkpoint metadata read off the held-out scores (chosen first, then rejected): pair
@@ -176,6 +216,7 @@ def train_rm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_rm(settings.model)
+        grounding = _ground(model, data, settings, progress)
         prep_train = prepare_pairs(model, data, train_pairs)
         prep_test = prepare_pairs(model, data, test_pairs)
         total = cfg.epochs * math.ceil(len(train_pairs) / cfg.batch_size)
@@ -204,8 +245,10 @@ def train_rm(
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
             "seed": cfg.seed, "seconds": round(seconds, 2), "loss_per_epoch": [round(x, 5) for x in history],
         },
+        "grounding": grounding,
         "train_accuracy": pair_accuracy(train_scores[:n_tr], train_scores[n_tr:]),
         **held_out_metadata(test_scores, n_te, parts, settings, prototype),
+        "held_out_by": accuracy_by(test_pairs, test_scores[:n_te], test_scores[n_te:]),
         "software": _versions(),
     }
     assert list(PART_NAMES) == metadata["parts"]["names"]
@@ -248,4 +291,4 @@ class _progress:
             self._bar.stop()
 
 
-__all__ = ["TrainResult", "bt_loss", "fit", "lr_factor", "pair_accuracy", "prepare_pairs", "raw_scores", "train_rm"]
+__all__ = ["TrainResult", "accuracy_by", "bt_loss", "fit", "lr_factor", "pair_accuracy", "prepare_pairs", "raw_scores", "train_rm"]

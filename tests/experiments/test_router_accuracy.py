@@ -22,11 +22,19 @@ def test_every_router_gets_a_pair_accuracy_on_fresh_pairs(demo_workdir, tmp_path
     world = load_world(demo_workdir / "world")
     names = world.training_clients()
     report = json.loads((demo_workdir / "router_accuracy.json").read_text())
-    assert 20 <= report["fresh_pairs"] <= 30 and report["calibration_pairs"] == len(world.calibration_pairs())
-    kinds = {"mean", "min", "max", "prototype", "static", "mor", *(f"single:{n}" for n in names)}
-    assert set(report["accuracy"]) == kinds
-    for kind, acc in report["accuracy"].items():
-        assert set(acc) == {"all", *world.benchmarks}
-        assert all(len(v) == (2 if kind in ("static", "mor") else 1) for v in acc.values())
-        assert all(0.0 <= x <= 1.0 for v in acc.values() for x in v)
-    assert "pair accuracy on" in proc.stdout and f"single:{names[0]}" in proc.stdout
+    assert 20 <= report["pairs"] <= 30 and report["calibration_pairs"] == len(world.calibration_pairs())
+    kinds = {"mean", "min", "max", "prototype", "static", "mor", "oracle", *(f"single:{n}" for n in names)}
+    assert set(report["routers"]) == set(report["by_benchmark"]) == kinds
+    assert all(0.0 <= a <= 1.0 for a in report["routers"].values())
+    for kind, acc in report["by_benchmark"].items():
+        assert set(acc) == {"all", *world.benchmarks} and acc["all"] == report["routers"][kind]
+    assert set(report["per_seed"]) == {"static", "mor"} and all(len(v) == 2 for v in report["per_seed"].values())
+    # The oracle takes each benchmark's accuracy from its home client's RM.
+    want: dict[str, str] = {}
+    for n in names:
+        want.setdefault(world.clients[n].home, n)
+    assert report["homes"] == want
+    for b, home in report["homes"].items():
+        assert report["by_benchmark"]["oracle"][b] == report["by_benchmark"][f"single:{home}"][b]
+    assert set(report["nodes"]) == set(names) and all(set(v) == set(world.benchmarks) for v in report["nodes"].values())
+    assert "pair accuracy on" in proc.stdout and f"single:{names[0]}" in proc.stdout and "oracle" in proc.stdout

@@ -50,7 +50,9 @@ def arun() -> Callable[..., Any]:
 def modest_world_config() -> WorldConfig:
     """Small enough to train on in seconds, large enough that held-out accuracy means something."""
     base = WorldConfig.small(seed=3)
-    clients = [c.model_copy(update={"n_pairs_train": 200, "n_pairs_test": 60}) for c in base.clients]
+    # The world default kind mix (half correctness): 200 pairs teach style and format, not correctness.
+    clients = [c.model_copy(update={"n_pairs_train": 200, "n_pairs_test": 60, "n_labelled": 40, "kind_mix": None})
+               for c in base.clients]
     return WorldConfig.small(
         seed=3,
         benchmarks={b: {"train": 260, "test": 80} for b in base.benchmarks},

@@ -41,6 +41,12 @@ def test_train_writes_a_checkpoint_and_prints_held_out_accuracy(world_dir: Path,
     assert summary["node_id"] == "school" and summary["kind"] == "light"
     assert 0.0 <= summary["held_out_accuracy"] <= 1.0
     assert (tmp_path / "ckpt" / "metadata.json").is_file()
+    meta = json.loads((tmp_path / "ckpt" / "metadata.json").read_text())
+    kinds = summary["held_out_by"]["kind"]
+    assert set(kinds) == {p["kind"] for p in map(json.loads, (world_dir / "clients" / "school" / "prefs_test.jsonl")
+                                                  .read_text().splitlines())}
+    assert kinds["style"] == round(meta["held_out_by"]["kind"]["style"]["accuracy"], 4)
+    assert "by kind and benchmark" in result.stderr and "correctness" in result.stderr
 
 
 def test_train_and_serve_config_errors_exit_with_the_config_code(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from services.reward_node.train import train_rm
 
 from .conftest import node_settings
 
-TRAIN = {"epochs": 2, "batch_size": 32, "lr": 3e-3, "max_train_pairs": 60}
+TRAIN = {"epochs": 2, "batch_size": 32, "lr": 3e-3, "max_train_pairs": 60, "grounding_epochs": 0}
 
 
 def test_average_states_is_the_weighted_mean_of_float_tensors() -> None:
@@ -67,8 +67,10 @@ def test_pooled_rm_is_a_servable_checkpoint_trained_on_the_union(world_dir: Path
     assert loaded.metadata["held_out_accuracy"] > 0.55
 
 
-def test_fedavg_of_one_client_for_one_round_is_its_own_training(world_dir: Path, tmp_path: Path) -> None:
-    settings = node_settings(node_id="bank", train=TRAIN)
+@pytest.mark.parametrize("grounding_epochs", [0, 2])
+def test_fedavg_of_one_client_for_one_round_is_its_own_training(world_dir: Path, tmp_path: Path,
+                                                                 grounding_epochs: int) -> None:
+    settings = node_settings(node_id="bank", train={**TRAIN, "grounding_epochs": grounding_epochs})
     own = train_rm(settings.model_copy(update={"data_dir": world_dir}), out_dir=tmp_path / "own")
 
     fed = train_fedavg_rm(settings, world_dir, ["bank"], rounds=1, local_epochs=TRAIN["epochs"],
@@ -79,14 +81,14 @@ def test_fedavg_of_one_client_for_one_round_is_its_own_training(world_dir: Path,
 
 
 def test_fedavg_over_three_clients_learns_and_standardises(world_dir: Path, tmp_path: Path) -> None:
-    settings = node_settings(node_id="fedavg", train=TRAIN)
+    settings = node_settings(node_id="fedavg", train={**TRAIN, "max_train_pairs": 120})
 
-    result = train_fedavg_rm(settings, world_dir, ["clinic", "bank", "school"], rounds=2, local_epochs=1,
+    result = train_fedavg_rm(settings, world_dir, ["clinic", "bank", "school"], rounds=3, local_epochs=1,
                              out_dir=tmp_path / "fedavg")
 
     meta = load_checkpoint(result.checkpoint).metadata
     assert meta["training"]["objective"] == "bradley_terry_fedavg"
-    assert len(meta["training"]["loss_per_round"]) == 2
+    assert len(meta["training"]["loss_per_round"]) == 3
     assert meta["held_out_accuracy"] > 0.55
     assert abs(meta["score_mean"]) < 1.0 and 0.3 < meta["score_std"] < 3.0  # standardised on the union
 

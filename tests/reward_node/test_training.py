@@ -60,6 +60,13 @@ def test_held_out_pair_accuracy_is_well_above_chance(trained: TrainResult, world
     assert meta["held_out_accuracy"] >= 0.65, meta["held_out_accuracy"]
     assert pair_accuracy(chosen, rejected) == pytest.approx(meta["held_out_accuracy"])
     assert meta["data"]["n_held_out_pairs"] == len(pairs) == 60
+    # The report by pair kind and benchmark adds up to the pairs and agrees with the scores.
+    for name in ("kind", "benchmark", "kind_benchmark"):
+        assert sum(v["pairs"] for v in meta["held_out_by"][name].values()) == 60
+    style = [i for i, p in enumerate(pairs) if p.kind == "style"]
+    assert meta["held_out_by"]["kind"]["style"]["accuracy"] == pytest.approx(pair_accuracy(chosen[style], rejected[style]))
+    ground = meta["grounding"]
+    assert ground["examples"] > 0 and len(ground["loss_per_epoch"]) == ground["epochs"] == 12
 
 
 def test_checkpoint_round_trip_gives_identical_scores(trained: TrainResult, samples) -> None:

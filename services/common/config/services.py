@@ -46,6 +46,9 @@ class RMTrainSection(Section):
     max_grad_norm: float = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
     seed: int = Field(0, description="Seed of the head's init, pair order and dropout.")
     max_train_pairs: int | None = Field(None, ge=1, description="Use at most this many training pairs (smoke runs); None uses all.")
+    grounding_epochs: int = Field(12, ge=0, description="Passes over the node's own labelled examples (labelled.jsonl) before the pairs: the RM learns to rank the correct answer first (services.reward_node.grounding); 0, or no labelled examples, skips it.")
+    grounding_lr: float = Field(1e-3, gt=0, description="AdamW learning rate of grounding (constant after a 5 % warm-up).")
+    max_labelled: int | None = Field(None, ge=1, description="Ground on at most this many labelled examples (smoke runs); None uses all.")
 
 
 class PrototypeSection(Section):

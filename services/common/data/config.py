@@ -34,8 +34,8 @@ class _Frozen(BaseModel):
 class SplitCounts(_Frozen):
     """How many examples one benchmark has in each split."""
 
-    train: int = Field(1500, ge=1, le=1_000_000, description="Examples in the train split.")
-    test: int = Field(200, ge=1, le=1_000_000, description="Examples in the test split.")
+    train: int = Field(8000, ge=1, le=1_000_000, description="Examples in the train split.")
+    test: int = Field(600, ge=1, le=1_000_000, description="Examples in the test split.")
 
 
 def _default_benchmarks() -> dict[str, SplitCounts]:
@@ -79,6 +79,33 @@ class ClientSpec(_Frozen):
     )
     n_pairs_train: int = Field(400, ge=1, le=1_000_000, description="Preference pairs in prefs_train.jsonl.")
     n_pairs_test: int = Field(100, ge=1, le=1_000_000, description="Preference pairs in prefs_test.jsonl.")
+    kind_mix: dict[str, float] | None = Field(
+        None,
+        description="Pair kind -> positive weight (correctness, style, format): how this client's annotators "
+        "compare answers; null uses the world default 0.50 / 0.35 / 0.15.",
+    )
+    n_labelled: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Private labelled examples (image, question, reference answers) the client owns, drawn in "
+        "domain_mix proportions, in labelled.jsonl; the RM grounds its image pathway on them. Never leave the node.",
+    )
+
+    @field_validator("kind_mix")
+    @classmethod
+    def _kinds_ok(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        from .prefs import KINDS
+
+        unknown = [k for k in v if k not in KINDS]
+        if unknown or not v:
+            raise ValueError(f"unknown pair kind(s) {unknown}; supported: {list(KINDS)}")
+        bad = {k: w for k, w in v.items() if not w > 0}
+        if bad:
+            raise ValueError(f"weights must be > 0, got {bad}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -103,28 +130,38 @@ class ClientSpec(_Frozen):
         n = self.n_pairs_train if split == "train" else self.n_pairs_test
         return largest_remainder(self.domain_mix, n)
 
+    def labelled_per_benchmark(self) -> dict[str, int]:
+        """How many of this client's labelled examples come from each benchmark (largest remainder)."""
+        return largest_remainder(self.domain_mix, self.n_labelled)
+
+    @property
+    def home(self) -> str:
+        """The benchmark with the largest domain weight (ties: first in sorted order)."""
+        return max(sorted(self.domain_mix), key=lambda b: self.domain_mix[b])
+
+
+EXPERT_KIND_MIX: dict[str, float] = {"correctness": 0.7, "style": 0.2, "format": 0.1}
+
+
+def expert(name: str, home: str, style: str, rm_arch: str, **kw: object) -> ClientSpec:
+    """A domain expert: 90 % of its pairs and labelled examples on its home benchmark, 5 % on each
+    other, annotators who mostly judge correctness (EXPERT_KIND_MIX)."""
+    mix = {b: (0.9 if b == home else 0.05) for b in BENCHMARK_NAMES}
+    base: dict[str, object] = {
+        "name": name, "domain_mix": mix, "style": style, "rm_arch": rm_arch,
+        "n_pairs_train": 2000, "n_pairs_test": 300, "kind_mix": dict(EXPERT_KIND_MIX), "n_labelled": 3000,
+    }
+    base.update(kw)
+    return ClientSpec.model_validate(base)
+
 
 def default_clients() -> list[ClientSpec]:
-    """The three default organisations, each heavy on one domain, with its own style and RM."""
+    """The three default organisations, each an expert on one domain (much private data there,
+    little elsewhere), with its own answer style and RM."""
     return [
-        ClientSpec(
-            name="clinic",
-            domain_mix={"shapes": 0.7, "digits": 0.15, "charts": 0.15},
-            style="word",
-            rm_arch="vlm",
-        ),
-        ClientSpec(
-            name="bank",
-            domain_mix={"charts": 0.7, "shapes": 0.15, "digits": 0.15},
-            style="digits",
-            rm_arch="light",
-        ),
-        ClientSpec(
-            name="school",
-            domain_mix={"digits": 0.7, "shapes": 0.15, "charts": 0.15},
-            style="justified",
-            rm_arch="light",
-        ),
+        expert("clinic", "shapes", "word", "light"),
+        expert("bank", "charts", "digits", "light"),
+        expert("school", "digits", "justified", "light"),
     ]
 
 
@@ -251,6 +288,8 @@ class WorldConfig(_Frozen):
         for c in self.all_clients():
             for b, n in c.pairs_per_benchmark("train").items():
                 demand[b] += n
+            for b, n in c.labelled_per_benchmark().items():
+                demand[b] += n
             for b, n in c.pairs_per_benchmark("test").items():
                 if n > self.benchmarks[b].test:
                     raise ValueError(
@@ -264,7 +303,7 @@ class WorldConfig(_Frozen):
             if n > self.benchmarks[b].train:
                 raise ValueError(
                     f"benchmarks.{b}.train: {self.benchmarks[b].train} examples < {n} needed "
-                    "(client train pairs + prompt_pool_size + calibration_size, one example each)"
+                    "(client train pairs + labelled examples + prompt_pool_size + calibration_size, one example each)"
                 )
 
     @classmethod
@@ -275,7 +314,8 @@ class WorldConfig(_Frozen):
             "image_size": 32,
             "benchmarks": {b: {"train": 120, "test": 40} for b in BENCHMARK_NAMES},
             "clients": [
-                c.model_copy(update={"n_pairs_train": 40, "n_pairs_test": 20}) for c in default_clients()
+                c.model_copy(update={"n_pairs_train": 40, "n_pairs_test": 20, "n_labelled": 12})
+                for c in default_clients()
             ],
             "held_out_client": default_held_out().model_copy(
                 update={"n_pairs_train": 30, "n_pairs_test": 20}

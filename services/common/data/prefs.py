@@ -6,6 +6,7 @@ fixed probabilities, so a reward model has to learn both correctness and the cli
   correctness (0.50)  correct answer in a random style vs a wrong answer in a random style
   style       (0.35)  correct in the oracle's own style vs correct in a style it does not match
   format      (0.15)  correct in a random style vs the same answer rambling (fails format_ok)
+(a client's `kind_mix` replaces these probabilities: expert annotators mostly judge correctness).
 A kind that cannot apply (no style term for the neutral server oracle, no wrong answer left) is dropped
 and the rest renormalised. The oracle orders the two; a pair whose score gap is <= margin is redrawn, so every
 stored pair agrees with its oracle by more than the margin before any label flip.
@@ -81,9 +82,13 @@ def make_pair(
     oracle: PreferenceOracle,
     rng: np.random.Generator,
     margin: float,
+    kind_mix: dict[str, float] | None = None,
 ) -> PreferencePair:
-    """One labelled pair for an example; raises ValueError if no candidate pair clears the margin."""
-    weights = dict(zip(KINDS, KIND_P, strict=True))
+    """One labelled pair for an example; raises ValueError if no candidate pair clears the margin.
+
+    kind_mix: kind -> weight (default KINDS with KIND_P); kinds left out are never drawn."""
+    # In KINDS order whatever the dict's order: a config read back from a manifest has sorted keys.
+    weights = {k: kind_mix[k] for k in KINDS if k in kind_mix} if kind_mix else dict(zip(KINDS, KIND_P, strict=True))
     for _ in range(MAX_TRIES):
         if not weights:
             break
@@ -108,6 +113,7 @@ def make_pair(
             chosen=chosen,
             rejected=rejected,
             example_id=example.id,
+            kind=kind,
         )
     raise ValueError(f"no candidate pair for example {example.id} clears margin {margin}")
 

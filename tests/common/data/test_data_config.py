@@ -79,7 +79,7 @@ def test_domain_mix_outside_configured_benchmarks() -> None:
 
 
 def test_capacity_error_names_the_split() -> None:
-    _, msg = _error({"benchmarks": {b: {"train": 100, "test": 200} for b in ("shapes", "digits", "charts")}})
+    _, msg = _error({"benchmarks": {b: {"train": 100, "test": 600} for b in ("shapes", "digits", "charts")}})
     assert "benchmarks." in msg and ".train" in msg and "needed" in msg
 
 
@@ -113,4 +113,11 @@ def test_largest_remainder_sums_and_is_order_free() -> None:
 
 def test_default_clients_pair_counts_follow_mix() -> None:
     clinic = default_clients()[0]
-    assert clinic.pairs_per_benchmark("train") == {"charts": 60, "digits": 60, "shapes": 280}
+    assert clinic.pairs_per_benchmark("train") == {"charts": 100, "digits": 100, "shapes": 1800}
+    assert clinic.labelled_per_benchmark() == {"charts": 150, "digits": 150, "shapes": 2700}
+    assert clinic.home == "shapes" and clinic.kind_mix == {"correctness": 0.7, "style": 0.2, "format": 0.1}
+
+
+def test_unknown_pair_kind_names_field() -> None:
+    loc, msg = _error({"clients": [_client(kind_mix={"vibes": 1.0})]})
+    assert loc == "clients.0.kind_mix" and "vibes" in msg and "correctness" in msg

@@ -88,6 +88,7 @@ def test_client_folder_holds_no_truth(world_dir: Path, world: World) -> None:
         folder = world_dir / "clients" / name
         assert sorted(p.name for p in folder.iterdir()) == [
             "client.json",
+            "labelled.jsonl",
             "prefs_test.jsonl",
             "prefs_train.jsonl",
         ]
@@ -106,6 +107,7 @@ def test_held_out_and_noisy_clients_marked(world: World, world_dir: Path) -> Non
 
 def test_train_examples_are_partitioned_disjointly(world: World) -> None:
     groups = {c: {p.example_id for p in world.pairs(c, "train")} for c in world.clients}
+    groups.update({f"labelled:{c}": {ex.id for ex in world.labelled(c)} for c in world.clients})
     groups["pool"] = {p.example_id for p in world.prompt_pool()}
     groups["calibration"] = {p.example_id for p in world.calibration_pairs()}
     names = list(groups)
@@ -118,6 +120,30 @@ def test_train_examples_are_partitioned_disjointly(world: World) -> None:
     sft = {ex.id for ex in world.sft_examples()}
     assert not sft & set().union(*groups.values())
     assert len(sft) == sum(world.manifest["counts"]["sft_train"].values())
+
+
+def test_labelled_examples_follow_the_mix_and_pairs_carry_their_kind(world: World) -> None:
+    for name, spec in world.clients.items():
+        got: dict[str, int] = {}
+        for ex in world.labelled(name):
+            got[ex.benchmark] = got.get(ex.benchmark, 0) + 1
+            assert ex.split == "train" and ex.answers
+        assert got == {b: n for b, n in spec.labelled_per_benchmark().items() if n}
+        assert {p.kind for s in ("train", "test") for p in world.pairs(name, s)} <= {"correctness", "style", "format"}
+    expert = world.clients["clinic"]
+    kinds = [p.kind for p in world.pairs("clinic", "train")]
+    assert expert.kind_mix is not None and kinds.count("correctness") > kinds.count("style") > 0
+
+
+def test_kind_mix_decides_the_pair_kinds(tmp_path: Path) -> None:
+    cfg = WorldConfig.small(
+        clients=[{"name": "acme", "domain_mix": {"digits": 1.0}, "style": "word", "rm_arch": "light",
+                  "n_pairs_train": 40, "n_pairs_test": 10, "kind_mix": {"correctness": 1.0}}],
+        noisy_client=False, held_out_client=None,
+    )
+    make_world(cfg, tmp_path / "w", progress=False)
+    pairs = load_world(tmp_path / "w").pairs("acme")
+    assert {p.kind for p in pairs} == {"correctness"}
 
 
 def test_client_domain_mix_is_respected(world: World) -> None:
