@@ -11,6 +11,17 @@ from __future__ import annotations
 import grpc
 
 GENERIC_INTERNAL_MESSAGE = "internal error"
+SHOWN_CHARS = 64
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """repr(value) for an error message, cut to about `limit` characters: a message names what was
+    wrong, but never echoes caller input whole (a 90 KB mime_type would make the status unsendable)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str | bytes) else ""
+    return f"{text[:limit]}...{size}"
 
 
 class MorError(Exception):
@@ -123,6 +134,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 __all__ = [
     "GENERIC_INTERNAL_MESSAGE",
+    "SHOWN_CHARS",
     "STATUS_CODES",
     "AlreadyExists",
     "ChecksumMismatch",
@@ -136,5 +148,6 @@ __all__ = [
     "Unauthenticated",
     "VersionMismatch",
     "code_for",
+    "shown",
     "status_for",
 ]

@@ -18,7 +18,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 
 from services.common.config import LimitsSection
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, shown
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # decoded size cap, whatever the compressed size
 FORMAT_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}
@@ -51,7 +51,7 @@ def check_image_header(data: bytes, mime_type: str, limits: LimitsSection, where
         raise InvalidInput(f"{where}image.data: {len(data)} bytes, limit is {limits.max_image_bytes} "
                            "(limits.max_image_bytes)", reason="IMAGE_TOO_LARGE")
     if mime_type not in limits.image_mime_types:
-        raise InvalidInput(f"{where}image.mime_type: {mime_type!r} is not accepted; allowed: "
+        raise InvalidInput(f"{where}image.mime_type: {shown(mime_type)} is not accepted; allowed: "
                            f"{', '.join(limits.image_mime_types)}", reason="BAD_MIME_TYPE")
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from services.common.config import LimitsSection, SamplerSettings
 from services.common.config.services import SamplingDefaultsSection
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, shown
 from services.common.validation import check_count, check_text_field, checked_image
 
 # A group of one has no baseline for a group-relative advantage (GRPO), so the sampler refuses it.
@@ -166,7 +166,7 @@ def _unique_ids(ids: Sequence[str]) -> None:
     seen: set[str] = set()
     for i, pid in enumerate(ids):
         if pid in seen:
-            raise InvalidInput(f"prompts[{i}].prompt_id {pid!r} repeats an earlier prompt_id; ids must be unique",
+            raise InvalidInput(f"prompts[{i}].prompt_id {shown(pid)} repeats an earlier prompt_id; ids must be unique",
                                reason="DUPLICATE_ID")
         seen.add(pid)
 

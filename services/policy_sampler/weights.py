@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from services.common.errors import ChecksumMismatch, InvalidInput, Overloaded, StalePolicy, VersionMismatch
+from services.common.errors import ChecksumMismatch, InvalidInput, Overloaded, StalePolicy, VersionMismatch, shown
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -108,7 +108,7 @@ def check_header(header: WeightsHeader, max_bytes: int) -> None:
         raise InvalidInput("header.kind is unspecified; send WEIGHTS_KIND_LORA_ADAPTER or WEIGHTS_KIND_FULL_WEIGHTS",
                            reason="BAD_WEIGHTS_HEADER")
     if (header.format or FORMAT) != FORMAT:
-        raise InvalidInput(f"header.format {header.format!r} is not supported; only {FORMAT!r}",
+        raise InvalidInput(f"header.format {shown(header.format)} is not supported; only {FORMAT!r}",
                            reason="BAD_WEIGHTS_HEADER")
     if header.version < 0:
         raise InvalidInput(f"header.version is {header.version}; versions are >= 0", reason="BAD_WEIGHTS_HEADER")
@@ -178,7 +178,7 @@ def parse_safetensors(payload: bytes) -> dict[str, torch.Tensor]:
     try:
         tensors = load(payload)
     except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise InvalidInput(f"payload is not a valid safetensors file ({exc})", reason="BAD_WEIGHTS_PAYLOAD") from None
+        raise InvalidInput(f"payload is not a valid safetensors file ({shown(str(exc), 200)})", reason="BAD_WEIGHTS_PAYLOAD") from None
     if not tensors:
         raise InvalidInput("payload holds no tensors", reason="BAD_WEIGHTS_PAYLOAD")
     return tensors
@@ -225,13 +225,13 @@ def parse_lora_config(config_json: str) -> tuple[LoraConfig, str]:
     if not isinstance(data, dict):
         raise InvalidInput("adapter_config_json must be a JSON object", reason="BAD_ADAPTER_CONFIG")
     if data.get("peft_type", "LORA") != "LORA":
-        raise InvalidInput(f"adapter peft_type {data.get('peft_type')!r} is not supported; only LORA",
+        raise InvalidInput(f"adapter peft_type {shown(data.get('peft_type'))} is not supported; only LORA",
                            reason="BAD_ADAPTER_CONFIG")
     data = {**data, "peft_type": "LORA"}
     try:
         config = PeftConfig.from_peft_type(**data)
     except (TypeError, ValueError, KeyError) as exc:
-        raise InvalidInput(f"adapter_config_json is not a valid LoRA config ({exc})", reason="BAD_ADAPTER_CONFIG") from None
+        raise InvalidInput(f"adapter_config_json is not a valid LoRA config ({shown(str(exc), 200)})", reason="BAD_ADAPTER_CONFIG") from None
     if not isinstance(config, LoraConfig):
         raise InvalidInput("adapter_config_json is not a LoRA config", reason="BAD_ADAPTER_CONFIG")
     config.inference_mode = True
@@ -260,7 +260,7 @@ def _expected_lora_shapes(
     try:
         peft_model = get_peft_model(skeleton, config)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
-        raise VersionMismatch(f"adapter config does not fit the served model ({exc})", reason="WEIGHTS_DO_NOT_FIT") from None
+        raise VersionMismatch(f"adapter config does not fit the served model ({shown(str(exc), 200)})", reason="WEIGHTS_DO_NOT_FIT") from None
     state = get_peft_model_state_dict(peft_model)
     return tuple(sorted((k, tuple(v.shape)) for k, v in state.items()))
 
