@@ -25,18 +25,27 @@ import torch
 from PIL import Image
 
 from services.common import metrics
+from services.common.admission import Budget
 from services.common.config import LimitsSection, RewardNodeSettings
 from services.common.errors import InvalidInput, NotReady
 from services.reward_node.batcher import BatchStats, DynamicBatcher
 from services.reward_node.checkpoint import LoadedRM, load_checkpoint
 from services.reward_node.hybrid import HybridWeights, combine, overall_stats
-from services.reward_node.validation import GroupInput, ValidGroup, check_group_count, validate_group
+from services.common.validation import check_request_pixels
+from services.reward_node.validation import (
+    GroupInput,
+    ValidGroup,
+    check_group_count,
+    check_text,
+    decode_groups,
+    group_prefixes,
+    image_sizes,
+)
 
 log = logging.getLogger(__name__)
 
 State = Literal["not_loaded", "loading", "serving", "draining", "stopped"]
 STATE_NUMBER = {"not_loaded": 0, "loading": 1, "serving": 2, "draining": 3, "stopped": 0}
-DECODE_INLINE_BYTES = 64 * 1024  # larger images are decoded off the event loop
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,8 @@ class RewardNodeCore:
         self._loaded = loaded
         self._batcher: DynamicBatcher[Sample] | None = None
         self._prototype: Prototype | None = None
+        # Decoded image pixels held by calls in flight (decoding, queued or being scored).
+        self._pixels = Budget(settings.batching.max_pending_pixels, "image pixels", "batching.max_pending_pixels")
         # Labelled metric children, looked up once (labels() takes a lock and a dict lookup per call).
         self._m_scores = metrics.REWARD_NODE_SCORES.labels(self.node_id)
         self._m_batch = metrics.REWARD_NODE_BATCH_SIZE.labels(self.node_id)
@@ -172,21 +183,40 @@ class RewardNodeCore:
         self, groups: Sequence[GroupInput], *, batch_call: bool = False
     ) -> list[list[ScoredAnswer]]:
         """Scores of every answer of every group, in order. ``batch_call`` selects ScoreBatch rules
-        (group count limit, field names prefixed with ``groups[i].``)."""
-        if self._batcher is None or self._state not in ("serving", "draining"):
+        (group count limit, field names prefixed with ``groups[i].``).
+
+        Cheap checks and admission come before any image work: texts, the queue's room, then the
+        image headers (dimensions only) and the call's pixels against the per-call limit and the
+        node-wide pixel budget; only then are images decoded, in a worker thread, never on the loop.
+        """
+        batcher = self._batcher
+        if batcher is None or self._state not in ("serving", "draining"):
             raise NotReady(f"reward node {self.node_id} is {self._state.replace('_', ' ')}; retry later")
         limits = self.settings.limits
         if batch_call:
             check_group_count(len(groups), limits)
-        valid = [await self._validate(g, limits, f"groups[{i}]." if batch_call else "") for i, g in enumerate(groups)]
-        samples = [Sample(g.prompt, g.image, r) for g in valid for r in g.responses]
-        if len(samples) > self.settings.batching.max_queue:  # could never be admitted: not a retry case
+        prefixes = group_prefixes(len(groups), batch_call)
+        for g, where in zip(groups, prefixes, strict=True):
+            check_text(g, limits, where)
+        n = sum(len(g.responses) for g in groups)
+        if n > self.settings.batching.max_queue:  # could never be admitted: not a retry case
             raise InvalidInput(
-                f"groups: {len(samples)} responses in one call, more than the node ever queues "
+                f"groups: {n} responses in one call, more than the node ever queues "
                 f"(batching.max_queue={self.settings.batching.max_queue}); split the call",
                 reason="CALL_TOO_LARGE",
             )
-        rm = await self._batcher.submit(samples)
+        batcher.check_room(n)
+        pixels = 0
+        if any(g.image_data is not None for g in groups):
+            sizes = await asyncio.to_thread(image_sizes, groups, limits, prefixes)
+            pixels = check_request_pixels(sum(w * h for w, h in sizes), limits, "groups" if batch_call else "image")
+        with self._pixels.hold(pixels):
+            if pixels:
+                valid = await asyncio.to_thread(decode_groups, groups, limits, prefixes)
+            else:
+                valid = [ValidGroup(g.prompt, list(g.responses), None, g.group_id) for g in groups]
+            samples = [Sample(g.prompt, g.image, r) for g in valid for r in g.responses]
+            rm = await batcher.submit(samples)
         overall, parts = combine(rm, [s.response for s in samples], self.weights)
         for x in overall:
             self._m_scores.observe(x)
@@ -197,11 +227,6 @@ class RewardNodeCore:
             out.append([ScoredAnswer(overall[j], parts[j]) for j in range(k, k + n)])
             k += n
         return out
-
-    async def _validate(self, group: GroupInput, limits: LimitsSection, where: str) -> ValidGroup:
-        if group.image_data is not None and len(group.image_data) > DECODE_INLINE_BYTES:
-            return await asyncio.to_thread(validate_group, group, limits, where)
-        return validate_group(group, limits, where)
 
     def _run_batch(self, samples: list[Sample]) -> list[float]:
         """Worker thread: one forward pass of the RM over a batch."""
