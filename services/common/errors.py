@@ -94,6 +94,12 @@ class StalePolicy(VersionMismatch):
     reason = "STALE_POLICY"
 
 
+class TimedOut(MorError):
+    """The server stopped waiting for the caller (a stalled upload); retrying may succeed."""
+
+    reason = "TIMED_OUT"
+
+
 class ChecksumMismatch(MorError):
     """A transferred payload does not match its declared sha256 (corrupted in transit)."""
 
@@ -113,6 +119,7 @@ STATUS_CODES: dict[type[MorError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     VersionMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     ChecksumMismatch: grpc.StatusCode.DATA_LOSS,
+    TimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -145,6 +152,7 @@ __all__ = [
     "Overloaded",
     "PermissionDenied",
     "StalePolicy",
+    "TimedOut",
     "Unauthenticated",
     "VersionMismatch",
     "code_for",

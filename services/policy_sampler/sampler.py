@@ -192,7 +192,9 @@ class Sampler:
             # Another update may have landed while this one waited for the lock.
             if not check_version(header, self._version, self._sha256):
                 return UpdateResult(self._version, False, 0)
-            payload = await receive_payload(header, chunks)
+            s = self._settings
+            payload = await receive_payload(header, chunks, idle_timeout_s=s.weights_idle_timeout_s,
+                                            total_timeout_s=s.weights_receive_timeout_s)
             t_received = time.perf_counter()
             prepared = await self._backend.prepare_weights(header, payload)
             t_prepared = time.perf_counter()

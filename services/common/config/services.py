@@ -126,6 +126,8 @@ class SamplerSettings(ServiceSettings):
     max_pending_pixels: int = Field(4 * 4096 * 4096, ge=1, description="Image pixels all admitted Generate calls may hold decoded at once (about 3 bytes each); a call whose images would pass it gets RESOURCE_EXHAUSTED before decoding.")
     max_queued_samples: int = Field(4096, ge=1, description="Completions (prompts x group size) admitted at once, running or waiting; more get RESOURCE_EXHAUSTED.")
     max_weights_mb: int = Field(2048, ge=1, description="Largest UpdateWeights payload in MiB; a bigger header gets RESOURCE_EXHAUSTED.")
+    weights_idle_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the next UpdateWeights chunk; a stalled upload gets DEADLINE_EXCEEDED and releases the update lock.")
+    weights_receive_timeout_s: float = Field(900.0, gt=0, description="Longest time to receive a whole UpdateWeights payload (2 GiB in 15 min is 2.3 MB/s), after which it gets DEADLINE_EXCEEDED.")
     sampling: SamplingDefaultsSection = Field(default_factory=SamplingDefaultsSection, description="Defaults for unset sampling parameters.")
     hf: HFBackendSection = Field(default_factory=HFBackendSection, description="Settings of the hf backend.")
     vllm: VLLMBackendSection = Field(default_factory=VLLMBackendSection, description="Settings of the vllm backend.")
