@@ -118,3 +118,25 @@ def test_small_image_bombs_decode_off_the_event_loop(node, arun) -> None:
 
     assert len(scored) == 6
     assert worst_health_s < max(0.5 * decode_s, 0.05), (worst_health_s, decode_s)
+
+
+def test_a_huge_mime_type_is_quoted_in_part_and_the_status_is_sendable(node, arun) -> None:
+    async def scenario():
+        async with node() as running, running.client() as client:
+            return await _code(client.score("q", ["a"], flat_png(8), mime_type="x" * 90_000))
+
+    code, reason, details = arun(scenario())
+
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_MIME_TYPE")  # was RESOURCE_EXHAUSTED
+    assert details.startswith("image.mime_type: 'xxx") and len(details) < 300
+
+
+def test_undecodable_request_bytes_are_invalid_argument(node, arun) -> None:
+    async def scenario():
+        async with node() as running, grpc.aio.insecure_channel(running.address) as ch:
+            raw = ch.unary_unary("/mor.v1.RewardNode/ScoreBatch", request_serializer=None, response_deserializer=None)
+            return await _code(raw(b"\x7f\xff\xff\xff", timeout=5))
+
+    code, reason, _ = arun(scenario())
+
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "UNDECODABLE_REQUEST")  # was UNKNOWN
