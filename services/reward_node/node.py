@@ -6,9 +6,12 @@ app when a stop begins; calls already admitted finish) -> ``stopped``.
 
 Privacy: the only things that leave through this class are scores, their hybrid parts and the
 coarse description (ids, kind, version, score statistics, limits and, if the config asks, the
-domain prototype with Gaussian noise). The prototype's noise is drawn once per checkpoint from a
-seed derived from private data (the data hash and the weights' hashes), so asking again, or after
-a restart, returns the same noisy vector and averaging calls cannot remove the noise.
+domain prototype through the Gaussian mechanism of services/reward_node/privacy.py: noise
+calibrated to prototype.epsilon / prototype.delta unless prototype.noise_sigma says otherwise, and
+the resulting (epsilon, delta) published with it). The prototype's noise is drawn once per
+checkpoint from a seed derived from private data (the data hash and the weights' hashes), so
+asking again, or after a restart, returns the same noisy vector and averaging calls cannot remove
+the noise.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -31,6 +35,7 @@ from services.common.errors import InvalidInput, NotReady
 from services.reward_node.batcher import BatchStats, DynamicBatcher
 from services.reward_node.checkpoint import LoadedRM, load_checkpoint
 from services.reward_node.hybrid import HybridWeights, combine, overall_stats
+from services.reward_node.privacy import epsilon_for, mean_sensitivity, sigma_for
 from services.common.validation import check_request_pixels
 from services.reward_node.validation import (
     GroupInput,
@@ -46,6 +51,8 @@ log = logging.getLogger(__name__)
 
 State = Literal["not_loaded", "loading", "serving", "draining", "stopped"]
 STATE_NUMBER = {"not_loaded": 0, "loading": 1, "serving": 2, "draining": 3, "stopped": 0}
+# Each prompt embedding of the prototype has at most this L2 norm: the MiniLM encoder L2-normalises.
+PROTOTYPE_CLIP_NORM = 1.0
 
 
 @dataclass(frozen=True)
@@ -67,11 +74,15 @@ class ScoredAnswer:
 
 @dataclass(frozen=True)
 class Prototype:
-    """The published domain prototype: the noisy mean embedding and how it was made."""
+    """The published domain prototype: the noisy mean embedding and how it was made (the Gaussian
+    mechanism with this clip norm and noise std, which is (epsilon, delta)-DP)."""
 
     embedding: list[float]
     noise_sigma: float
     embedder: str
+    epsilon: float = math.inf
+    delta: float = 0.0
+    clip_norm: float = PROTOTYPE_CLIP_NORM
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,23 @@ class NodeDescription:
     limits: LimitsSection
     state: State
     prototype: Prototype | None
+
+
+def prototype_noise(loaded: LoadedRM, noise_sigma: float | None, epsilon: float, delta: float) -> tuple[float, float]:
+    """(noise std, epsilon it achieves at `delta`) for the checkpoint's prototype: `noise_sigma`
+    when set, else the smallest std that gives (epsilon, delta). The sensitivity is 2 / n for the
+    mean of n unit-norm embeddings; a checkpoint that does not record n counts as n = 1."""
+    if loaded.prototype is not None and float(loaded.prototype.norm()) > PROTOTYPE_CLIP_NORM + 1e-4:
+        raise ValueError(f"prototype.publish: the checkpoint's prototype has norm {float(loaded.prototype.norm()):.3f} "
+                         f"> {PROTOTYPE_CLIP_NORM}; it is not a mean of unit embeddings, so no DP guarantee holds")
+    n = int(loaded.metadata.get("data", {}).get("n_train_pairs") or 0)
+    if n < 1:
+        log.warning("prototype: the checkpoint does not record how many prompts it averages; "
+                    "calibrating for n = 1 (the most noise)")
+        n = 1
+    sensitivity = mean_sensitivity(n, PROTOTYPE_CLIP_NORM)
+    sigma = sigma_for(epsilon, delta, sensitivity) if noise_sigma is None else noise_sigma
+    return sigma, epsilon_for(sigma, delta, sensitivity)
 
 
 def noisy_prototype(loaded: LoadedRM, sigma: float) -> list[float] | None:
@@ -152,11 +180,19 @@ class RewardNodeCore:
         # One tiny forward now, so lazy parts (the shared text encoder, first-call set-up) load
         # before the node reports SERVING rather than inside the first caller's deadline.
         await asyncio.to_thread(self._loaded.model.score_batch, ["warm-up"], [None], ["warm-up"])
-        if s.prototype.publish:
-            emb = noisy_prototype(self._loaded, s.prototype.noise_sigma)
-            if emb is not None:
-                embedder = str(self._loaded.metadata.get("prototype", {}).get("embedder", ""))
-                self._prototype = Prototype(emb, s.prototype.noise_sigma, embedder)
+        if s.prototype.publish and self._loaded.prototype is not None:
+            p = s.prototype
+            sigma, epsilon = prototype_noise(self._loaded, p.noise_sigma, p.epsilon, p.delta)
+            emb = noisy_prototype(self._loaded, sigma)
+            assert emb is not None
+            embedder = str(self._loaded.metadata.get("prototype", {}).get("embedder", ""))
+            self._prototype = Prototype(emb, sigma, embedder, epsilon, p.delta)
+            if sigma == 0:
+                log.warning("%s: publishing the EXACT mean prompt embedding (prototype.noise_sigma=0): "
+                            "no differential-privacy guarantee", self.node_id)
+            else:
+                log.info("%s: prototype published by the Gaussian mechanism: clip norm %g, noise std %.4g, "
+                         "(epsilon, delta) = (%.3g, %.3g)", self.node_id, PROTOTYPE_CLIP_NORM, sigma, epsilon, p.delta)
         b = s.batching
         self._batcher = DynamicBatcher(
             self._run_batch, max_batch_size=b.max_batch_size, max_wait_s=b.max_wait_ms / 1000.0,
@@ -272,4 +308,13 @@ class RewardNodeCore:
         return self._batcher.queue_depth if self._batcher is not None else 0
 
 
-__all__ = ["NodeDescription", "Prototype", "RewardNodeCore", "Sample", "ScoredAnswer", "noisy_prototype"]
+__all__ = [
+    "PROTOTYPE_CLIP_NORM",
+    "NodeDescription",
+    "Prototype",
+    "RewardNodeCore",
+    "Sample",
+    "ScoredAnswer",
+    "noisy_prototype",
+    "prototype_noise",
+]

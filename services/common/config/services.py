@@ -49,10 +49,13 @@ class RMTrainSection(Section):
 
 
 class PrototypeSection(Section):
-    """Optional domain prototype published in GetInfo for similarity routing."""
+    """Optional domain prototype published in GetInfo for similarity routing, through the Gaussian
+    mechanism (clipped norm 1, see services/reward_node/privacy.py): noisy unless asked otherwise."""
 
     publish: bool = Field(False, description="Publish the mean embedding of the node's own prompts in GetInfo.")
-    noise_sigma: float = Field(0.0, ge=0, description="Std of Gaussian noise added to the prototype (differential-privacy style).")
+    noise_sigma: float | None = Field(None, ge=0, description="Std of the Gaussian noise added to the prototype. Unset: calibrated to (epsilon, delta); 0 publishes the exact mean (no privacy guarantee, logged as a warning).")
+    epsilon: float = Field(1.0, gt=0, description="Differential-privacy epsilon the noise is calibrated to when noise_sigma is unset.")
+    delta: float = Field(1e-5, gt=0, lt=1, description="Differential-privacy delta of the published prototype.")
 
 
 class RewardNodeSettings(ServiceSettings):
