@@ -23,7 +23,13 @@ from PIL import Image
 from services.common.config import LimitsSection, SamplerSettings
 from services.common.config.services import SamplingDefaultsSection
 from services.common.errors import InvalidInput, shown
-from services.common.validation import check_count, check_image_header, check_request_pixels, check_text_field, decode_image
+from services.common.validation import (
+    check_count,
+    check_image_header,
+    check_request_pixels,
+    check_text_field,
+    decode_image,
+)
 
 # A group of one has no baseline for a group-relative advantage (GRPO), so the sampler refuses it.
 MIN_GROUP_SIZE = 2

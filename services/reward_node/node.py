@@ -32,11 +32,11 @@ from services.common import metrics
 from services.common.admission import Budget
 from services.common.config import LimitsSection, RewardNodeSettings
 from services.common.errors import InvalidInput, NotReady
+from services.common.validation import check_request_pixels
 from services.reward_node.batcher import BatchStats, DynamicBatcher
 from services.reward_node.checkpoint import LoadedRM, load_checkpoint
 from services.reward_node.hybrid import HybridWeights, combine, overall_stats
 from services.reward_node.privacy import epsilon_for, mean_sensitivity, sigma_for
-from services.common.validation import check_request_pixels
 from services.reward_node.validation import (
     GroupInput,
     ValidGroup,

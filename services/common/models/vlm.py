@@ -18,7 +18,13 @@ from typing import Literal
 
 import torch
 from PIL import Image
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging as hf_logging
 
