@@ -11,6 +11,17 @@ from __future__ import annotations
 import grpc
 
 GENERIC_INTERNAL_MESSAGE = "internal error"
+SHOWN_CHARS = 64
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """repr(value) for an error message, cut to about `limit` characters: a message names what was
+    wrong, but never echoes caller input whole (a 90 KB mime_type would make the status unsendable)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str | bytes) else ""
+    return f"{text[:limit]}...{size}"
 
 
 class MorError(Exception):
@@ -83,6 +94,12 @@ class StalePolicy(VersionMismatch):
     reason = "STALE_POLICY"
 
 
+class TimedOut(MorError):
+    """The server stopped waiting for the caller (a stalled upload); retrying may succeed."""
+
+    reason = "TIMED_OUT"
+
+
 class ChecksumMismatch(MorError):
     """A transferred payload does not match its declared sha256 (corrupted in transit)."""
 
@@ -102,6 +119,7 @@ STATUS_CODES: dict[type[MorError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     VersionMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     ChecksumMismatch: grpc.StatusCode.DATA_LOSS,
+    TimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -123,6 +141,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 __all__ = [
     "GENERIC_INTERNAL_MESSAGE",
+    "SHOWN_CHARS",
     "STATUS_CODES",
     "AlreadyExists",
     "ChecksumMismatch",
@@ -133,8 +152,10 @@ __all__ = [
     "Overloaded",
     "PermissionDenied",
     "StalePolicy",
+    "TimedOut",
     "Unauthenticated",
     "VersionMismatch",
     "code_for",
+    "shown",
     "status_for",
 ]

@@ -4,25 +4,63 @@ The servicer turns the protobuf request into a `GenerateCall` (plain values, ima
 `validate_generate` checks it against the sampler's `SamplerLimits` and fills unset sampling
 values from the defaults, giving a `GenerateJob` a backend can run. Every refusal is an
 `InvalidInput` whose message names the field and the limit.
+
+Validation runs in two steps so that the sampler can admit a call before paying for it:
+`check_generate` does every check that allocates no bitmap (texts against the model's
+`PromptRules`, token counts, sampling values, image headers and the call's pixels) and
+`decode_prompts` then decodes the images.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from PIL import Image
 
 from services.common.config import LimitsSection, SamplerSettings
 from services.common.config.services import SamplingDefaultsSection
-from services.common.errors import InvalidInput
-from services.common.validation import check_count, check_text_field, checked_image
+from services.common.errors import InvalidInput, shown
+from services.common.validation import (
+    check_count,
+    check_image_header,
+    check_request_pixels,
+    check_text_field,
+    decode_image,
+)
 
 # A group of one has no baseline for a group-relative advantage (GRPO), so the sampler refuses it.
 MIN_GROUP_SIZE = 2
 SEED_MODULUS = 2**63
+# Smallest positive temperature. Logits are divided by it: below ~1e-38 float32 overflows to inf and
+# sampling fails on NaN probabilities; well before that the distribution is greedy anyway.
+MIN_TEMPERATURE = 1e-3
+
+
+@dataclass(frozen=True)
+class PromptRules:
+    """What only the loaded model knows about prompt texts (from its tokenizer).
+
+    `reserved_tokens`: control-token texts a prompt may not spell (`<|image_pad|>`, `<|im_start|>`,
+    ...): the chat template would read them as extra image placeholders or turn markers.
+    `count_tokens`: the number of tokens of a text (limits are in tokens, not characters: one
+    emoji is four tokens)."""
+
+    reserved_tokens: tuple[str, ...] = ()
+    count_tokens: Callable[[str], int] | None = field(default=None, compare=False)
+
+    @classmethod
+    def of_tokenizer(cls, tokenizer: object) -> PromptRules:
+        """Rules of a transformers tokenizer: every added or special token is reserved."""
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        special = set(getattr(tokenizer, "all_special_tokens", ())) | {t.content for t in added.values()}
+
+        def count(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # type: ignore[operator]
+
+        return cls(tuple(sorted(s for s in special if s)), count)
 
 
 @dataclass(frozen=True)
@@ -113,10 +151,29 @@ class SamplerLimits:
     max_group_size: int
     max_new_tokens: int
     inputs: LimitsSection
+    max_prompt_tokens: int = 1024
+    max_request_tokens: int = 262_144
 
     @classmethod
     def from_settings(cls, settings: SamplerSettings) -> SamplerLimits:
-        return cls(settings.max_prompts, settings.max_group_size, settings.max_new_tokens, settings.limits)
+        return cls(settings.max_prompts, settings.max_group_size, settings.max_new_tokens, settings.limits,
+                   settings.max_prompt_tokens, settings.max_request_tokens)
+
+
+@dataclass(frozen=True)
+class CheckedCall:
+    """A call that passed every check but image decoding: its resolved sampling, the tokens of each
+    prompt text, and the pixels its images will take once decoded."""
+
+    call: GenerateCall
+    sampling: SamplingOptions
+    prompt_tokens: tuple[int, ...]
+    pixels: int
+    limits: SamplerLimits
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.call.prompts) * self.call.group_size
 
 
 def resolve_sampling(raw: RawSampling, defaults: SamplingDefaultsSection, max_new_tokens: int) -> SamplingOptions:
@@ -125,6 +182,9 @@ def resolve_sampling(raw: RawSampling, defaults: SamplingDefaultsSection, max_ne
     if not math.isfinite(temperature) or temperature < 0:
         raise InvalidInput(f"sampling.temperature is {raw.temperature}; it must be >= 0 (0 is greedy)",
                            reason="BAD_SAMPLING")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise InvalidInput(f"sampling.temperature is {raw.temperature}; it must be 0 (greedy) or at least "
+                           f"{MIN_TEMPERATURE:g}", reason="BAD_SAMPLING")
     top_p = defaults.top_p if raw.top_p == 0 else float(raw.top_p)
     if not math.isfinite(top_p) or not 0 < top_p <= 1:
         raise InvalidInput(f"sampling.top_p is {raw.top_p}; it must be in (0, 1] (0 means the default)",
@@ -138,17 +198,27 @@ def resolve_sampling(raw: RawSampling, defaults: SamplingDefaultsSection, max_ne
     return SamplingOptions(temperature, top_p, top_k, tokens, seed)
 
 
-def _prompt(index: int, raw: RawPrompt, limits: LimitsSection) -> PromptInput:
-    where = f"prompts[{index}]."
-    check_text_field(f"{where}text", raw.text, limits.max_prompt_chars)
-    image = None
-    if raw.image is not None:
-        image = checked_image(raw.image.data, raw.image.mime_type, limits, where)
-    return PromptInput(raw.prompt_id, raw.text, image)
+def _check_text(index: int, raw: RawPrompt, limits: SamplerLimits, rules: PromptRules) -> int:
+    """Tokens of a prompt's text (characters when no rules count tokens), after its checks."""
+    where = f"prompts[{index}].text"
+    check_text_field(where, raw.text, limits.inputs.max_prompt_chars)  # cheap bound before tokenising
+    for token in rules.reserved_tokens:
+        if token in raw.text:
+            raise InvalidInput(f"{where}: contains the model's control token {shown(token)}; prompts are plain text "
+                               "(send the image in prompts[].image)", reason="RESERVED_TOKEN")
+    if rules.count_tokens is None:
+        return len(raw.text)
+    tokens = rules.count_tokens(raw.text)
+    if tokens > limits.max_prompt_tokens:
+        raise InvalidInput(f"{where}: {tokens} tokens, limit is {limits.max_prompt_tokens} (max_prompt_tokens)",
+                           reason="TEXT_TOO_LONG")
+    return tokens
 
 
-def validate_generate(call: GenerateCall, limits: SamplerLimits, defaults: SamplingDefaultsSection) -> GenerateJob:
-    """Check a Generate call against the limits and resolve its sampling parameters."""
+def check_generate(call: GenerateCall, limits: SamplerLimits, defaults: SamplingDefaultsSection,
+                   rules: PromptRules | None = None) -> CheckedCall:
+    """Every check of a Generate call that allocates no bitmap (see the module docstring)."""
+    rules = rules or PromptRules()
     if not call.prompts:
         raise InvalidInput("prompts: at least one prompt is required", reason="TOO_FEW")
     check_count("prompts", len(call.prompts), 1, limits.max_prompts, "max_prompts")
@@ -158,29 +228,63 @@ def validate_generate(call: GenerateCall, limits: SamplerLimits, defaults: Sampl
         raise InvalidInput(f"expected_policy_version is {call.expected_policy_version}; versions are >= 0",
                            reason="BAD_VERSION")
     sampling = resolve_sampling(call.sampling, defaults, limits.max_new_tokens)
-    prompts = tuple(_prompt(i, p, limits.inputs) for i, p in enumerate(call.prompts))
-    return GenerateJob(prompts, call.group_size, sampling, call.expected_policy_version, call.request_id)
+    tokens = tuple(_check_text(i, p, limits, rules) for i, p in enumerate(call.prompts))
+    work = call.group_size * sum(t + sampling.max_new_tokens for t in tokens)
+    if work > limits.max_request_tokens:
+        raise InvalidInput(
+            f"prompts: group_size {call.group_size} x (prompt tokens + max_new_tokens {sampling.max_new_tokens}) over "
+            f"{len(tokens)} prompts is {work} tokens, limit is {limits.max_request_tokens} (max_request_tokens); "
+            "send fewer or shorter prompts", reason="REQUEST_TOO_LARGE")
+    pixels = 0
+    for i, p in enumerate(call.prompts):
+        if p.image is not None:
+            width, height = check_image_header(p.image.data, p.image.mime_type, limits.inputs, f"prompts[{i}].")
+            pixels += width * height
+    check_request_pixels(pixels, limits.inputs, "prompts")
+    return CheckedCall(call, sampling, tokens, pixels, limits)
+
+
+def decode_prompts(checked: CheckedCall) -> GenerateJob:
+    """The job of a checked call, its images decoded (RGB)."""
+    call, inputs = checked.call, checked.limits.inputs
+    prompts = tuple(
+        PromptInput(p.prompt_id, p.text, None if p.image is None else
+                    decode_image(p.image.data, p.image.mime_type, f"prompts[{i}].", inputs.max_image_pixels))
+        for i, p in enumerate(call.prompts)
+    )
+    return GenerateJob(prompts, call.group_size, checked.sampling, call.expected_policy_version, call.request_id)
+
+
+def validate_generate(call: GenerateCall, limits: SamplerLimits, defaults: SamplingDefaultsSection,
+                      rules: PromptRules | None = None) -> GenerateJob:
+    """Check a Generate call against the limits and resolve its sampling parameters (both steps)."""
+    return decode_prompts(check_generate(call, limits, defaults, rules))
 
 
 def _unique_ids(ids: Sequence[str]) -> None:
     seen: set[str] = set()
     for i, pid in enumerate(ids):
         if pid in seen:
-            raise InvalidInput(f"prompts[{i}].prompt_id {pid!r} repeats an earlier prompt_id; ids must be unique",
+            raise InvalidInput(f"prompts[{i}].prompt_id {shown(pid)} repeats an earlier prompt_id; ids must be unique",
                                reason="DUPLICATE_ID")
         seen.add(pid)
 
 
 __all__ = [
     "MIN_GROUP_SIZE",
+    "MIN_TEMPERATURE",
+    "CheckedCall",
     "GenerateCall",
     "GenerateJob",
     "PromptInput",
+    "PromptRules",
     "RawImage",
     "RawPrompt",
     "RawSampling",
     "SamplerLimits",
     "SamplingOptions",
+    "check_generate",
+    "decode_prompts",
     "resolve_sampling",
     "validate_generate",
 ]

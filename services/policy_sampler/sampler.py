@@ -1,7 +1,8 @@
 """The sampler's domain core: admission, version tagging and the update protocol around a backend.
 
-`Sampler.generate` validates a call, admits it against `max_queued_samples` (Overloaded beyond),
-and runs it under the version gate's read side, so the version it reports is the one whose weights
+`Sampler.generate` checks a call (texts, tokens, sampling, image headers: no bitmap yet), admits it
+against `max_queued_samples` and the decoded-pixel budget `max_pending_pixels` (Overloaded beyond),
+only then decodes its images (in a worker thread), and runs it under the version gate's read side, so the version it reports is the one whose weights
 produced every completion. `Sampler.update_weights` checks the header and version, receives and
 verifies the payload, has the backend validate it, and swaps it in under the gate's write side.
 Updates run one at a time. No grpc here: the servicer adapts protobuf to these calls.
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.common import metrics
+from services.common.admission import Budget
 from services.common.config import SamplerSettings
 from services.common.errors import NotReady, Overloaded, StalePolicy, VersionMismatch, status_for
 from services.policy_sampler.backends.base import ModelFacts, Sample, SamplerBackend
-from services.policy_sampler.requests import GenerateCall, SamplerLimits, validate_generate
+from services.policy_sampler.requests import GenerateCall, SamplerLimits, check_generate, decode_prompts
 from services.policy_sampler.weights import (
     VersionGate,
     WeightsHeader,
@@ -77,6 +79,7 @@ class Sampler:
         self._version = 0
         self._sha256 = ""
         self._queued = 0
+        self._pixels = Budget(settings.max_pending_pixels, "image pixels", "max_pending_pixels")
         self._facts: ModelFacts | None = None
         self._draining = False
 
@@ -124,13 +127,12 @@ class Sampler:
     # --- generation ---------------------------------------------------------------------------
 
     async def generate(self, call: GenerateCall) -> GenerationResult:
-        """Validate, admit and run one Generate call; every completion comes from one policy version."""
+        """Check, admit, decode and run one Generate call; every completion comes from one policy version."""
         self._require_ready()
-        if any(p.image is not None for p in call.prompts):  # decoding images is CPU work: off the loop
-            job = await asyncio.to_thread(validate_generate, call, self._limits, self._settings.sampling)
-        else:
-            job = validate_generate(call, self._limits, self._settings.sampling)
-        rows = job.num_samples
+        # Tokenising and reading image headers is CPU work on caller bytes: off the loop.
+        checked = await asyncio.to_thread(check_generate, call, self._limits, self._settings.sampling,
+                                          self._backend.prompt_rules())
+        rows = checked.num_samples
         if self._queued + rows > self._settings.max_queued_samples:
             raise Overloaded(
                 f"sampler busy: {self._queued} completions queued, {rows} more would exceed "
@@ -139,15 +141,17 @@ class Sampler:
         self._queued += rows
         metrics.SAMPLER_QUEUE_DEPTH.set(self._queued)
         try:
-            async with self._gate.reading():
-                version = self._version
-                expected = job.expected_policy_version
-                if expected is not None and expected != version:
-                    cls = StalePolicy if version > expected else VersionMismatch
-                    raise cls(f"expected policy version {expected}, but version {version} is serving")
-                t0 = time.perf_counter()
-                groups = await self._backend.generate(job.prompts, job.group_size, job.sampling)
-                elapsed = time.perf_counter() - t0
+            with self._pixels.hold(checked.pixels):
+                job = await asyncio.to_thread(decode_prompts, checked) if checked.pixels else decode_prompts(checked)
+                async with self._gate.reading():
+                    version = self._version
+                    expected = job.expected_policy_version
+                    if expected is not None and expected != version:
+                        cls = StalePolicy if version > expected else VersionMismatch
+                        raise cls(f"expected policy version {expected}, but version {version} is serving")
+                    t0 = time.perf_counter()
+                    groups = await self._backend.generate(job.prompts, job.group_size, job.sampling)
+                    elapsed = time.perf_counter() - t0
         finally:
             self._queued -= rows
             metrics.SAMPLER_QUEUE_DEPTH.set(self._queued)
@@ -188,7 +192,9 @@ class Sampler:
             # Another update may have landed while this one waited for the lock.
             if not check_version(header, self._version, self._sha256):
                 return UpdateResult(self._version, False, 0)
-            payload = await receive_payload(header, chunks)
+            s = self._settings
+            payload = await receive_payload(header, chunks, idle_timeout_s=s.weights_idle_timeout_s,
+                                            total_timeout_s=s.weights_receive_timeout_s)
             t_received = time.perf_counter()
             prepared = await self._backend.prepare_weights(header, payload)
             t_prepared = time.perf_counter()

@@ -6,10 +6,13 @@ file holding either a PEFT LoRA adapter (keys as `peft_model.save_pretrained` wr
 `model.named_parameters()` names them). Nothing here touches the serving model:
 
 1. `check_header` and `check_version` refuse a bad or stale header before any byte is read;
-2. `receive_payload` reads the data chunks, refusing more or fewer than `total_bytes` and a
-   sha256 mismatch;
+2. `receive_payload` reads the data chunks, refusing more or fewer than `total_bytes`, a sha256
+   mismatch, and a sender that stalls (server-side timeouts: the upload holds the update lock);
 3. `prepare_lora` / `prepare_full` parse the payload and check every key, shape and value
-   against the served architecture, so that the swap itself cannot fail half-way;
+   against the served architecture, so that the swap itself cannot fail half-way. The adapter
+   config is untrusted JSON: bounded in size and depth, known LoRA keys only, regexes compiled,
+   and its ranks checked against the payload's tensors before anything is built from it (the
+   expected shapes come from a weightless meta-device copy, adapter included);
 4. the backend applies the prepared weights while holding `VersionGate.writing()`, which waits
    for running generations to finish and holds new ones back: a request sees the old weights or
    the new ones, never a mix, and learns which version it ran under.
@@ -23,10 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
 import re
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +40,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from services.common.errors import ChecksumMismatch, InvalidInput, Overloaded, StalePolicy, VersionMismatch
+from services.common.errors import (
+    ChecksumMismatch,
+    InvalidInput,
+    Overloaded,
+    StalePolicy,
+    TimedOut,
+    VersionMismatch,
+    shown,
+)
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -53,6 +66,12 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 # Fields of a PEFT config that describe where it came from, not what it computes.
 _VOLATILE_CONFIG_KEYS = ("base_model_name_or_path", "revision", "peft_version", "inference_mode", "auto_mapping")
 _MAX_LISTED = 3
+# A PEFT adapter_config.json is about 1 KB, and flat but for a few small lists and dicts.
+MAX_ADAPTER_CONFIG_CHARS = 64 * 1024
+MAX_ADAPTER_CONFIG_DEPTH = 4
+# Config values peft reads as regular expressions (full-match module names).
+_REGEX_KEYS = ("target_modules", "exclude_modules", "layers_pattern")
+_PATTERN_DICT_KEYS = ("rank_pattern", "alpha_pattern")
 
 
 @dataclass(frozen=True)
@@ -108,7 +127,7 @@ def check_header(header: WeightsHeader, max_bytes: int) -> None:
         raise InvalidInput("header.kind is unspecified; send WEIGHTS_KIND_LORA_ADAPTER or WEIGHTS_KIND_FULL_WEIGHTS",
                            reason="BAD_WEIGHTS_HEADER")
     if (header.format or FORMAT) != FORMAT:
-        raise InvalidInput(f"header.format {header.format!r} is not supported; only {FORMAT!r}",
+        raise InvalidInput(f"header.format {shown(header.format)} is not supported; only {FORMAT!r}",
                            reason="BAD_WEIGHTS_HEADER")
     if header.version < 0:
         raise InvalidInput(f"header.version is {header.version}; versions are >= 0", reason="BAD_WEIGHTS_HEADER")
@@ -144,12 +163,33 @@ def check_version(header: WeightsHeader, serving_version: int, serving_sha256: s
     return True
 
 
-async def receive_payload(header: WeightsHeader, chunks: AsyncIterator[bytes]) -> bytes:
-    """Read every data chunk; refuse more or fewer bytes than header.total_bytes (InvalidInput) and a
-    payload whose sha256 differs from header.sha256 (ChecksumMismatch)."""
+async def _timed_chunks(chunks: AsyncIterator[bytes], idle_s: float | None, total_s: float | None) -> AsyncIterator[bytes]:
+    """`chunks`, raising TimedOut when the next one takes over `idle_s` or all of them over `total_s`."""
+    stream = aiter(chunks)
+    deadline = None if total_s is None else time.monotonic() + total_s
+    while True:
+        waits = [w for w in (idle_s, None if deadline is None else deadline - time.monotonic()) if w is not None]
+        wait = min(waits) if waits else None
+        try:
+            chunk = await asyncio.wait_for(anext(stream), wait) if wait is not None else await anext(stream)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            which = ("weights_receive_timeout_s", total_s) if deadline is not None and time.monotonic() >= deadline \
+                else ("weights_idle_timeout_s", idle_s)
+            raise TimedOut(f"weight upload stalled: no complete payload within {which[0]}={which[1]:g}; "
+                           "the update lock is released, push again", reason="UPLOAD_STALLED") from None
+        yield chunk
+
+
+async def receive_payload(header: WeightsHeader, chunks: AsyncIterator[bytes], *,
+                          idle_timeout_s: float | None = None, total_timeout_s: float | None = None) -> bytes:
+    """Read every data chunk; refuse more or fewer bytes than header.total_bytes (InvalidInput), a
+    payload whose sha256 differs from header.sha256 (ChecksumMismatch), and a sender that leaves
+    more than `idle_timeout_s` between chunks or takes over `total_timeout_s` in all (TimedOut)."""
     buf = bytearray()
     digest = hashlib.sha256()
-    async for chunk in chunks:
+    async for chunk in _timed_chunks(chunks, idle_timeout_s, total_timeout_s):
         if len(buf) + len(chunk) > header.total_bytes:
             raise InvalidInput(
                 f"received more than header.total_bytes ({header.total_bytes}) bytes", reason="WEIGHTS_SIZE_MISMATCH"
@@ -178,7 +218,7 @@ def parse_safetensors(payload: bytes) -> dict[str, torch.Tensor]:
     try:
         tensors = load(payload)
     except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise InvalidInput(f"payload is not a valid safetensors file ({exc})", reason="BAD_WEIGHTS_PAYLOAD") from None
+        raise InvalidInput(f"payload is not a valid safetensors file ({shown(str(exc), 200)})", reason="BAD_WEIGHTS_PAYLOAD") from None
     if not tensors:
         raise InvalidInput("payload holds no tensors", reason="BAD_WEIGHTS_PAYLOAD")
     return tensors
@@ -214,24 +254,63 @@ def _check_shapes(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tu
                               reason="WEIGHTS_DO_NOT_FIT")
 
 
+def _bad_config(message: str) -> InvalidInput:
+    return InvalidInput(f"adapter_config_json: {message}", reason="BAD_ADAPTER_CONFIG")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, d = stack.pop()
+        deepest = max(deepest, d)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((c, d + 1) for c in children)
+    return deepest
+
+
+def _check_regexes(data: Mapping[str, Any]) -> None:
+    """Every value peft will use as a regular expression must compile (else re.error in peft)."""
+    patterns = [(k, data[k]) for k in _REGEX_KEYS if isinstance(data.get(k), str)]
+    for key in _PATTERN_DICT_KEYS:
+        if isinstance(data.get(key), dict):
+            patterns += [(f"{key} key", p) for p in data[key]]
+    for key, pattern in patterns:
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise _bad_config(f"{key} {shown(pattern)} is not a valid regular expression ({shown(str(exc), 80)})") from None
+
+
 def parse_lora_config(config_json: str) -> tuple[LoraConfig, str]:
     """(LoraConfig, canonical key) from adapter_config.json text; InvalidInput when it is not a LoRA config."""
     from peft import LoraConfig, PeftConfig
 
+    if len(config_json) > MAX_ADAPTER_CONFIG_CHARS:
+        raise _bad_config(f"{len(config_json)} characters, limit is {MAX_ADAPTER_CONFIG_CHARS}")
     try:
         data = json.loads(config_json)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"adapter_config_json is not JSON ({exc.msg})", reason="BAD_ADAPTER_CONFIG") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise _bad_config(f"nested deeper than {MAX_ADAPTER_CONFIG_DEPTH} levels") from None
     if not isinstance(data, dict):
         raise InvalidInput("adapter_config_json must be a JSON object", reason="BAD_ADAPTER_CONFIG")
+    if _depth(data) > MAX_ADAPTER_CONFIG_DEPTH:
+        raise _bad_config(f"nested deeper than {MAX_ADAPTER_CONFIG_DEPTH} levels")
+    # peft drops keys it does not know with a warning; a sender's typo would then change the adapter silently.
+    unknown = set(data) - {f.name for f in dataclasses.fields(LoraConfig)}
+    if unknown:
+        raise _bad_config(f"{len(unknown)} key(s) LoraConfig does not have: {_listing(shown(k, 40) for k in unknown)}")
+    _check_regexes(data)
     if data.get("peft_type", "LORA") != "LORA":
-        raise InvalidInput(f"adapter peft_type {data.get('peft_type')!r} is not supported; only LORA",
+        raise InvalidInput(f"adapter peft_type {shown(data.get('peft_type'))} is not supported; only LORA",
                            reason="BAD_ADAPTER_CONFIG")
     data = {**data, "peft_type": "LORA"}
     try:
         config = PeftConfig.from_peft_type(**data)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise InvalidInput(f"adapter_config_json is not a valid LoRA config ({exc})", reason="BAD_ADAPTER_CONFIG") from None
+    except (TypeError, ValueError, KeyError, AttributeError, re.error) as exc:
+        raise InvalidInput(f"adapter_config_json is not a valid LoRA config ({shown(str(exc), 200)})", reason="BAD_ADAPTER_CONFIG") from None
     if not isinstance(config, LoraConfig):
         raise InvalidInput("adapter_config_json is not a LoRA config", reason="BAD_ADAPTER_CONFIG")
     config.inference_mode = True
@@ -255,12 +334,12 @@ def _expected_lora_shapes(
 
     config, _ = parse_lora_config(config_json)
     model_config = config_cls.from_dict(json.loads(model_config_json))
-    with torch.device("meta"):
-        skeleton = AutoModelForImageTextToText.from_config(model_config)
     try:
-        peft_model = get_peft_model(skeleton, config)
-    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
-        raise VersionMismatch(f"adapter config does not fit the served model ({exc})", reason="WEIGHTS_DO_NOT_FIT") from None
+        with torch.device("meta"):  # the adapter too: its matrices take no memory, whatever the rank
+            skeleton = AutoModelForImageTextToText.from_config(model_config)
+            peft_model = get_peft_model(skeleton, config)
+    except (ValueError, TypeError, KeyError, RuntimeError, re.error) as exc:
+        raise VersionMismatch(f"adapter config does not fit the served model ({shown(str(exc), 200)})", reason="WEIGHTS_DO_NOT_FIT") from None
     state = get_peft_model_state_dict(peft_model)
     return tuple(sorted((k, tuple(v.shape)) for k, v in state.items()))
 
@@ -282,14 +361,30 @@ def prepare_lora(
     """Parse and check a LoRA adapter update against the served architecture."""
     config, key = parse_lora_config(header.adapter_config_json)
     ranks = [config.r, *(config.rank_pattern or {}).values()]
+    if not all(isinstance(r, int) and r >= 1 for r in ranks):
+        raise _bad_config("r and rank_pattern values must be integers >= 1")
     if max_rank is not None and max(ranks) > max_rank:
         raise VersionMismatch(f"adapter rank {max(ranks)} exceeds the sampler's max_lora_rank {max_rank}",
                               reason="WEIGHTS_DO_NOT_FIT")
     tensors = parse_safetensors(payload)
     _check_values(tensors)
+    _check_ranks_against_payload(ranks, tensors)
     _check_shapes(tensors, expected_lora_shapes(model_config, header.adapter_config_json), "adapter")
     cast = {k: v.to(dtype) for k, v in tensors.items()}
     return LoraUpdate(header.version, header.sha256, config, key, header.adapter_config_json, cast, payload)
+
+
+def _check_ranks_against_payload(ranks: list[int], tensors: Mapping[str, torch.Tensor]) -> None:
+    """The config's ranks must be ranks the payload's lora_A matrices ([rank, in]) really have:
+    refused before any adapter is built from the config (an 8 KB push claiming r=500000 cost
+    250 MB and 3 s before this check)."""
+    sent = {int(t.shape[0]) for k, t in tensors.items() if "lora_A" in k and t.dim() >= 1}
+    if not sent:
+        raise VersionMismatch("adapter: the payload holds no lora_A tensor", reason="WEIGHTS_DO_NOT_FIT")
+    claimed = set(ranks)
+    if max(claimed) > max(sent):
+        raise VersionMismatch(f"adapter config says rank {max(claimed)}, but the payload's largest LoRA rank is "
+                              f"{max(sent)}", reason="WEIGHTS_DO_NOT_FIT")
 
 
 def parameter_aliases(model: torch.nn.Module) -> dict[str, list[str]]:

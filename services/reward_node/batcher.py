@@ -116,11 +116,7 @@ class DynamicBatcher(Generic[T]):
             return []
         if self._worker is None or self._closing:
             raise NotReady("the reward model is not serving (starting or shutting down)")
-        if self._depth + len(items) > self.max_queue:
-            raise Overloaded(
-                f"queue full: {self._depth} samples waiting, {len(items)} more would exceed "
-                f"batching.max_queue={self.max_queue}; retry later"
-            )
+        self.check_room(len(items))
         loop = asyncio.get_running_loop()
         job: _Job[T] = _Job(items, loop.create_future(), [None] * len(items), len(items), len(items))
         now = time.monotonic()
@@ -135,6 +131,15 @@ class DynamicBatcher(Generic[T]):
                 self._set_depth(self._depth - job.queued)
                 job.queued = 0
             raise
+
+    def check_room(self, n: int) -> None:
+        """Raise Overloaded when n more samples would not fit in the queue now. Callers use it to
+        refuse a call before costly preparation (image decoding); submit checks again."""
+        if self._depth + n > self.max_queue:
+            raise Overloaded(
+                f"queue full: {self._depth} samples waiting, {n} more would exceed "
+                f"batching.max_queue={self.max_queue}; retry later"
+            )
 
     def _set_depth(self, depth: int) -> None:
         self._depth = depth

@@ -103,6 +103,8 @@ class NodeInfo:
     prototype: list[float] | None = None
     prototype_noise_sigma: float = 0.0
     prototype_embedder: str = ""
+    prototype_epsilon: float = float("inf")  # (epsilon, delta)-DP guarantee of the prototype; inf: none
+    prototype_delta: float = 0.0
 
 
 def _image(data: bytes | None, mime_type: str) -> common_pb2.Image | None:
@@ -245,6 +247,8 @@ class RewardNodeClient:
             prototype=list(proto.embedding) if proto is not None else None,
             prototype_noise_sigma=proto.noise_sigma if proto is not None else 0.0,
             prototype_embedder=proto.embedder if proto is not None else "",
+            prototype_epsilon=proto.dp_epsilon if proto is not None else float("inf"),
+            prototype_delta=proto.dp_delta if proto is not None else 0.0,
         )
 
     async def health(self, service: str = SERVICE, *, timeout: float | None = None) -> str:

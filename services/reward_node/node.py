@@ -6,9 +6,12 @@ app when a stop begins; calls already admitted finish) -> ``stopped``.
 
 Privacy: the only things that leave through this class are scores, their hybrid parts and the
 coarse description (ids, kind, version, score statistics, limits and, if the config asks, the
-domain prototype with Gaussian noise). The prototype's noise is drawn once per checkpoint from a
-seed derived from private data (the data hash and the weights' hashes), so asking again, or after
-a restart, returns the same noisy vector and averaging calls cannot remove the noise.
+domain prototype through the Gaussian mechanism of services/reward_node/privacy.py: noise
+calibrated to prototype.epsilon / prototype.delta unless prototype.noise_sigma says otherwise, and
+the resulting (epsilon, delta) published with it). The prototype's noise is drawn once per
+checkpoint from a seed derived from private data (the data hash and the weights' hashes), so
+asking again, or after a restart, returns the same noisy vector and averaging calls cannot remove
+the noise.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -25,18 +29,30 @@ import torch
 from PIL import Image
 
 from services.common import metrics
+from services.common.admission import Budget
 from services.common.config import LimitsSection, RewardNodeSettings
 from services.common.errors import InvalidInput, NotReady
+from services.common.validation import check_request_pixels
 from services.reward_node.batcher import BatchStats, DynamicBatcher
 from services.reward_node.checkpoint import LoadedRM, load_checkpoint
 from services.reward_node.hybrid import HybridWeights, combine, overall_stats
-from services.reward_node.validation import GroupInput, ValidGroup, check_group_count, validate_group
+from services.reward_node.privacy import epsilon_for, mean_sensitivity, sigma_for
+from services.reward_node.validation import (
+    GroupInput,
+    ValidGroup,
+    check_group_count,
+    check_text,
+    decode_groups,
+    group_prefixes,
+    image_sizes,
+)
 
 log = logging.getLogger(__name__)
 
 State = Literal["not_loaded", "loading", "serving", "draining", "stopped"]
 STATE_NUMBER = {"not_loaded": 0, "loading": 1, "serving": 2, "draining": 3, "stopped": 0}
-DECODE_INLINE_BYTES = 64 * 1024  # larger images are decoded off the event loop
+# Each prompt embedding of the prototype has at most this L2 norm: the MiniLM encoder L2-normalises.
+PROTOTYPE_CLIP_NORM = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,11 +74,15 @@ class ScoredAnswer:
 
 @dataclass(frozen=True)
 class Prototype:
-    """The published domain prototype: the noisy mean embedding and how it was made."""
+    """The published domain prototype: the noisy mean embedding and how it was made (the Gaussian
+    mechanism with this clip norm and noise std, which is (epsilon, delta)-DP)."""
 
     embedding: list[float]
     noise_sigma: float
     embedder: str
+    epsilon: float = math.inf
+    delta: float = 0.0
+    clip_norm: float = PROTOTYPE_CLIP_NORM
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,23 @@ class NodeDescription:
     limits: LimitsSection
     state: State
     prototype: Prototype | None
+
+
+def prototype_noise(loaded: LoadedRM, noise_sigma: float | None, epsilon: float, delta: float) -> tuple[float, float]:
+    """(noise std, epsilon it achieves at `delta`) for the checkpoint's prototype: `noise_sigma`
+    when set, else the smallest std that gives (epsilon, delta). The sensitivity is 2 / n for the
+    mean of n unit-norm embeddings; a checkpoint that does not record n counts as n = 1."""
+    if loaded.prototype is not None and float(loaded.prototype.norm()) > PROTOTYPE_CLIP_NORM + 1e-4:
+        raise ValueError(f"prototype.publish: the checkpoint's prototype has norm {float(loaded.prototype.norm()):.3f} "
+                         f"> {PROTOTYPE_CLIP_NORM}; it is not a mean of unit embeddings, so no DP guarantee holds")
+    n = int(loaded.metadata.get("data", {}).get("n_train_pairs") or 0)
+    if n < 1:
+        log.warning("prototype: the checkpoint does not record how many prompts it averages; "
+                    "calibrating for n = 1 (the most noise)")
+        n = 1
+    sensitivity = mean_sensitivity(n, PROTOTYPE_CLIP_NORM)
+    sigma = sigma_for(epsilon, delta, sensitivity) if noise_sigma is None else noise_sigma
+    return sigma, epsilon_for(sigma, delta, sensitivity)
 
 
 def noisy_prototype(loaded: LoadedRM, sigma: float) -> list[float] | None:
@@ -103,6 +140,8 @@ class RewardNodeCore:
         self._loaded = loaded
         self._batcher: DynamicBatcher[Sample] | None = None
         self._prototype: Prototype | None = None
+        # Decoded image pixels held by calls in flight (decoding, queued or being scored).
+        self._pixels = Budget(settings.batching.max_pending_pixels, "image pixels", "batching.max_pending_pixels")
         # Labelled metric children, looked up once (labels() takes a lock and a dict lookup per call).
         self._m_scores = metrics.REWARD_NODE_SCORES.labels(self.node_id)
         self._m_batch = metrics.REWARD_NODE_BATCH_SIZE.labels(self.node_id)
@@ -141,11 +180,19 @@ class RewardNodeCore:
         # One tiny forward now, so lazy parts (the shared text encoder, first-call set-up) load
         # before the node reports SERVING rather than inside the first caller's deadline.
         await asyncio.to_thread(self._loaded.model.score_batch, ["warm-up"], [None], ["warm-up"])
-        if s.prototype.publish:
-            emb = noisy_prototype(self._loaded, s.prototype.noise_sigma)
-            if emb is not None:
-                embedder = str(self._loaded.metadata.get("prototype", {}).get("embedder", ""))
-                self._prototype = Prototype(emb, s.prototype.noise_sigma, embedder)
+        if s.prototype.publish and self._loaded.prototype is not None:
+            p = s.prototype
+            sigma, epsilon = prototype_noise(self._loaded, p.noise_sigma, p.epsilon, p.delta)
+            emb = noisy_prototype(self._loaded, sigma)
+            assert emb is not None
+            embedder = str(self._loaded.metadata.get("prototype", {}).get("embedder", ""))
+            self._prototype = Prototype(emb, sigma, embedder, epsilon, p.delta)
+            if sigma == 0:
+                log.warning("%s: publishing the EXACT mean prompt embedding (prototype.noise_sigma=0): "
+                            "no differential-privacy guarantee", self.node_id)
+            else:
+                log.info("%s: prototype published by the Gaussian mechanism: clip norm %g, noise std %.4g, "
+                         "(epsilon, delta) = (%.3g, %.3g)", self.node_id, PROTOTYPE_CLIP_NORM, sigma, epsilon, p.delta)
         b = s.batching
         self._batcher = DynamicBatcher(
             self._run_batch, max_batch_size=b.max_batch_size, max_wait_s=b.max_wait_ms / 1000.0,
@@ -172,21 +219,40 @@ class RewardNodeCore:
         self, groups: Sequence[GroupInput], *, batch_call: bool = False
     ) -> list[list[ScoredAnswer]]:
         """Scores of every answer of every group, in order. ``batch_call`` selects ScoreBatch rules
-        (group count limit, field names prefixed with ``groups[i].``)."""
-        if self._batcher is None or self._state not in ("serving", "draining"):
+        (group count limit, field names prefixed with ``groups[i].``).
+
+        Cheap checks and admission come before any image work: texts, the queue's room, then the
+        image headers (dimensions only) and the call's pixels against the per-call limit and the
+        node-wide pixel budget; only then are images decoded, in a worker thread, never on the loop.
+        """
+        batcher = self._batcher
+        if batcher is None or self._state not in ("serving", "draining"):
             raise NotReady(f"reward node {self.node_id} is {self._state.replace('_', ' ')}; retry later")
         limits = self.settings.limits
         if batch_call:
             check_group_count(len(groups), limits)
-        valid = [await self._validate(g, limits, f"groups[{i}]." if batch_call else "") for i, g in enumerate(groups)]
-        samples = [Sample(g.prompt, g.image, r) for g in valid for r in g.responses]
-        if len(samples) > self.settings.batching.max_queue:  # could never be admitted: not a retry case
+        prefixes = group_prefixes(len(groups), batch_call)
+        for g, where in zip(groups, prefixes, strict=True):
+            check_text(g, limits, where)
+        n = sum(len(g.responses) for g in groups)
+        if n > self.settings.batching.max_queue:  # could never be admitted: not a retry case
             raise InvalidInput(
-                f"groups: {len(samples)} responses in one call, more than the node ever queues "
+                f"groups: {n} responses in one call, more than the node ever queues "
                 f"(batching.max_queue={self.settings.batching.max_queue}); split the call",
                 reason="CALL_TOO_LARGE",
             )
-        rm = await self._batcher.submit(samples)
+        batcher.check_room(n)
+        pixels = 0
+        if any(g.image_data is not None for g in groups):
+            sizes = await asyncio.to_thread(image_sizes, groups, limits, prefixes)
+            pixels = check_request_pixels(sum(w * h for w, h in sizes), limits, "groups" if batch_call else "image")
+        with self._pixels.hold(pixels):
+            if pixels:
+                valid = await asyncio.to_thread(decode_groups, groups, limits, prefixes)
+            else:
+                valid = [ValidGroup(g.prompt, list(g.responses), None, g.group_id) for g in groups]
+            samples = [Sample(g.prompt, g.image, r) for g in valid for r in g.responses]
+            rm = await batcher.submit(samples)
         overall, parts = combine(rm, [s.response for s in samples], self.weights)
         for x in overall:
             self._m_scores.observe(x)
@@ -197,11 +263,6 @@ class RewardNodeCore:
             out.append([ScoredAnswer(overall[j], parts[j]) for j in range(k, k + n)])
             k += n
         return out
-
-    async def _validate(self, group: GroupInput, limits: LimitsSection, where: str) -> ValidGroup:
-        if group.image_data is not None and len(group.image_data) > DECODE_INLINE_BYTES:
-            return await asyncio.to_thread(validate_group, group, limits, where)
-        return validate_group(group, limits, where)
 
     def _run_batch(self, samples: list[Sample]) -> list[float]:
         """Worker thread: one forward pass of the RM over a batch."""
@@ -247,4 +308,13 @@ class RewardNodeCore:
         return self._batcher.queue_depth if self._batcher is not None else 0
 
 
-__all__ = ["NodeDescription", "Prototype", "RewardNodeCore", "Sample", "ScoredAnswer", "noisy_prototype"]
+__all__ = [
+    "PROTOTYPE_CLIP_NORM",
+    "NodeDescription",
+    "Prototype",
+    "RewardNodeCore",
+    "Sample",
+    "ScoredAnswer",
+    "noisy_prototype",
+    "prototype_noise",
+]

@@ -59,6 +59,7 @@ def node_info(d: NodeDescription) -> Any:
     if d.prototype is not None:
         info.domain_prototype.CopyFrom(reward_node_pb2.DomainPrototype(
             embedding=d.prototype.embedding, noise_sigma=d.prototype.noise_sigma, embedder=d.prototype.embedder,
+            dp_epsilon=d.prototype.epsilon, dp_delta=d.prototype.delta, clip_norm=d.prototype.clip_norm,
         ))
     return info
 

@@ -4,9 +4,10 @@ Image checks are the shared ones (services.common.validation); the text checks h
 node's own, more specific reasons (EMPTY_PROMPT, RESPONSE_TOO_LONG, ...). Every failure is an
 ``InvalidInput`` (INVALID_ARGUMENT on the wire) whose message names the field (``responses[3]``,
 ``groups[1].image.mime_type``, ...), the limit and the config key that sets it, and whose
-``reason`` is a stable code a client can branch on. Text checks run first; the image is
-decoded last and only when everything else passed, with its pixel count checked before decoding
-(no decompression bombs).
+``reason`` is a stable code a client can branch on. Text checks run first; then
+``image_sizes`` reads every image's header (dimensions, no pixels), so the node can bound and
+admit the call's pixels before ``decode_groups`` decodes anything (no decompression bombs). Both
+image steps are CPU work: the node runs them in a worker thread.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from services.common.config import LimitsSection
 from services.common.errors import InvalidInput
-from services.common.validation import checked_image
+from services.common.validation import check_image_header, checked_image, decode_image
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,27 @@ def validate_group(group: GroupInput, limits: LimitsSection, where: str = "") ->
     return ValidGroup(group.prompt, list(group.responses), image, group.group_id)
 
 
+def group_prefixes(n_groups: int, batch_call: bool) -> list[str]:
+    """Field-name prefix of each group: ``groups[i].`` in ScoreBatch, none in Score."""
+    return [f"groups[{i}]." if batch_call else "" for i in range(n_groups)]
+
+
+def image_sizes(groups: Sequence[GroupInput], limits: LimitsSection, prefixes: Sequence[str]) -> list[tuple[int, int]]:
+    """(width, height) of every group's image, from the headers only (each checked against limits)."""
+    return [check_image_header(g.image_data, g.mime_type, limits, where)
+            for g, where in zip(groups, prefixes, strict=True) if g.image_data is not None]
+
+
+def decode_groups(groups: Sequence[GroupInput], limits: LimitsSection, prefixes: Sequence[str]) -> list[ValidGroup]:
+    """Groups whose texts and image headers passed, with their images decoded (RGB)."""
+    return [
+        ValidGroup(g.prompt, list(g.responses),
+                   None if g.image_data is None else decode_image(g.image_data, g.mime_type, where, limits.max_image_pixels),
+                   g.group_id)
+        for g, where in zip(groups, prefixes, strict=True)
+    ]
+
+
 def check_group_count(n_groups: int, limits: LimitsSection) -> None:
     """ScoreBatch: between 1 and limits.max_batch_groups groups."""
     if n_groups == 0:
@@ -82,4 +104,13 @@ def check_group_count(n_groups: int, limits: LimitsSection) -> None:
                    "TOO_MANY_GROUPS")
 
 
-__all__ = ["GroupInput", "ValidGroup", "check_group_count", "check_text", "validate_group"]
+__all__ = [
+    "GroupInput",
+    "ValidGroup",
+    "check_group_count",
+    "check_text",
+    "decode_groups",
+    "group_prefixes",
+    "image_sizes",
+    "validate_group",
+]

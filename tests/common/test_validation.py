@@ -13,6 +13,7 @@ from services.common.validation import (
     MAX_IMAGE_PIXELS,
     check_count,
     check_image_header,
+    check_request_pixels,
     check_text_field,
     checked_image,
     decode_image,
@@ -76,3 +77,31 @@ def test_a_good_image_decodes_to_rgb() -> None:
 
     assert (image.mode, image.size) == ("RGB", (8, 6))
     assert 4097 * 4097 > MAX_IMAGE_PIXELS
+
+
+@pytest.mark.parametrize(
+    ("size", "limits", "reason"),
+    [((300, 1), LimitsSection(), "IMAGE_ASPECT_RATIO"),
+     ((1, 300), LimitsSection(), "IMAGE_ASPECT_RATIO"),
+     ((100, 100), LimitsSection(max_image_pixels=9_999), "IMAGE_DIMENSIONS")],
+)
+def test_image_headers_are_checked_without_decoding(size, limits, reason) -> None:
+    with pytest.raises(InvalidInput) as err:
+        check_image_header(encoded("PNG", size), "image/png", limits)
+
+    assert err.value.reason == reason
+
+
+def test_image_header_gives_the_size_and_the_real_format_must_match() -> None:
+    assert check_image_header(encoded("PNG", (200, 1)), "image/png", LIMITS) == (200, 1)
+    with pytest.raises(InvalidInput) as err:
+        check_image_header(encoded("JPEG"), "image/png", LIMITS)
+    assert err.value.reason == "MIME_MISMATCH"
+
+
+def test_request_pixels_are_bounded() -> None:
+    limits = LimitsSection(max_request_pixels=100)
+
+    assert check_request_pixels(100, limits) == 100
+    with pytest.raises(InvalidInput, match=r"groups: 101 pixels in one request, limit is 100 \(limits.max_request_pixels\)"):
+        check_request_pixels(101, limits, "groups")

@@ -97,14 +97,14 @@ class FakeNode:
     score_mean: float = 0.0
     score_std: float = 1.0
     settings_overrides: dict[str, Any] = field(default_factory=dict)
-    prototype: torch.Tensor | None = None  # published in GetInfo when set
+    prototype: torch.Tensor | None = None  # published in GetInfo (without noise) when set
     port: int = 0
     app: RewardNodeApp | None = None
 
     async def start(self) -> None:
         overrides = dict(self.settings_overrides)
         if self.prototype is not None:
-            overrides.setdefault("prototype", {"publish": True})
+            overrides.setdefault("prototype", {"publish": True, "noise_sigma": 0.0})  # exact: routing tests compare it
         settings = node_settings(self.node_id, self.port, **overrides)
         loaded = fn_loaded(self.rm, score_mean=self.score_mean, score_std=self.score_std, prototype=self.prototype)
         self.app = build_app(settings, loaded=loaded)

@@ -95,6 +95,9 @@ class LimitsSection(Section):
     max_image_bytes: int = Field(4 * MiB, ge=1, description="Largest accepted encoded image.")
     image_mime_types: tuple[str, ...] = Field(("image/png", "image/jpeg"), description="Accepted image encodings.")
     max_batch_groups: int = Field(64, ge=1, description="Most groups in one batched call (the reward node's ScoreBatch).")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, le=4096 * 4096, description="Most pixels (width x height, read from the header before decoding) of one image.")
+    max_request_pixels: int = Field(2 * 4096 * 4096, ge=1, description="Most pixels of all images of one request together, checked before any is decoded (about 3 bytes each once decoded).")
+    max_image_aspect_ratio: float = Field(200.0, ge=1, description="Largest long side / short side of an image (Qwen2-VL's image processor refuses more than 200).")
 
 
 class BatchingSection(Section):
@@ -103,6 +106,7 @@ class BatchingSection(Section):
     max_batch_size: int = Field(32, ge=1, description="Most samples run in one forward pass.")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a partial batch waits for more work before it runs.")
     max_queue: int = Field(1024, ge=1, description="Samples waiting beyond this are refused with RESOURCE_EXHAUSTED.")
+    max_pending_pixels: int = Field(4 * 4096 * 4096, ge=1, description="Image pixels all admitted calls may hold decoded at once (about 3 bytes each); a call whose images would pass it is refused with RESOURCE_EXHAUSTED before decoding.")
 
 
 class EndpointSection(Section):

@@ -52,10 +52,13 @@ class RMTrainSection(Section):
 
 
 class PrototypeSection(Section):
-    """Optional domain prototype published in GetInfo for similarity routing."""
+    """Optional domain prototype published in GetInfo for similarity routing, through the Gaussian
+    mechanism (clipped norm 1, see services/reward_node/privacy.py): noisy unless asked otherwise."""
 
     publish: bool = Field(False, description="Publish the mean embedding of the node's own prompts in GetInfo.")
-    noise_sigma: float = Field(0.0, ge=0, description="Std of Gaussian noise added to the prototype (differential-privacy style).")
+    noise_sigma: float | None = Field(None, ge=0, description="Std of the Gaussian noise added to the prototype. Unset: calibrated to (epsilon, delta); 0 publishes the exact mean (no privacy guarantee, logged as a warning).")
+    epsilon: float = Field(1.0, gt=0, description="Differential-privacy epsilon the noise is calibrated to when noise_sigma is unset.")
+    delta: float = Field(1e-5, gt=0, lt=1, description="Differential-privacy delta of the published prototype.")
 
 
 class RewardNodeSettings(ServiceSettings):
@@ -124,8 +127,13 @@ class SamplerSettings(ServiceSettings):
     max_group_size: int = Field(32, ge=2, description="Largest group size G accepted in Generate (the smallest is 2: a group of one has no baseline).")
     max_prompts: int = Field(64, ge=1, description="Most prompts in one Generate request.")
     max_new_tokens: int = Field(64, ge=1, description="Cap on sampling_params.max_new_tokens.")
+    max_prompt_tokens: int = Field(1024, ge=1, description="Longest prompt text in tokens of the served tokenizer (the chat template and image tokens not counted); limits.max_prompt_chars is checked first.")
+    max_request_tokens: int = Field(262_144, ge=1, description="Most tokens one Generate call may cost: group_size x the sum over its prompts of (prompt tokens + max_new_tokens).")
+    max_pending_pixels: int = Field(4 * 4096 * 4096, ge=1, description="Image pixels all admitted Generate calls may hold decoded at once (about 3 bytes each); a call whose images would pass it gets RESOURCE_EXHAUSTED before decoding.")
     max_queued_samples: int = Field(4096, ge=1, description="Completions (prompts x group size) admitted at once, running or waiting; more get RESOURCE_EXHAUSTED.")
     max_weights_mb: int = Field(2048, ge=1, description="Largest UpdateWeights payload in MiB; a bigger header gets RESOURCE_EXHAUSTED.")
+    weights_idle_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the next UpdateWeights chunk; a stalled upload gets DEADLINE_EXCEEDED and releases the update lock.")
+    weights_receive_timeout_s: float = Field(900.0, gt=0, description="Longest time to receive a whole UpdateWeights payload (2 GiB in 15 min is 2.3 MB/s), after which it gets DEADLINE_EXCEEDED.")
     sampling: SamplingDefaultsSection = Field(default_factory=SamplingDefaultsSection, description="Defaults for unset sampling parameters.")
     hf: HFBackendSection = Field(default_factory=HFBackendSection, description="Settings of the hf backend.")
     vllm: VLLMBackendSection = Field(default_factory=VLLMBackendSection, description="Settings of the vllm backend.")

@@ -6,8 +6,11 @@ Auth decides before anything runs and rejects with a prebuilt aborting handler (
 The request id is put in a contextvar that handlers and log records can read. Metrics wrap the
 handler and see the final status code. The exception mapper is innermost, so metrics count the
 code it chose: a domain error (services.common.errors) becomes its mapped status with its message
-and a `mor-error-reason` trailer; anything else becomes INTERNAL with a generic message while the
-traceback goes to the log.
+(cut to MAX_STATUS_MESSAGE_CHARS: a status travels in HTTP/2 trailers, whose size is capped, so an
+echoed input must never make it unsendable) and a `mor-error-reason` trailer; anything else becomes
+INTERNAL with a generic message while the traceback goes to the log. Request bytes that do not
+parse as the method's message become INVALID_ARGUMENT (reason UNDECODABLE_REQUEST) with one log
+line, instead of grpc's UNKNOWN and a traceback per call.
 
 Wrapping keeps the handler's shape: unary-unary, unary-stream, stream-unary and stream-stream
 are all handled; streaming handlers may be async generators or coroutines using context.write().
@@ -37,6 +40,10 @@ log = logging.getLogger(__name__)
 AUTHORIZATION_KEY = "authorization"
 REQUEST_ID_KEY = "x-request-id"
 ERROR_REASON_KEY = "mor-error-reason"
+# Longest status message sent. gRPC refuses trailers over 16 KiB (the client then sees
+# RESOURCE_EXHAUSTED "received metadata size exceeds hard limit"); 1024 characters stay far below
+# that even as 4-byte UTF-8, and are plenty for a message that names the field and the limit.
+MAX_STATUS_MESSAGE_CHARS = 1024
 
 # Methods under these prefixes need no token: probes and discovery must work for load balancers
 # and operators that hold no caller identity.
@@ -182,6 +189,85 @@ def _aborting_handler(shape: str, code: grpc.StatusCode, message: str) -> grpc.R
     return _HANDLER_FACTORIES[shape](abort)
 
 
+class _Undecodable:
+    """Stands in for a request message whose bytes did not parse (see _guard_decoding)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserialize` that returns an _Undecodable instead of raising: grpc turns a raising
+    deserializer into UNKNOWN and logs a traceback, before any interceptor could map it."""
+    if deserialize is None:
+        return None
+
+    def guarded(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError and friends: bad bytes from the caller
+            return _Undecodable(exc)
+
+    return guarded
+
+
+def _undecodable(method: str, error: Exception) -> errors.InvalidInput:
+    _, name = split_method(method)
+    return errors.InvalidInput(
+        f"request bytes do not parse as the {name} request message ({type(error).__name__})",
+        reason="UNDECODABLE_REQUEST",
+    )
+
+
+def _guard_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """The same handler with a deserializer that cannot raise, and a behaviour that raises
+    InvalidInput (inside the exception mapper) when it meets a request that did not parse."""
+    shape = _shape(handler)
+    behavior = getattr(handler, shape)
+    safe = _safe_deserializer(handler.request_deserializer)
+
+    if shape.startswith("unary_"):
+        def check(request: Any) -> Any:
+            if isinstance(request, _Undecodable):
+                raise _undecodable(method, request.error)
+            return request
+
+        if inspect.isasyncgenfunction(behavior):
+            async def unary_gen(request: Any, context: aio.ServicerContext) -> Any:
+                async for item in behavior(check(request), context):
+                    yield item
+
+            guarded: _Behavior = unary_gen
+        else:
+            async def unary(request: Any, context: aio.ServicerContext) -> Any:
+                result = behavior(check(request), context)
+                return await result if inspect.isawaitable(result) else result
+
+            guarded = unary
+    else:
+        async def checked_stream(requests: Any) -> Any:
+            async for request in requests:
+                if isinstance(request, _Undecodable):
+                    raise _undecodable(method, request.error)
+                yield request
+
+        if inspect.isasyncgenfunction(behavior):
+            async def stream_gen(requests: Any, context: aio.ServicerContext) -> Any:
+                async for item in behavior(checked_stream(requests), context):
+                    yield item
+
+            guarded = stream_gen
+        else:
+            async def stream(requests: Any, context: aio.ServicerContext) -> Any:
+                result = behavior(checked_stream(requests), context)
+                return await result if inspect.isawaitable(result) else result
+
+            guarded = stream
+    return _HANDLER_FACTORIES[shape](guarded, safe, handler.response_serializer)
+
+
 # --- interceptors ----------------------------------------------------------------------------
 
 
@@ -319,7 +405,8 @@ class ExceptionInterceptor(aio.ServerInterceptor):
         async def on_error(exc: BaseException, context: aio.ServicerContext, _state: Any) -> None:
             await abort_for(exc, context, method)
 
-        return _rewrap(handler, lambda b, s: _around(b, s, _noop_start, on_error, _noop_end))
+        guarded = _guard_decoding(handler, method)
+        return _rewrap(guarded, lambda b, s: _around(b, s, _noop_start, on_error, _noop_end))
 
 
 def _noop_start(_context: aio.ServicerContext) -> None:
@@ -339,6 +426,7 @@ async def abort_for(exc: BaseException, context: aio.ServicerContext, method: st
     if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: let them through
         return
     code, message = errors.status_for(exc)
+    message = bounded_message(message)
     if not isinstance(exc, errors.MorError) or code == grpc.StatusCode.INTERNAL:
         log.error("unhandled %s in %s [request_id=%s]", type(exc).__name__, method, current_request_id(),
                   exc_info=exc)
@@ -347,6 +435,14 @@ async def abort_for(exc: BaseException, context: aio.ServicerContext, method: st
         log.info("%s -> %s (%s): %s [request_id=%s]", method, code.name, exc.reason, message,
                  current_request_id())
         await context.abort(code, message, trailing_metadata=((ERROR_REASON_KEY, exc.reason),))
+
+
+def bounded_message(message: str, limit: int = MAX_STATUS_MESSAGE_CHARS) -> str:
+    """`message` cut to `limit` characters, saying how much was cut (a status must stay sendable)."""
+    if len(message) <= limit:
+        return message
+    keep = limit - 48  # room for the note, whose count has at most 20 digits
+    return f"{message[:keep]}... [{len(message) - keep} more characters cut]"
 
 
 def default_interceptors(
@@ -364,6 +460,7 @@ def default_interceptors(
 __all__ = [
     "AUTHORIZATION_KEY",
     "ERROR_REASON_KEY",
+    "MAX_STATUS_MESSAGE_CHARS",
     "OPEN_METHOD_PREFIXES",
     "REQUEST_ID_KEY",
     "AuthInterceptor",
@@ -372,6 +469,7 @@ __all__ = [
     "RequestIdInterceptor",
     "RequestIdLogFilter",
     "abort_for",
+    "bounded_message",
     "current_caller",
     "current_request_id",
     "default_interceptors",

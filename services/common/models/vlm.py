@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from PIL import Image
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging as hf_logging
 
@@ -64,6 +70,16 @@ def quiet_hf() -> Iterator[None]:
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+class _StopWhen(StoppingCriteria):
+    """Ends every row of a generation once ``should_stop()`` is True (checked after each step)."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), bool(self.should_stop()), dtype=torch.bool, device=input_ids.device)
 
 
 class VLM:
@@ -156,12 +172,14 @@ class VLM:
         top_k: int = 0,
         do_sample: bool = True,
         seed: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[list[Generation]]:
         """Sample ``num_return_sequences`` answers per (question, image), all in one batched generate call.
 
         Returns one list per question, in input order. With ``do_sample=False`` decoding is greedy
         and the sampling knobs are ignored. ``seed`` makes sampling reproducible without touching
-        the caller's RNG state.
+        the caller's RNG state. ``should_stop`` is polled after every decoding step; once it returns
+        True every row ends there (a server uses it to drop the work of a caller that went away).
         """
         if num_return_sequences < 1 or max_new_tokens < 1:
             raise ValueError("num_return_sequences and max_new_tokens must be >= 1")
@@ -189,7 +207,8 @@ class VLM:
         self.model.eval()
         try:
             with seeded(seed, self.device):
-                out = self.model.generate(**batch.prompt_inputs(), generation_config=cfg)
+                stopping = StoppingCriteriaList([_StopWhen(should_stop)] if should_stop is not None else [])
+                out = self.model.generate(**batch.prompt_inputs(), generation_config=cfg, stopping_criteria=stopping)
         finally:
             self.model.train(was_training)
         new = out.sequences[:, batch.prompt_len :]

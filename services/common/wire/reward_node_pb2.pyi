@@ -123,14 +123,20 @@ class NodeLimits(_message.Message):
     def __init__(self, max_responses: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_response_chars: _Optional[int] = ..., image: _Optional[_Union[_common_pb2.ImageLimits, _Mapping]] = ..., max_batch_groups: _Optional[int] = ...) -> None: ...
 
 class DomainPrototype(_message.Message):
-    __slots__ = ("embedding", "noise_sigma", "embedder")
+    __slots__ = ("embedding", "noise_sigma", "embedder", "dp_epsilon", "dp_delta", "clip_norm")
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     NOISE_SIGMA_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
+    DP_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DP_DELTA_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     embedding: _containers.RepeatedScalarFieldContainer[float]
     noise_sigma: float
     embedder: str
-    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., noise_sigma: _Optional[float] = ..., embedder: _Optional[str] = ...) -> None: ...
+    dp_epsilon: float
+    dp_delta: float
+    clip_norm: float
+    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., noise_sigma: _Optional[float] = ..., embedder: _Optional[str] = ..., dp_epsilon: _Optional[float] = ..., dp_delta: _Optional[float] = ..., clip_norm: _Optional[float] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("node_id", "rm_kind", "objectives", "score_range", "score_mean", "score_std", "model_version", "limits", "domain_prototype", "serving_state")

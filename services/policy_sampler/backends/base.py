@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from services.policy_sampler.requests import PromptInput, SamplingOptions
+from services.policy_sampler.requests import PromptInput, PromptRules, SamplingOptions
 from services.policy_sampler.weights import PreparedWeights, WeightsHeader
 
 
@@ -27,6 +27,10 @@ class Sample:
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     finish_reason: Literal["stop", "length"]
+
+
+class GenerationCancelled(Exception):
+    """A generation ended early because its caller went away; nobody reads its result."""
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,13 @@ class SamplerBackend(abc.ABC):
         """Make `prepared` the serving weights. Called with no generation in flight and none
         starting; must leave the old weights in place if it raises."""
 
+    def prompt_rules(self) -> PromptRules:
+        """What the loaded model refuses in prompt texts and how it counts their tokens; the
+        default (no reserved tokens, characters for tokens) suits a backend without a tokenizer."""
+        return PromptRules()
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine (threads, GPU memory)."""
 
 
-__all__ = ["ModelFacts", "Sample", "SamplerBackend"]
+__all__ = ["GenerationCancelled", "ModelFacts", "Sample", "SamplerBackend"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Literal
@@ -25,8 +26,8 @@ import torch
 
 from services.common.config.services import HFBackendSection
 from services.common.models import ModelConfig
-from services.policy_sampler.backends.base import ModelFacts, Sample, SamplerBackend
-from services.policy_sampler.requests import SEED_MODULUS, PromptInput, SamplingOptions
+from services.policy_sampler.backends.base import GenerationCancelled, ModelFacts, Sample, SamplerBackend
+from services.policy_sampler.requests import SEED_MODULUS, PromptInput, PromptRules, SamplingOptions
 from services.policy_sampler.weights import (
     FullUpdate,
     LoraUpdate,
@@ -77,6 +78,7 @@ class HFBackend(SamplerBackend):
         self._adapter: str | None = None
         self._adapter_key: str | None = None
         self._adapter_count = 0
+        self._rules = PromptRules()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler-model")
         self._prepare_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler-weights")
 
@@ -100,9 +102,13 @@ class HFBackend(SamplerBackend):
         for p in self._vlm.model.parameters():
             p.requires_grad_(False)
         facts = model_facts(self._model_cfg, self._base)
+        self._rules = PromptRules.of_tokenizer(self._vlm.tokenizer)
         log.info("hf backend: %s (%s) on %s, %.2fM parameters", facts.name, facts.arch, self._hf.device,
                  self._vlm.num_parameters() / 1e6)
         return facts
+
+    def prompt_rules(self) -> PromptRules:
+        return self._rules
 
     async def close(self) -> None:
         self._model_thread.shutdown(wait=True, cancel_futures=True)
@@ -123,12 +129,23 @@ class HFBackend(SamplerBackend):
     async def generate(
         self, prompts: Sequence[PromptInput], group_size: int, sampling: SamplingOptions
     ) -> list[list[Sample]]:
-        return await self._run(self._generate_sync, list(prompts), group_size, sampling)
+        stop = threading.Event()
+        try:
+            return await self._run(self._generate_sync, list(prompts), group_size, sampling, stop)
+        except asyncio.CancelledError:
+            # The caller went away (deadline passed or cancelled). A call still waiting for the
+            # model thread never starts (cancelling the future unqueues it); a running one ends at
+            # its next decoding step, so the next caller does not wait for work nobody will read.
+            stop.set()
+            raise
 
-    def _generate_sync(self, prompts: list[PromptInput], group_size: int, sampling: SamplingOptions) -> list[list[Sample]]:
+    def _generate_sync(self, prompts: list[PromptInput], group_size: int, sampling: SamplingOptions,
+                       stop: threading.Event | None = None) -> list[list[Sample]]:
         vlm = self.vlm
         out: list[list[Sample]] = []
         for i, part in enumerate(slices(len(prompts), group_size, self._hf.max_batch_rows)):
+            if stop is not None and stop.is_set():
+                raise GenerationCancelled("the caller went away")
             chunk = [prompts[j] for j in part]
             groups = vlm.generate(
                 [p.text for p in chunk],
@@ -140,6 +157,7 @@ class HFBackend(SamplerBackend):
                 top_k=sampling.top_k,
                 do_sample=not sampling.greedy,
                 seed=(sampling.seed + i) % SEED_MODULUS,
+                should_stop=None if stop is None else stop.is_set,
             )
             out.extend(
                 [Sample(g.text, tuple(g.token_ids), tuple(g.logprobs), g.finish_reason) for g in group] for group in groups

@@ -36,7 +36,7 @@ from services.common.errors import VersionMismatch
 from services.common.models import ModelConfig
 from services.policy_sampler.backends.base import ModelFacts, Sample, SamplerBackend
 from services.policy_sampler.backends.hf import model_facts
-from services.policy_sampler.requests import SEED_MODULUS, PromptInput, SamplingOptions
+from services.policy_sampler.requests import SEED_MODULUS, PromptInput, PromptRules, SamplingOptions
 from services.policy_sampler.weights import (
     FullUpdate,
     LoraUpdate,
@@ -115,6 +115,7 @@ class VLLMBackend(SamplerBackend):
         self._meta: Any = None  # a VLM on the meta device: chat template, eos and suppressed ids
         self._skeleton: torch.nn.Module | None = None
         self._allowed: list[int] = []
+        self._rules = PromptRules()
         self._lora: Any = None  # the LoRARequest new requests carry; None serves the base weights
         self._own_work_dir = self._cfg.work_dir is None
         self._work_dir = Path(self._cfg.work_dir) if self._cfg.work_dir else Path(tempfile.mkdtemp(prefix="mor-vllm-"))
@@ -176,6 +177,10 @@ class VLLMBackend(SamplerBackend):
         self._skeleton = skeleton
         suppressed = set(self._meta.suppress_ids)
         self._allowed = [i for i in range(self._meta.vocab_size) if i not in suppressed]
+        self._rules = PromptRules.of_tokenizer(tokenizer)
+
+    def prompt_rules(self) -> PromptRules:
+        return self._rules
 
     async def close(self) -> None:
         if self._engine is not None:

@@ -76,7 +76,8 @@ class FakeRewardNode(reward_node_pb2_grpc.RewardNodeServicer):
     "ok" scores 1.0 per response; "slow" waits `slow_s` (and sets `started`); "invalid" raises
     InvalidInput; "boom" raises RuntimeError; "flaky" raises NotReady (UNAVAILABLE) for its first
     `flaky_failures` calls; "abort" aborts itself with NOT_FOUND; "whoami" answers with the caller
-    and request id in model_version."""
+    and request id in model_version; "echo:..." raises InvalidInput quoting the whole prompt (a
+    careless handler echoing unbounded input)."""
 
     def __init__(self, slow_s: float = 1.0, flaky_failures: int = 2) -> None:
         self.slow_s = slow_s
@@ -94,6 +95,8 @@ class FakeRewardNode(reward_node_pb2_grpc.RewardNodeServicer):
             raise errors.InvalidInput("too many responses: 9 > 8")
         elif prompt == "boom":
             raise RuntimeError("secret detail /private/path")
+        elif prompt.startswith("echo:"):
+            raise errors.InvalidInput(f"prompt {prompt!r} is not accepted")
         elif prompt == "abort":
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such group")
         elif prompt == "flaky" and self.calls[prompt] <= self.flaky_failures:

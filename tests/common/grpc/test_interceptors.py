@@ -10,6 +10,7 @@ import pytest
 from services.common import metrics
 from services.common.errors import GENERIC_INTERNAL_MESSAGE
 from services.common.grpc import error_reason
+from services.common.grpc.interceptors import MAX_STATUS_MESSAGE_CHARS
 from services.common.wire import (
     orchestrator_pb2,
     orchestrator_pb2_grpc,
@@ -172,3 +173,63 @@ def test_request_id_is_taken_from_metadata_or_made(serve, score, arun) -> None:
     assert given == "None|step-7.node-a"  # auth is off here, so no caller
     assert len(made.split("|")[1]) == 32
     assert len(hostile.split("|")[1]) == 32  # an unsafe id is replaced, never logged as sent
+
+
+# Bytes that are no protobuf message: field 15, wire type 7 (no such wire type).
+GARBAGE = b"\x7f\xff\xff\xff"
+
+
+def test_undecodable_unary_request_is_invalid_argument_with_one_log_line(serve, arun, caplog) -> None:
+    async def scenario() -> grpc.aio.AioRpcError:
+        async with serve() as running:
+            async with running.channel() as ch:
+                raw = ch.unary_unary("/mor.v1.RewardNode/Score", request_serializer=None, response_deserializer=None)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await raw(GARBAGE, timeout=3)
+                return err.value
+
+    with caplog.at_level(logging.INFO):
+        err = arun(scenario())
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(err) == "UNDECODABLE_REQUEST"
+    assert "Score request message" in err.details()
+    about_it = [r for r in caplog.records if "Score" in r.getMessage() and r.levelno >= logging.INFO]
+    assert len(about_it) == 1 and about_it[0].exc_info is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_undecodable_message_in_a_client_stream_is_invalid_argument(serve, arun) -> None:
+    async def requests():
+        yield policy_sampler_pb2.UpdateWeightsRequest(data=b"ok").SerializeToString()
+        yield GARBAGE
+
+    async def scenario() -> grpc.aio.AioRpcError:
+        async with serve() as running:
+            async with running.channel() as ch:
+                raw = ch.stream_unary("/mor.v1.PolicySampler/UpdateWeights", request_serializer=None,
+                                      response_deserializer=None)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await raw(requests(), timeout=3)
+                return err.value
+
+    err = arun(scenario())
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(err) == "UNDECODABLE_REQUEST"
+
+
+def test_a_message_echoing_huge_input_is_cut_and_still_sent(serve, score, arun) -> None:
+    async def scenario() -> grpc.aio.AioRpcError:
+        async with serve() as running:
+            async with running.channel() as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await reward_node_pb2_grpc.RewardNodeStub(ch).Score(score("echo:" + "x" * 100_000), timeout=3)
+                return err.value
+
+    err = arun(scenario())
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # not RESOURCE_EXHAUSTED: the status was sendable
+    assert len(err.details()) <= MAX_STATUS_MESSAGE_CHARS
+    assert err.details().startswith("prompt 'echo:xxx") and "more characters cut" in err.details()
+    assert error_reason(err) == "INVALID_INPUT"
