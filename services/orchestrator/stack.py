@@ -145,6 +145,14 @@ def _quick(stack: StackConfig) -> StackConfig:
     return StackConfig.model_validate(data)
 
 
+def rm_summary(summary: dict[str, Any]) -> str:
+    """One line of `mor reward-node train`'s JSON summary: held-out accuracy, and correctness per benchmark."""
+    by = summary["held_out_by"]["kind_benchmark"]
+    correct = ", ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in sorted(by.items()) if k.startswith("correctness/"))
+    return (f"[green]reward node {summary['node_id']}[/] held-out pair accuracy {summary['held_out_accuracy']:.3f}"
+            f" (correctness pairs: {correct})")
+
+
 class Stack:
     """Builds and runs the local stack; see the module docstring."""
 
@@ -208,12 +216,14 @@ class Stack:
         }
 
     def train_rms(self, world, names: list[str], policy: Path) -> None:
+        """Each client trains its RM with `mor reward-node train` in its own process, as many at once
+        as there are cores (each with the node's torch_threads); RMs built from the same inputs are reused."""
         from services.common.config import RewardNodeSettings
         from services.reward_node.checkpoint import file_sha256, read_metadata
         from services.reward_node.data import load_node_data
-        from services.reward_node.train import train_rm
 
         backbone = file_sha256(policy / "model.safetensors")  # the VLM RM's backbone is the SFT policy
+        todo: list[tuple[str, Path, dict[str, Any]]] = []
         for name in names:
             path = self.configs / f"node-{name}.yaml"
             settings = RewardNodeSettings(**yaml.safe_load(path.read_text()))
@@ -225,11 +235,26 @@ class Stack:
                     self.console.print(f"[green]reward node {name}[/] reusing RM {ckpt} (same data, backbone and training config)")
                     continue
             record_inputs(ckpt, None)
-            self.console.print(f"[green]reward node {name}[/] training its {settings.model.kind} RM on its own pairs")
-            result = train_rm(settings, progress=True)
-            record_inputs(ckpt, want)
-            self.console.print(f"[green]reward node {name}[/] held-out pair accuracy "
-                               f"{result.metadata['held_out_accuracy']:.3f}")
+            todo.append((name, ckpt, want))
+        width = max(1, min(len(todo), os.cpu_count() or 1))
+        for start in range(0, len(todo), width):
+            batch = todo[start : start + width]
+            self.console.print(f"[green]reward nodes {', '.join(n for n, _, _ in batch)}[/] grounding and training "
+                               "their RMs on their own data (one process each)")
+            procs = []
+            for name, _, _ in batch:
+                log = (self.workdir / "logs" / f"train-{name}.log")
+                log.parent.mkdir(parents=True, exist_ok=True)
+                cmd = [sys.executable, "-m", "services.cli", "reward-node", "train", "--quiet",
+                       "--config", str(self.configs / f"node-{name}.yaml")]
+                procs.append((log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("wb"))))
+            for (name, ckpt, want), (log, proc) in zip(batch, procs, strict=True):
+                out, _ = proc.communicate()
+                if proc.returncode != 0:
+                    raise RuntimeError(f"training the RM of {name} failed (exit {proc.returncode}); "
+                                       f"log {log}:\n{log.read_text()[-3000:]}")
+                record_inputs(ckpt, want)
+                self.console.print(rm_summary(json.loads(out.decode().strip().splitlines()[-1])))
 
     def write_node_configs(self, world, ports: dict[str, tuple[int, int]]) -> None:
         """<configs>/node-<name>.yaml per client in ``ports`` (name -> serving port, metrics port); train_rms
