@@ -17,7 +17,6 @@ in `meta` where present, else the question text), at most ``max_negatives`` of t
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 
 from services.common.data.answers import STYLES, majority_answer, normalize_answer, render_answer
 from services.common.data.records import VQAExample
+from services.reward_node.optim import train_loop
 from services.reward_node.rm import RewardModel
 
 
@@ -93,40 +93,20 @@ def ground(
     if n == 0 or epochs == 0:
         return []
     prepared = model.prepare(gset.prompts, [load_image(k) for k in gset.image_keys], gset.responses)
-    params = model.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    total = epochs * math.ceil(n / batch_size)
+
+    def batch_loss(ex: list[int]) -> torch.Tensor:
+        rows = [r for i in ex for r in range(gset.starts[i], gset.starts[i + 1])]
+        sizes = torch.tensor([gset.starts[i + 1] - gset.starts[i] for i in ex])
+        scores = model(prepared.select(rows))
+        mask = torch.arange(int(sizes.max()))[None, :] < sizes[:, None]
+        logits = torch.full(mask.shape, float("-inf")).masked_scatter(mask, scores)
+        return torch.nn.functional.cross_entropy(logits, torch.zeros(len(ex), dtype=torch.long))
+
     # Constant rate after a short warm-up: the loss sits on a plateau for the first epochs, and a
     # decaying schedule ended training just as it left it.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)))
-    gen = torch.Generator().manual_seed(seed)
-    history: list[float] = []
-    model.train()
-    step = 0
-    for _ in range(epochs):
-        losses = []
-        order = torch.randperm(n, generator=gen).tolist()
-        for s in range(0, n, batch_size):
-            ex = order[s : s + batch_size]
-            rows = [r for i in ex for r in range(gset.starts[i], gset.starts[i + 1])]
-            sizes = [gset.starts[i + 1] - gset.starts[i] for i in ex]
-            scores = model(prepared.select(rows))
-            logits = torch.full((len(ex), max(sizes)), float("-inf"))
-            mask = torch.arange(max(sizes))[None, :] < torch.tensor(sizes)[:, None]
-            logits = logits.masked_scatter(mask, scores)
-            loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(ex), dtype=torch.long))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            step += 1
-            if on_step is not None:
-                on_step(step, losses[-1])
-        history.append(sum(losses) / len(losses))
-    model.eval()
-    return history
+    return train_loop(model, batch_loss, n, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      max_grad_norm=max_grad_norm, seed=seed,
+                      schedule=lambda s, total: min(1.0, (s + 1) / max(1, total // 20)), on_step=on_step)
 
 
 __all__ = ["GroundingSet", "candidate_set", "ground"]

@@ -27,6 +27,7 @@ from services.reward_node.checkpoint import save_checkpoint
 from services.reward_node.data import NodeData, load_node_data
 from services.reward_node.grounding import candidate_set, ground
 from services.reward_node.hybrid import PART_NAMES, part_stats, parts_matrix
+from services.reward_node.optim import train_loop
 from services.reward_node.rm import Prepared, RewardModel, build_rm
 from services.reward_node.rm.text_encoder import EMBEDDER, get_encoder
 
@@ -104,37 +105,15 @@ def fit(
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Bradley-Terry training on prepared pairs (layout of ``prepare_pairs``); mean loss per epoch."""
-    params = model.trainable_parameters()
-    if not params:
-        raise ValueError("the reward model has no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(n_pairs / batch_size)
-    total = epochs * steps_per_epoch
-    warmup = int(warmup_ratio * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
-    gen = torch.Generator().manual_seed(seed)
-    history: list[float] = []
-    model.train()
-    step = 0
-    for _ in range(epochs):
-        order = torch.randperm(n_pairs, generator=gen).tolist()
-        losses = []
-        for s in range(0, n_pairs, batch_size):
-            b = order[s : s + batch_size]
-            scores = model(prepared.select(b + [n_pairs + i for i in b]))
-            loss = bt_loss(scores[: len(b)], scores[len(b) :])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            step += 1
-            if on_step is not None:
-                on_step(step, losses[-1])
-        history.append(sum(losses) / len(losses))
-    model.eval()
-    return history
+
+    def batch_loss(b: list[int]) -> torch.Tensor:
+        scores = model(prepared.select(b + [n_pairs + i for i in b]))
+        return bt_loss(scores[: len(b)], scores[len(b) :])
+
+    warmup = int(warmup_ratio * epochs * math.ceil(n_pairs / batch_size))
+    return train_loop(model, batch_loss, n_pairs, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed,
+                      schedule=lambda s, total: lr_factor(s, total, warmup), on_step=on_step)
 
 
 def accuracy_by(pairs: Sequence[PreferencePair], chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, Any]:
