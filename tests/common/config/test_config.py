@@ -163,7 +163,9 @@ def test_every_field_documented(kind):
 def test_example_configs_load():
     stack = load_yaml(StackConfig, EXAMPLES / "local.yaml")
     assert len(stack.world.clients) == 3
-    assert {c.rm_arch for c in stack.world.clients} == {"vlm", "light"}
+    # The three experts ground light RMs; the held-out client (adaptability) keeps the VLM RM kind.
+    assert {c.rm_arch for c in stack.world.clients} == {"light"}
+    assert {c.rm_arch for c in stack.world.all_clients()} == {"vlm", "light"}
     load_yaml(RewardNodeSettings, EXAMPLES / "reward_node.yaml")
     load_yaml(SamplerSettings, EXAMPLES / "sampler.yaml")
     run = load_yaml(RunConfig, EXAMPLES / "run.yaml")
