@@ -16,6 +16,7 @@ unlike the classic sigma = Delta sqrt(2 ln(1.25/delta)) / epsilon, which needs e
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 _BISECTION_STEPS = 200
 
@@ -43,20 +44,28 @@ def gaussian_delta(sigma: float, sensitivity: float, epsilon: float) -> float:
     return max(0.0, _phi(a - b) - second)
 
 
-def sigma_for(epsilon: float, delta: float, sensitivity: float) -> float:
-    """The smallest noise std making the Gaussian mechanism (epsilon, delta)-DP."""
-    if epsilon <= 0 or not 0 < delta < 1:
-        raise ValueError("epsilon must be > 0 and delta in (0, 1)")
-    lo, hi = 0.0, sensitivity
-    while gaussian_delta(hi, sensitivity, epsilon) > delta:
+def _smallest(too_small: Callable[[float], bool], hi: float, cap: float = math.inf) -> float:
+    """The smallest x >= 0 with not too_small(x), for a monotone too_small: double hi until it is
+    large enough (inf past cap), then bisect [0, hi]."""
+    lo = 0.0
+    while too_small(hi):
         hi *= 2.0
+        if hi > cap:
+            return math.inf
     for _ in range(_BISECTION_STEPS):
         mid = 0.5 * (lo + hi)
-        if gaussian_delta(mid, sensitivity, epsilon) > delta:
+        if too_small(mid):
             lo = mid
         else:
             hi = mid
     return hi
+
+
+def sigma_for(epsilon: float, delta: float, sensitivity: float) -> float:
+    """The smallest noise std making the Gaussian mechanism (epsilon, delta)-DP."""
+    if epsilon <= 0 or not 0 < delta < 1:
+        raise ValueError("epsilon must be > 0 and delta in (0, 1)")
+    return _smallest(lambda sigma: gaussian_delta(sigma, sensitivity, epsilon) > delta, sensitivity)
 
 
 def epsilon_for(sigma: float, delta: float, sensitivity: float) -> float:
@@ -67,18 +76,7 @@ def epsilon_for(sigma: float, delta: float, sensitivity: float) -> float:
         return math.inf
     if gaussian_delta(sigma, sensitivity, 0.0) <= delta:
         return 0.0
-    lo, hi = 0.0, 1.0
-    while gaussian_delta(sigma, sensitivity, hi) > delta:
-        hi *= 2.0
-        if hi > 1e6:
-            return math.inf
-    for _ in range(_BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        if gaussian_delta(sigma, sensitivity, mid) > delta:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return _smallest(lambda eps: gaussian_delta(sigma, sensitivity, eps) > delta, 1.0, cap=1e6)
 
 
 __all__ = ["epsilon_for", "gaussian_delta", "mean_sensitivity", "sigma_for"]

@@ -228,43 +228,32 @@ def _guard_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMeth
     behavior = getattr(handler, shape)
     safe = _safe_deserializer(handler.request_deserializer)
 
+    # The request argument is one message (unary_*) or a stream of them (stream_*); either way
+    # the behaviour sees it through a check that raises at the first message that did not parse.
     if shape.startswith("unary_"):
         def check(request: Any) -> Any:
             if isinstance(request, _Undecodable):
                 raise _undecodable(method, request.error)
             return request
-
-        if inspect.isasyncgenfunction(behavior):
-            async def unary_gen(request: Any, context: aio.ServicerContext) -> Any:
-                async for item in behavior(check(request), context):
-                    yield item
-
-            guarded: _Behavior = unary_gen
-        else:
-            async def unary(request: Any, context: aio.ServicerContext) -> Any:
-                result = behavior(check(request), context)
-                return await result if inspect.isawaitable(result) else result
-
-            guarded = unary
     else:
-        async def checked_stream(requests: Any) -> Any:
+        async def check(requests: Any) -> Any:
             async for request in requests:
                 if isinstance(request, _Undecodable):
                     raise _undecodable(method, request.error)
                 yield request
 
-        if inspect.isasyncgenfunction(behavior):
-            async def stream_gen(requests: Any, context: aio.ServicerContext) -> Any:
-                async for item in behavior(checked_stream(requests), context):
-                    yield item
+    if inspect.isasyncgenfunction(behavior):
+        async def guarded_gen(arg: Any, context: aio.ServicerContext) -> Any:
+            async for item in behavior(check(arg), context):
+                yield item
 
-            guarded = stream_gen
-        else:
-            async def stream(requests: Any, context: aio.ServicerContext) -> Any:
-                result = behavior(checked_stream(requests), context)
-                return await result if inspect.isawaitable(result) else result
+        guarded: _Behavior = guarded_gen
+    else:
+        async def guarded_call(arg: Any, context: aio.ServicerContext) -> Any:
+            result = behavior(check(arg), context)
+            return await result if inspect.isawaitable(result) else result
 
-            guarded = stream
+        guarded = guarded_call
     return _HANDLER_FACTORIES[shape](guarded, safe, handler.response_serializer)
 
 
