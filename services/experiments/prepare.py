@@ -20,7 +20,7 @@ from rich.console import Console
 
 from services.common.config import RewardNodeSettings
 from services.common.data.config import WorldConfig
-from services.experiments.profiles import Profile
+from services.experiments.profiles import Profile, method
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,9 @@ def noise_name(share: float) -> str:
 def scenario_worlds(p: Profile) -> dict[str, WorldConfig]:
     """Name -> config of every world the profile uses."""
     worlds = {"main": p.world, "general": general_world(p.world, p.claims.gen_benchmark)}
+    if any(method(m).verifiable for m in p.methods):
+        # Only the pool's reference answers differ: the clients' data, hence their RMs, are the main world's.
+        worlds["verifiable"] = _validated(p.world, pool_reference_share=1.0)
     for share in p.claims.noise_levels:
         worlds[noise_name(share)] = noisy_world(p.world, p.claims.noise_client, share)
     return worlds

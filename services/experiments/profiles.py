@@ -1,25 +1,28 @@
 """What the MoR table runs: the methods compared and the two profiles (quick, full).
 
-Every RL method starts from the same SFT checkpoint and gets the same GRPO budget (steps, batch,
-group size, learning rate); they differ only in where the reward comes from:
+Every RL method starts from the same SFT checkpoint, gets the same GRPO budget (steps, batch,
+group size, learning rate) and the same hybrid reward (the profile's ``hybrid``: fused RM reward
+plus the answer-format rule; the server's pool has no reference answers); they differ only in
+where the RM reward comes from:
 
     sft            no RL (the start every other row is measured against)
-    central        one RM trained on all clients' pooled pairs (breaks privacy; upper bound)
+    central        one RM trained on all clients' pooled data (breaks privacy; upper bound)
     fedavg         one RM of the light architecture, FedAvg'd over the clients (shares parameters)
     single:<c>     client c's own RM alone
     mean|min|static  fusion of all client RMs: uniform, harshest node, learned global weights
-    mor            learned input-conditioned router + hybrid reward (rule rewards on)
-    mor_norules    ablation: the MoR router without the rule rewards (isolates the router)
-
-Baselines use the RM reward alone (hybrid rule weights 0), as the federated baselines they stand
-for have no server-side rules; ``mor_norules`` shows how much of MoR's standing comes from them.
+    oracle         each benchmark's prompts scored by its home expert alone (a ceiling: it reads the
+                   benchmark label, which a real server does not have)
+    mor            learned input-conditioned router
+    mor_rules      MoR + verifiable reward: the same, in a world whose pool carries reference answers,
+                   with the exact-match rule on (``verifiable_accuracy_weight``)
+    mor_norules    ablation: the MoR router without any rule reward
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.data.config import WorldConfig
+from services.common.data.config import WorldConfig, default_held_out
 from services.common.models.config import ModelConfig, SFTConfig
 
 
@@ -31,7 +34,13 @@ class Method:
     label: str
     rms: str  # "none", "clients", "central", "fedavg" or "client:<name>"
     router: str = "mean"
-    rules: bool = False
+    rules: bool = True  # the profile's rule rewards (format); False: the RM reward alone
+    verifiable: bool = False  # the pool carries reference answers and the exact-match rule is on
+
+    @property
+    def world(self) -> str:
+        """The scenario world the method's main-table runs use."""
+        return "verifiable" if self.verifiable else "main"
 
     @property
     def trains(self) -> bool:
@@ -45,8 +54,10 @@ _FIXED: dict[str, Method] = {
     "mean": Method("mean", "mean of client RMs", "clients", "mean"),
     "min": Method("min", "min of client RMs", "clients", "min"),
     "static": Method("static", "static learned weights", "clients", "static"),
-    "mor": Method("mor", "MoR (router + hybrid reward)", "clients", "mor", rules=True),
-    "mor_norules": Method("mor_norules", "MoR router, no rule reward", "clients", "mor"),
+    "oracle": Method("oracle", "oracle routing (home expert per benchmark)", "clients", "oracle"),
+    "mor": Method("mor", "MoR (learned router)", "clients", "mor"),
+    "mor_rules": Method("mor_rules", "MoR + verifiable reward", "clients", "mor", verifiable=True),
+    "mor_norules": Method("mor_norules", "MoR router, no rule reward", "clients", "mor", rules=False),
 }
 
 
@@ -98,6 +109,10 @@ class Profile:
     eval_examples: int
     claims: Claims = field(default_factory=Claims)
     workers: int = 1
+    # The reward of every RL row: RM reward + format rule; no exact match (the pool has no references).
+    hybrid: dict[str, float] = field(default_factory=lambda: {"rm_weight": 1.0, "format_weight": 0.2,
+                                                              "accuracy_weight": 0.0})
+    verifiable_accuracy_weight: float = 1.0  # the exact-match weight of the "MoR + verifiable reward" row
     # Seed of every reward model; None trains one set per run seed. Fixed by default: a client's RM
     # is its own artefact, trained once, and the seeds measure the variability of the RL runs
     # (prompt order, sampling, router init) that all methods share.
@@ -119,7 +134,8 @@ def quick() -> Profile:
     """Minutes on 2 cores: tiny world and policy, one seed, a few steps; every stage of the pipeline runs."""
     return Profile(
         name="quick",
-        world=WorldConfig.small(seed=0, noisy_client=False, prompt_pool_size=24, calibration_size=18),
+        world=WorldConfig.small(seed=0, noisy_client=False, prompt_pool_size=24, calibration_size=18,
+                                pool_reference_share=0.0),
         policy=ModelConfig(preset="tiny", seed=0),
         # 150 steps: with fewer the tiny policy answers nothing at all, and the rewards would score no answer.
         sft=SFTConfig(steps=150, batch_size=8, warmup=3, lr=5e-3, vision_warmup_steps=10, num_threads=1),
@@ -129,7 +145,7 @@ def quick() -> Profile:
         grpo={"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "lr": 5e-3},
         router={"train_steps": 20, "calibration_pairs": 12},
         seeds=(0,),
-        methods=("sft", "central", "fedavg", "single:bank", "mean", "mor"),
+        methods=("sft", "central", "fedavg", "single:bank", "mean", "oracle", "mor", "mor_rules"),
         eval_examples=8,
         claims=Claims(gen_methods=("sft", "mor"), noise_levels=(0.4,), noise_methods=("mor",),
                       adapt_join_step=1, adapt_steps=3, adapt_eval_every=1, adapt_eval_examples=6),
@@ -137,27 +153,32 @@ def quick() -> Profile:
 
 
 def full() -> Profile:
-    """The committed table (experiments/results/): the default world, the small policy, 3 seeds."""
+    """The committed table (experiments/results/): the demo's expert world and SFT start, 3 seeds.
+
+    The world, SFT and RM training are examples/local.yaml's (clients are domain experts, the pool
+    has no reference answers); the GRPO budget is smaller than the demo's (30 steps of 8 prompts x 8
+    answers instead of 80 of 16 x 8) so that 34 main runs and the claims fit in about 90 minutes on
+    2 cores. The held-out client of the adaptability claim uses a light RM (a VLM RM does not train
+    in that time on CPU)."""
     return Profile(
         name="full",
-        world=WorldConfig(seed=0, noisy_client=False),
+        world=WorldConfig(seed=0, noisy_client=False, prompt_pool_size=3000, pool_reference_share=0.0,
+                          calibration_size=600,
+                          held_out_client=default_held_out().model_copy(update={"rm_arch": "light"})),
         policy=ModelConfig(preset="small", seed=0),
-        sft=SFTConfig(vision_warmup_steps=400, steps=800, batch_size=16, lr=1e-3, warmup=30, num_threads=1),
-        rm_train={"epochs": 6, "batch_size": 32, "lr": 2e-3},
+        sft=SFTConfig(vision_warmup_steps=1500, steps=300, batch_size=16, lr=1e-3, warmup=30, num_threads=1),
+        rm_train={"grounding_epochs": 24, "epochs": 6, "batch_size": 32, "lr": 1e-3},
         client_rm_kinds="spec",
         fedavg_rounds=3, fedavg_local_epochs=2,
-        # lr 2e-3 for 30 steps: at 5e-4 x 20 steps the policy hardly moves (KL ~1e-3) and every row equals
-        # the SFT start within noise; here the reward each method optimises decides where the policy goes.
-        grpo={"steps": 30, "prompts_per_step": 8, "group_size": 4, "max_new_tokens": 12, "lr": 2e-3, "beta": 0.04},
-        router={"train_steps": 200, "calibration_pairs": 150},
+        grpo={"steps": 30, "prompts_per_step": 8, "group_size": 8, "lr": 1e-3, "beta": 0.04, "temperature": 0.3,
+              "scale_rewards": "batch"},
+        router={"train_steps": 200, "calibration_pairs": 600},
         seeds=(0, 1, 2),
         methods=("sft", "central", "fedavg", "single:clinic", "single:bank", "single:school",
-                 "mean", "min", "static", "mor", "mor_norules"),
-        eval_examples=200,
-        claims=Claims(gen_methods=("sft", "central", "mean", "mor"), gen_seeds=(0, 1, 2),
-                      noise_methods=("central", "mean", "mor"), noise_seeds=(0, 1, 2),
-                      adapt_join_step=10, adapt_steps=30, adapt_eval_every=2, adapt_eval_examples=60,
-                      adapt_seeds=(0, 1, 2)),
+                 "mean", "min", "static", "oracle", "mor", "mor_rules"),
+        eval_examples=300,
+        claims=Claims(gen_methods=("sft", "mean", "mor"), noise_methods=("mor",), noise_levels=(0.2, 0.4),
+                      adapt_join_step=10, adapt_steps=30, adapt_eval_every=5, adapt_eval_examples=60),
         workers=2,
     )
 

@@ -82,14 +82,34 @@ async def serve_nodes(settings: Sequence[RewardNodeSettings]) -> AsyncIterator[d
 def run_config(inputs: JobInputs, endpoints: list[NodeEndpoint], out: Path) -> Any:
     from services.common.config import RunConfig
 
+    from services.common.data.world import load_world
+
     p, job, m = inputs.profile, inputs.job, method(inputs.job.method)
-    hybrid = {} if m.rules else {"format_weight": 0.0, "accuracy_weight": 0.0}
+    hybrid = dict(p.hybrid) if m.rules else {**p.hybrid, "format_weight": 0.0, "accuracy_weight": 0.0}
+    if m.verifiable:
+        hybrid["accuracy_weight"] = p.verifiable_accuracy_weight
+    router: dict[str, Any] = {**p.router, "kind": m.router}
+    if m.router == "oracle":
+        router["homes"] = home_nodes(load_world(inputs.ws.world_dir(job.world)), [e.node_id for e in endpoints])
     return RunConfig(
         seed=job.seed, world=inputs.ws.world_dir(job.world), output_dir=out, policy={"path": inputs.ws.sft_dir},
         sampler=None, nodes=endpoints, grpo={**p.grpo, "steps": job.steps},
-        router={**p.router, "kind": m.router}, hybrid=hybrid,
+        router=router, hybrid=hybrid,
         fanout={"step_deadline_s": 300, "min_nodes": 1}, checkpoint_every=max(job.steps, 1), torch_threads=1,
     )
+
+
+def home_nodes(world: Any, nodes: Sequence[str]) -> dict[str, str]:
+    """Benchmark -> the node (among ``nodes``) whose client holds the largest share of its data on it:
+    the oracle router's routes. A benchmark no node's client covers has no home (uniform there)."""
+    homes = {}
+    for b in world.benchmarks:
+        share = {n: world.clients[n].domain_mix.get(b, 0.0) / sum(world.clients[n].domain_mix.values())
+                 for n in nodes if n in world.clients}
+        best = max(share, key=lambda n: share[n], default=None)
+        if best is not None and share[best] > 0:
+            homes[b] = best
+    return homes
 
 
 def router_by_domain(run: Any, world: Any) -> dict[str, dict[str, float]] | None:
@@ -204,4 +224,4 @@ def _track_point(step: int, ev: dict[str, Any]) -> dict[str, Any]:
             "vqa_accuracy": {b: x["vqa_accuracy"] for b, x in ev["benchmarks"].items()}}
 
 
-__all__ = ["JobInputs", "RunJob", "router_by_domain", "run_config", "run_job", "serve_nodes"]
+__all__ = ["JobInputs", "RunJob", "home_nodes", "router_by_domain", "run_config", "run_job", "serve_nodes"]

@@ -51,7 +51,7 @@ def plan(p: Profile, held_out: str | None) -> list[RunJob]:
         for s in c.adapt_seeds:
             jobs.append(RunJob("adapt", "main", "mor", s, c.adapt_steps, track=True, join=held_out))
             jobs.append(RunJob("adapt_control", "main", "mor", s, c.adapt_steps, track=True))
-    jobs += [RunJob("main", "main", m, s, steps) for m in p.methods for s in p.seeds]
+    jobs += [RunJob("main", method(m).world, m, s, steps) for m in p.methods for s in p.seeds]
     # Robustness at 0% noise is the main world: make sure those rows exist.
     jobs += [RunJob("main", "main", m, s, steps) for m in c.noise_methods for s in c.noise_seeds]
     jobs += [RunJob("general", "general", m, s, steps) for m in c.gen_methods for s in c.gen_seeds]

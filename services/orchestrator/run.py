@@ -266,7 +266,7 @@ class MoRRun:
         self.calibration.update(scores, mask)
         features = self.embedder.embed([p.question for p in prompts], [p.image for p in prompts])
         prompt_index = torch.arange(len(prompts)).repeat_interleave(g.group_size)
-        fused, weights = self.router.fuse(z, mask, prompt_index, features)
+        fused, weights = self.router.fuse(z, mask, prompt_index, features, domains=[p.benchmark for p in prompts])
         empty = torch.tensor([not t.strip() for t in texts])
         fused = fused.masked_fill(empty, cfg.hybrid.empty_response_reward)
         fmt, acc, has_ref = rule_rewards(texts, [p.references for p, _ in flat])

@@ -123,6 +123,41 @@ def test_plan_adds_zero_noise_rows_and_never_repeats_a_job():
     assert plan(p, None)[0].scenario == "main"  # no held-out client: no adaptability jobs
 
 
+def test_verifiable_row_runs_in_a_world_with_references_and_the_same_client_data(table, tmp_path):
+    from services.common.data.world import load_world, make_world
+    from services.experiments.prepare import scenario_worlds
+    from services.reward_node.data import load_node_data
+
+    p = quick()
+    worlds = scenario_worlds(p)
+    _, results, _ = table
+    mor_rules = [j for j in plan(p, None) if j.method == "mor_rules"]
+
+    assert worlds["main"].pool_reference_share == 0.0 and worlds["verifiable"].pool_reference_share == 1.0
+    assert mor_rules and {j.world for j in mor_rules} == {"verifiable"} and {j.scenario for j in mor_rules} == {"main"}
+    main, ver = (make_world(worlds[n], tmp_path / n, progress=False).parent for n in ("main", "verifiable"))
+    assert all(not q.answers for q in load_world(main).prompt_pool())
+    assert all(q.answers for q in load_world(ver).prompt_pool())
+    # Same client files: the verifiable row is served by the very RMs of the other rows.
+    assert all(load_node_data(main, c).data_sha256 == load_node_data(ver, c).data_sha256 for c in ("clinic", "bank"))
+    assert results["summary"]["main"]["methods"]["mor_rules"]["agg"]["acc_mean"]["mean"] >= 0
+
+
+def test_oracle_homes_are_each_benchmarks_expert():
+    from types import SimpleNamespace
+
+    from services.experiments.runs import home_nodes
+
+    cfg = quick().world
+    world = SimpleNamespace(benchmarks=sorted(cfg.benchmarks), clients={c.name: c for c in cfg.all_clients()})
+    general = general_world(cfg, "charts")
+    gen_world = SimpleNamespace(benchmarks=sorted(general.benchmarks), clients={c.name: c for c in general.all_clients()})
+
+    assert home_nodes(world, ["clinic", "bank", "school"]) == {"shapes": "clinic", "charts": "bank", "digits": "school"}
+    assert home_nodes(world, ["clinic", "school"])["charts"] in {"clinic", "school"}
+    assert "charts" not in home_nodes(gen_world, ["clinic", "bank", "school"])
+
+
 def test_claim_worlds_change_only_what_the_claim_needs():
     base = quick().world
 

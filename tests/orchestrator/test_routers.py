@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.testing import assert_close
 
-from services.common.config.run import FanoutSection, RouterSection
+from services.common.config.run import ROUTER_KINDS, FanoutSection, RouterSection
 from services.common.data import PreferencePair
 from services.orchestrator.calibration import NodeCalibration
 from services.orchestrator.embedding import PromptEmbedder
@@ -226,7 +226,36 @@ def test_unknown_kind_lists_the_supported_ones(kind: str) -> None:
         router(kind)
 
     assert all(k in str(err.value) for k in ("mean", "min", "max", "single:<node_id>", "static", "mor", "prototype"))
-    assert set(ROUTERS) == {"mean", "min", "max", "single", "static", "mor", "prototype"}
+    assert set(ROUTERS) == {"mean", "min", "max", "single", "static", "mor", "prototype", "oracle"}
+    assert set(ROUTERS) == set(ROUTER_KINDS) | {"single"}
+
+
+def test_oracle_routes_each_prompt_to_its_home_node_and_falls_back_to_the_mean() -> None:
+    r = router("oracle", homes={"shapes": "a", "charts": "b"})
+    z = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0], [-1.0, -2.0, -3.0, -4.0]])
+    every = torch.ones(3, 4, dtype=torch.bool)
+    idx = torch.tensor([0, 1, 2, 3])
+    feats = torch.zeros(4, 6)
+
+    fused, w = r.fuse(z, every, idx, feats, domains=["shapes", "charts", "digits", "charts"])
+    # charts' home b is down for the step: the others share its prompts.
+    b_down = every.clone()
+    b_down[1] = False
+    fused_down, _ = r.fuse(z, b_down, idx, feats, domains=["shapes", "charts", "digits", "charts"])
+
+    assert_close(fused, torch.tensor([1.0, 20.0, (3.0 + 30.0 - 3.0) / 3, 40.0]))
+    assert_close(w[0], torch.tensor([1.0, 0.0, 0.0]))
+    assert_close(fused_down[1], torch.tensor(0.0))  # mean of a=2 and c=-2
+    assert_close(fused_down[0], torch.tensor(1.0))
+    # Without domain labels it cannot route: the uniform mean.
+    assert_close(r.fuse(z, every, idx, feats)[0], z.mean(0))
+
+
+def test_oracle_needs_homes_among_its_nodes() -> None:
+    with pytest.raises(ValueError, match="router.homes"):
+        RouterSection(kind="oracle")
+    with pytest.raises(ValueError, match="zz"):
+        router("oracle", homes={"shapes": "zz"})
 
 
 def test_single_needs_a_known_node() -> None:

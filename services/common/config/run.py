@@ -13,7 +13,7 @@ from services.common.config.services import RMTrainSection
 from services.common.data.config import WorldConfig
 from services.common.models.config import ModelConfig, SFTConfig
 
-ROUTER_KINDS = ("mor", "prototype", "mean", "min", "max", "static")
+ROUTER_KINDS = ("mor", "prototype", "mean", "min", "max", "static", "oracle")
 _ROUTER_RE = re.compile(rf"^({'|'.join(ROUTER_KINDS)}|single:[a-z0-9][a-z0-9_\-]*)$")
 
 
@@ -92,6 +92,10 @@ class RouterSection(Section):
         1e-3, gt=0, description="Smallest standard deviation a z-score divides by (a node giving constant scores).",
     )
     calibration_pairs: int = Field(256, ge=1, description="Server calibration pairs scored on every node to train the router (mor, static).")
+    homes: dict[str, str] = Field(
+        default_factory=dict, description="Benchmark -> node id of its home expert, for the oracle router (an "
+        "evaluation ceiling: it reads the benchmark label of the world's pool, which a real server does not have).",
+    )
 
     @field_validator("kind")
     @classmethod
@@ -99,6 +103,12 @@ class RouterSection(Section):
         if not _ROUTER_RE.match(v):
             raise ValueError(f"unknown router {v!r}; allowed: {', '.join(ROUTER_KINDS)}, single:<node_id>")
         return v
+
+    @model_validator(mode="after")
+    def _oracle_homes(self) -> RouterSection:
+        if self.kind == "oracle" and not self.homes:
+            raise ValueError("router.kind 'oracle' needs router.homes (benchmark -> home node id)")
+        return self
 
 
 class HybridSection(Section):

@@ -11,6 +11,7 @@ Kinds (one file each, one table below):
   static           learned global weights, not input-conditioned      static.py
   mor              gating MLP on the frozen (prompt, image) embedding  learned_router.py
   prototype        similarity to each node's published prototype      prototype.py
+  oracle           each benchmark to its home node (evaluation only)  oracle.py
 Shared maths: ops.py. Router training (Bradley-Terry): trainer.py.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from services.orchestrator.fusion.base import LogitRouter, Router
 from services.orchestrator.fusion.extremes import MaxRouter, MinRouter
 from services.orchestrator.fusion.learned_router import MoRRouter
 from services.orchestrator.fusion.mean import MeanRouter
+from services.orchestrator.fusion.oracle import OracleRouter
 from services.orchestrator.fusion.prototype import PrototypeRouter, usable_prototypes
 from services.orchestrator.fusion.single import SingleRouter
 from services.orchestrator.fusion.static import StaticRouter
@@ -56,6 +58,7 @@ ROUTERS: dict[str, _Factory] = {
         ids, feature_dim=dim, hidden=cfg.hidden, **_train_args(cfg, seed)),
     "prototype": lambda ids, cfg, arg, dim, infos, seed: PrototypeRouter(
         ids, usable_prototypes(ids, infos, dim), temperature=cfg.prototype_temperature),
+    "oracle": lambda ids, cfg, arg, dim, infos, seed: OracleRouter(ids, cfg.homes),
 }
 _NEEDS_ARG = frozenset({"single"})
 
@@ -89,6 +92,7 @@ __all__ = [
     "MeanRouter",
     "MinRouter",
     "MoRRouter",
+    "OracleRouter",
     "PrototypeRouter",
     "Router",
     "SingleRouter",

@@ -54,14 +54,21 @@ class Router(ABC):
         nodes and are exactly 0 on the others (a row of zeros when the router can use none of
         the available nodes, e.g. single:<node> while that node is down)."""
 
+    def domain_weights(self, features: torch.Tensor, available: torch.Tensor,
+                       domains: Sequence[str] | None) -> torch.Tensor:
+        """Weights given each prompt's domain label as well (``domains[p]``, None when unknown).
+        Real routers ignore it; only the evaluation's oracle router reads it."""
+        return self.weights(features, available)
+
     def fuse(
-        self, z: torch.Tensor, mask: torch.Tensor, prompt_index: torch.Tensor, features: torch.Tensor
+        self, z: torch.Tensor, mask: torch.Tensor, prompt_index: torch.Tensor, features: torch.Tensor,
+        domains: Sequence[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(fused reward[N], effective weights[P, K]); see the module docstring."""
         self._check(z, mask, prompt_index, features)
         available = mask.any(1)
         with torch.no_grad():
-            w = self.weights(features, available)
+            w = self.domain_weights(features, available, domains)
         r, w_eff = ops.weighted_average(z, mask, w[prompt_index])
         return r, ops.per_prompt_mean(w_eff, prompt_index, features.shape[0])
 
