@@ -164,7 +164,7 @@ def full() -> Profile:
         name="full",
         world=WorldConfig(seed=0, noisy_client=False, prompt_pool_size=3000, pool_reference_share=0.0,
                           calibration_size=600,
-                          held_out_client=default_held_out().model_copy(update={"rm_arch": "light"})),
+                          held_out_client=default_held_out().model_copy(update={"rm_arch": "light", "n_labelled": 1000})),
         policy=ModelConfig(preset="small", seed=0),
         sft=SFTConfig(vision_warmup_steps=1500, steps=300, batch_size=16, lr=1e-3, warmup=30, num_threads=1),
         rm_train={"grounding_epochs": 24, "epochs": 6, "batch_size": 32, "lr": 1e-3},

@@ -81,7 +81,6 @@ async def serve_nodes(settings: Sequence[RewardNodeSettings]) -> AsyncIterator[d
 
 def run_config(inputs: JobInputs, endpoints: list[NodeEndpoint], out: Path) -> Any:
     from services.common.config import RunConfig
-
     from services.common.data.world import load_world
 
     p, job, m = inputs.profile, inputs.job, method(inputs.job.method)
