@@ -61,16 +61,19 @@ def _validated(cfg: WorldConfig, **update: Any) -> WorldConfig:
 
 
 def general_world(cfg: WorldConfig, benchmark: str) -> WorldConfig:
-    """The main world with ``benchmark`` removed from every client's domain mix (the server's prompt
-    pool and calibration set still span all benchmarks), without noisy or held-out clients."""
+    """The main world where no client covers ``benchmark``: its home expert leaves, the others drop it
+    from their domain mix (the server's prompt pool and calibration set still span all benchmarks);
+    no noisy or held-out clients."""
     if benchmark not in cfg.benchmarks:
         raise ValueError(f"claims.gen_benchmark {benchmark!r} is not a benchmark of the world ({', '.join(cfg.benchmarks)})")
     clients = []
     for c in cfg.clients:
         mix = {b: w for b, w in c.domain_mix.items() if b != benchmark}
-        if not mix:
-            raise ValueError(f"client {c.name!r} covers only {benchmark!r}; it cannot be held out")
+        if c.home == benchmark or not mix:
+            continue  # its expert: the benchmark would still be covered, by the rest of its data
         clients.append({**c.model_dump(), "domain_mix": mix})
+    if not clients:
+        raise ValueError(f"every client's home is {benchmark!r}; it cannot be held out")
     return _validated(cfg, clients=clients, held_out_client=None, noisy_client=False)
 
 

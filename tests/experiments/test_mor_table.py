@@ -165,6 +165,7 @@ def test_claim_worlds_change_only_what_the_claim_needs():
     noisy = noisy_world(base, "bank", 0.2)
 
     assert all("charts" not in c.domain_mix for c in gen.clients) and set(gen.benchmarks) == set(base.benchmarks)
+    assert [c.name for c in gen.clients] == ["clinic", "school"]  # bank, the charts expert, is not in it
     assert {c.name: c.label_noise for c in noisy.clients} == {"clinic": 0.0, "bank": 0.2, "school": 0.0}
     with pytest.raises(ValueError, match="noise_client"):
         noisy_world(base, "nobody", 0.2)
