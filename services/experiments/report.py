@@ -43,6 +43,14 @@ def build_summary(p: Profile, jobs: dict[str, dict[str, Any]], context: dict[str
     levels = {0.0: {m: main[m] for m in c.noise_methods if m in main}}
     for share in c.noise_levels:
         levels[share] = sm.table_rows(jobs, noise_name(share), c.noise_methods, clients)
+
+    def runs_of(scenario: str, m: str) -> list[dict[str, Any]]:
+        return [r for r in jobs.values() if r["spec"]["job"]["scenario"] == scenario and r["spec"]["job"]["method"] == m]
+
+    weights = {share: {m: {"all": sm.router_weight(runs_of(scen, m), c.noise_client),
+                           "home": sm.router_weight(runs_of(scen, m), c.noise_client, _home(p, c.noise_client))}
+                       for m in c.noise_methods}
+               for share, scen in [(0.0, "main"), *((x, noise_name(x)) for x in c.noise_levels)]}
     join = {r["spec"]["job"]["seed"]: r for r in jobs.values() if r["spec"]["job"]["scenario"] == "adapt"}
     control = {r["spec"]["job"]["seed"]: r for r in jobs.values() if r["spec"]["job"]["scenario"] == "adapt_control"}
     held_out = context["held_out_client"]
@@ -54,10 +62,15 @@ def build_summary(p: Profile, jobs: dict[str, dict[str, Any]], context: dict[str
                                               or m in ("mean", "min", "static") or m.startswith("single:")},
                                              against="mor_norules")},
         "generalisation": sm.generalisation(general, c.gen_benchmark, covered),
-        "robustness": sm.robustness(levels, c.noise_client),
+        "robustness": sm.robustness(levels, c.noise_client, weights),
         "adaptability": (sm.adaptability(join, control, held_out, clients, c.adapt_join_step, c.improve_margin)
                          if held_out and join else None),
     }
+
+
+def _home(p: Profile, client: str) -> str | None:
+    spec = next((x for x in p.world.all_clients() if x.name == client), None)
+    return spec.home if spec is not None else None
 
 
 def _general_clients(jobs: dict[str, dict[str, Any]], fallback: list[str]) -> list[str]:
@@ -125,6 +138,16 @@ def render(p: Profile, s: dict[str, Any], context: dict[str, Any], timing: dict[
         pref = [cell(row["levels"].get(str(x), {}).get("pref_mean")) for x in lv]
         out.append(f"| {method(m).label} | " + " | ".join(acc) + f" | {signed(row['drop']['acc_mean'])} | "
                    + " | ".join(pref) + f" | {signed(row['drop']['pref_mean'])} |")
+    learned = {m: row["noisy_weight"] for m, row in rb["methods"].items()
+               if any(w["all"]["mean"] == w["all"]["mean"] for w in row.get("noisy_weight", {}).values())}
+    if learned:
+        home = _home(p, rb["noisy_client"])
+        out += ["", f"Router weight on {rb['noisy_client']} (mean over seeds; all benchmarks' test prompts / its home "
+                f"benchmark `{home}`'s):", "", "| method | " + " | ".join(f"@{x:.0%}" for x in lv) + " |",
+                "|---|" + "---|" * len(lv)]
+        for m, w in learned.items():
+            out.append(f"| {method(m).label} | " + " | ".join(
+                f"{cell(w.get(str(x), {}).get('all'))} / {cell(w.get(str(x), {}).get('home'))}" for x in lv) + " |")
     ad = s["adaptability"]
     if ad:
         out += ["", f"## Cross-client adaptability: `{ad['client']}` joins after step {ad['join_step']}", "",

@@ -103,8 +103,22 @@ def generalisation(rows: dict[str, dict[str, Any]], benchmark: str, covered: Seq
     return out
 
 
-def robustness(levels: dict[float, dict[str, dict[str, Any]]], noisy_client: str) -> dict[str, Any]:
-    """Per method and noise level: mean accuracy and preferences; the drop from 0 to the top level."""
+def router_weight(jobs: Sequence[dict[str, Any]], node: str, benchmark: str | None = None) -> dict[str, float]:
+    """Mean over seeds of the router's weight on ``node`` (on ``benchmark``'s test prompts, or averaged
+    over every benchmark); jobs without a learned router are skipped."""
+    per = []
+    for r in jobs:
+        dom = r.get("router_domains") or {}
+        rows = [dom[benchmark]] if benchmark in dom else list(dom.values()) if benchmark is None else []
+        if rows and all(node in w for w in rows):
+            per.append(fmean(w[node] for w in rows))
+    return mean_std(per)
+
+
+def robustness(levels: dict[float, dict[str, dict[str, Any]]], noisy_client: str,
+               weights: dict[float, dict[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """Per method and noise level: mean accuracy and preferences, the drop from 0 to the top level and,
+    for learned routers, the weight the router gives the noisy client (``weights[level][method]``)."""
     methods = sorted({m for rows in levels.values() for m in rows})
     out: dict[str, Any] = {"noisy_client": noisy_client, "levels": sorted(levels), "methods": {}}
     top = max(levels)
@@ -115,6 +129,8 @@ def robustness(levels: dict[float, dict[str, dict[str, Any]]], noisy_client: str
         drop = {k: per[top][k]["mean"] - per[0.0][k]["mean"] if 0.0 in per and top in per else NAN
                 for k in ("acc_mean", "pref_mean")}
         out["methods"][m] = {"levels": entry, "drop": drop}
+        if weights:
+            out["methods"][m]["noisy_weight"] = {str(lv): weights[lv][m] for lv in sorted(weights) if m in weights[lv]}
     return out
 
 
@@ -157,4 +173,4 @@ def adaptability(join: dict[int, dict[str, Any]], control: dict[int, dict[str, A
 
 
 __all__ = ["adaptability", "aggregate", "comparisons", "first_improvement", "generalisation", "mean_std", "metrics",
-           "paired", "robustness", "table_rows"]
+           "paired", "robustness", "router_weight", "table_rows"]

@@ -91,9 +91,12 @@ def test_claim_sections_hold_their_numbers(table):
     gen = s["generalisation"]
     assert gen["benchmark"] == "charts" and gen["covered"] == ["digits", "shapes"]
     assert set(gen["methods"]) == {"sft", "mor"}
-    assert results["jobs"]["general/mor/s0"]["rm_accuracy"].keys() == {"clinic", "bank", "school"}
+    assert results["jobs"]["general/mor/s0"]["rm_accuracy"].keys() == {"clinic", "school"}  # no charts expert
     rob = s["robustness"]
     assert rob["levels"] == [0.0, 0.4] and set(rob["methods"]["mor"]["levels"]) == {"0.0", "0.4"}
+    w = rob["methods"]["mor"]["noisy_weight"]
+    assert set(w) == {"0.0", "0.4"} and all(0.0 <= w[x][k]["mean"] <= 1.0 for x in w for k in ("all", "home"))
+    assert "Router weight on bank" in md
     ad = s["adaptability"]
     assert ad["client"] == "lab" and ad["n"] == 1
     assert "Generalisation" in md and "Robustness" in md and "adaptability" in md
