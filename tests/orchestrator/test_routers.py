@@ -251,6 +251,18 @@ def test_oracle_routes_each_prompt_to_its_home_node_and_falls_back_to_the_mean()
     assert_close(r.fuse(z, every, idx, feats)[0], z.mean(0))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_router_takes_domain_labels_as_the_run_passes_them(kind: str) -> None:
+    r = router(kind)
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
+    every = torch.ones(3, 4, dtype=torch.bool)
+    idx = torch.tensor([0, 0, 1, 1])
+
+    fused, _ = r.fuse(z, every, idx, torch.zeros(2, 6), domains=["shapes", "charts"])
+
+    assert_close(fused, r.fuse(z, every, idx, torch.zeros(2, 6))[0])
+
+
 def test_oracle_needs_homes_among_its_nodes() -> None:
     with pytest.raises(ValueError, match="router.homes"):
         RouterSection(kind="oracle")

@@ -8,6 +8,8 @@ harshest judge); max is its mirror. Neither has weights in the usual sense, so:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from services.orchestrator.fusion import ops
@@ -21,7 +23,8 @@ class _ExtremeRouter(Router):
         return self._uniform(features, available)
 
     def fuse(
-        self, z: torch.Tensor, mask: torch.Tensor, prompt_index: torch.Tensor, features: torch.Tensor
+        self, z: torch.Tensor, mask: torch.Tensor, prompt_index: torch.Tensor, features: torch.Tensor,
+        domains: Sequence[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(z, mask, prompt_index, features)
         value, index = ops.masked_extreme(z, mask, largest=self.largest)
