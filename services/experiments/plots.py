@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from services.experiments import summary as sm
 from services.experiments.profiles import Profile, method
 
 
@@ -36,8 +37,7 @@ def curves(p: Profile, jobs: dict[str, dict[str, Any]], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for m in p.methods:
-        runs = [r["curves"] for r in jobs.values()
-                if r["spec"]["job"]["scenario"] == "main" and r["spec"]["job"]["method"] == m and r.get("curves")]
+        runs = [r["curves"] for r in sm.runs_of(jobs, "main", m) if r.get("curves")]
         if not runs:
             continue
         for ax, key in zip(axes, ("reward", "kl"), strict=True):
@@ -56,12 +56,10 @@ def curves(p: Profile, jobs: dict[str, dict[str, Any]], path: Path) -> None:
 def router_weights(s: dict[str, Any], jobs: dict[str, dict[str, Any]], path: Path) -> None:
     plt = _plt()
     kinds = [m for m in ("mor", "static", "mor_norules")
-             if any(r.get("router_domains") and r["spec"]["job"]["method"] == m and r["spec"]["job"]["scenario"] == "main"
-                    for r in jobs.values())]
+             if any(r.get("router_domains") for r in sm.runs_of(jobs, "main", m))]
     fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(5 * max(1, len(kinds)), 3.8), squeeze=False)
     for ax, m in zip(axes[0], kinds, strict=False):
-        maps = [r["router_domains"] for r in jobs.values()
-                if r["spec"]["job"]["method"] == m and r["spec"]["job"]["scenario"] == "main" and r.get("router_domains")]
+        maps = [r["router_domains"] for r in sm.runs_of(jobs, "main", m) if r.get("router_domains")]
         benches = sorted(maps[0])
         nodes = list(maps[0][benches[0]])
         grid = np.mean([[[mp[b][n] for n in nodes] for b in benches] for mp in maps], axis=0)

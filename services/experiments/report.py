@@ -43,12 +43,8 @@ def build_summary(p: Profile, jobs: dict[str, dict[str, Any]], context: dict[str
     levels = {0.0: {m: main[m] for m in c.noise_methods if m in main}}
     for share in c.noise_levels:
         levels[share] = sm.table_rows(jobs, noise_name(share), c.noise_methods, clients)
-
-    def runs_of(scenario: str, m: str) -> list[dict[str, Any]]:
-        return [r for r in jobs.values() if r["spec"]["job"]["scenario"] == scenario and r["spec"]["job"]["method"] == m]
-
-    weights = {share: {m: {"all": sm.router_weight(runs_of(scen, m), c.noise_client),
-                           "home": sm.router_weight(runs_of(scen, m), c.noise_client, _home(p, c.noise_client))}
+    weights = {share: {m: {"all": sm.router_weight(sm.runs_of(jobs, scen, m), c.noise_client),
+                           "home": sm.router_weight(sm.runs_of(jobs, scen, m), c.noise_client, _home(p, c.noise_client))}
                        for m in c.noise_methods}
                for share, scen in [(0.0, "main"), *((x, noise_name(x)) for x in c.noise_levels)]}
     join = {r["spec"]["job"]["seed"]: r for r in jobs.values() if r["spec"]["job"]["scenario"] == "adapt"}

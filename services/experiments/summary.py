@@ -71,13 +71,17 @@ def paired(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]], metri
     return {"diff": mean, "se": se, "n": len(d), "verdict": verdict}
 
 
+def runs_of(jobs: dict[str, dict[str, Any]], scenario: str, method: str) -> list[dict[str, Any]]:
+    """The job results of one method in one scenario (one per seed that ran)."""
+    return [r for r in jobs.values() if r["spec"]["job"]["scenario"] == scenario and r["spec"]["job"]["method"] == method]
+
+
 def table_rows(jobs: dict[str, dict[str, Any]], scenario: str, methods: Sequence[str],
                training_clients: Sequence[str]) -> dict[str, dict[str, Any]]:
     """method -> {"seeds": {seed: metrics}, "agg": aggregate} for one scenario."""
     out = {}
     for m in methods:
-        per_seed = {r["spec"]["job"]["seed"]: metrics(r, training_clients) for r in jobs.values()
-                    if r["spec"]["job"]["scenario"] == scenario and r["spec"]["job"]["method"] == m}
+        per_seed = {r["spec"]["job"]["seed"]: metrics(r, training_clients) for r in runs_of(jobs, scenario, m)}
         out[m] = {"seeds": per_seed, "agg": aggregate(per_seed)}
     return out
 
@@ -109,7 +113,10 @@ def router_weight(jobs: Sequence[dict[str, Any]], node: str, benchmark: str | No
     per = []
     for r in jobs:
         dom = r.get("router_domains") or {}
-        rows = [dom[benchmark]] if benchmark in dom else list(dom.values()) if benchmark is None else []
+        if benchmark is None:
+            rows = list(dom.values())
+        else:
+            rows = [dom[benchmark]] if benchmark in dom else []
         if rows and all(node in w for w in rows):
             per.append(fmean(w[node] for w in rows))
     return mean_std(per)
@@ -173,4 +180,4 @@ def adaptability(join: dict[int, dict[str, Any]], control: dict[int, dict[str, A
 
 
 __all__ = ["adaptability", "aggregate", "comparisons", "first_improvement", "generalisation", "mean_std", "metrics",
-           "paired", "robustness", "router_weight", "table_rows"]
+           "paired", "robustness", "router_weight", "runs_of", "table_rows"]
