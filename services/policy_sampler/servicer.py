@@ -17,6 +17,9 @@ from services.policy_sampler.requests import GenerateCall, RawImage, RawPrompt, 
 from services.policy_sampler.sampler import GenerationResult, Sampler, SamplerInfo
 from services.policy_sampler.weights import WeightsHeader
 
+# What a refused update may still send after the refusal before we stop reading it (see UpdateWeights).
+_DRAIN_SLACK_BYTES = 4 * 1024 * 1024
+
 _KINDS = {
     policy_sampler_pb2.WEIGHTS_KIND_LORA_ADAPTER: "lora",
     policy_sampler_pb2.WEIGHTS_KIND_FULL_WEIGHTS: "full",
@@ -118,6 +121,20 @@ class PolicySamplerServicer(policy_sampler_pb2_grpc.PolicySamplerServicer):
     async def UpdateWeights(self, request_iterator: Any, context: Any) -> Any:
         stream = aiter(request_iterator)
         try:
+            result = await self._update_weights(stream)
+        except errors.MorError:
+            # A refusal sent while the client is still writing reaches an asyncio client as INTERNAL
+            # "Internal error from Core" whenever its next write loses the race with our status
+            # (grpc/grpc#36066). Reading what is left first lets the client half-close and see our
+            # code and reason; the read is bounded, so a hostile stream cannot hold us longer.
+            await _discard(stream, self._sampler.info().max_weights_bytes + _DRAIN_SLACK_BYTES)
+            raise
+        return policy_sampler_pb2.UpdateWeightsResponse(
+            version=result.version, applied=result.applied, bytes_received=result.bytes_received
+        )
+
+    async def _update_weights(self, stream: AsyncIterator[Any]) -> Any:
+        try:
             first = await anext(stream)
         except StopAsyncIteration:
             raise errors.InvalidInput("empty UpdateWeights stream; send a header first",
@@ -133,13 +150,22 @@ class PolicySamplerServicer(policy_sampler_pb2_grpc.PolicySamplerServicer):
                                               reason="BAD_WEIGHTS_HEADER")
                 yield chunk.data
 
-        result = await self._sampler.update_weights(weights_header(first.header), data())
-        return policy_sampler_pb2.UpdateWeightsResponse(
-            version=result.version, applied=result.applied, bytes_received=result.bytes_received
-        )
+        return await self._sampler.update_weights(weights_header(first.header), data())
 
     async def GetInfo(self, request: Any, context: Any) -> Any:
         return policy_sampler_pb2.PolicySamplerGetInfoResponse(info=info_message(self._sampler.info()))
+
+
+async def _discard(stream: AsyncIterator[Any], max_bytes: int) -> None:
+    """Read and drop what is left of a stream, up to about `max_bytes`."""
+    seen = 0
+    try:
+        async for message in stream:
+            seen += message.ByteSize()
+            if seen > max_bytes:
+                return
+    except Exception:  # noqa: BLE001 - the stream's own failure does not replace the refusal
+        return
 
 
 __all__ = ["PolicySamplerServicer", "generate_call", "generate_response", "info_message", "weights_header"]

@@ -224,6 +224,33 @@ def test_corrupt_or_mismatched_updates_are_refused_and_the_old_weights_stay(serv
     assert _check_matches(tools, serving, prompts, after, 2) < 1e-4
 
 
+def test_a_refusal_reaches_a_client_that_is_still_writing(serve, arun, tools) -> None:
+    """The server refuses at the first message while the client still has many to send: the client
+    must see the refusal's code and reason, not INTERNAL (the race of grpc/grpc#36066)."""
+    payload, config = _adapter(tools)
+    headless = list(weight_chunks(1, payload, "lora", config, chunk_bytes=256))[1:]
+    oversized = list(weight_chunks(2, payload, "lora", config, chunk_bytes=256))
+    oversized[0].header.total_bytes = 10 * 1024 * 1024
+
+    async def scenario():
+        async with serve(max_weights_mb=1) as running:
+            seen = []
+            for _ in range(20):
+                for stream in (headless, oversized):
+                    try:
+                        await running.client.push_stream(stream)
+                        seen.append((grpc.StatusCode.OK, None))
+                    except grpc.aio.AioRpcError as err:
+                        seen.append((err.code(), error_reason(err)))
+            return seen
+
+    seen = arun(scenario(), timeout=120)
+
+    assert len(headless) > 50
+    assert seen[0::2] == [(grpc.StatusCode.INVALID_ARGUMENT, "BAD_WEIGHTS_HEADER")] * 20
+    assert seen[1::2] == [(grpc.StatusCode.RESOURCE_EXHAUSTED, "WEIGHTS_TOO_LARGE")] * 20
+
+
 def test_non_finite_weights_are_refused(serve, arun, tools) -> None:
     import torch
 
