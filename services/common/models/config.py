@@ -27,7 +27,10 @@ class ModelConfig(_Frozen):
     preset: Preset = Field("tiny", description="Size of a built model: tiny (<1M params, tests), small (~15M, CPU SFT in minutes), base (~50M).")
     path: Path | None = Field(None, description="Local HF checkpoint dir (model + tokenizer + image processor). When set it wins over arch/preset.")
     seed: int = Field(0, description="Seed of the random init; the same seed gives bit-identical parameters.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype. float32 on CPU; bfloat16 halves memory on GPU.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Parameter dtype. auto: a checkpoint keeps the dtype it was saved in (bf16 for most "
+        "Hub VLMs), a built model is float32; set float32 to train a bf16 checkpoint in full precision on CPU."
+    )
     vocab_size: int = Field(1024, ge=300, le=65536, description="Target size of the byte-level BPE vocabulary of a built model (ignored with path).")
     attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel of transformers' modelling code.")
 

@@ -8,10 +8,11 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextTo
 
 from services.common.models import presets
 from services.common.models.config import ModelConfig
+from services.common.models.families import check_supported, read_chat_template
 from services.common.models.tokenizer import build_tokenizer
 from services.common.models.vlm import VLM, quiet_hf
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_vlm(cfg: ModelConfig | None = None) -> VLM:
@@ -22,13 +23,14 @@ def build_vlm(cfg: ModelConfig | None = None) -> VLM:
     """
     cfg = cfg or ModelConfig()
     if cfg.path is not None:
-        return load_vlm(cfg.path, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation)
+        dtype = None if cfg.dtype == "auto" else cfg.dtype
+        return load_vlm(cfg.path, dtype=dtype, attn_implementation=cfg.attn_implementation)
     tokenizer = build_tokenizer(cfg.arch, cfg.vocab_size)
     config = presets.model_config(cfg.arch, cfg.preset, vocab_size=len(tokenizer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = AutoModelForImageTextToText.from_config(config, attn_implementation=cfg.attn_implementation)
-    model.to(_DTYPES[cfg.dtype])
+    model.to(_DTYPES["float32" if cfg.dtype == "auto" else cfg.dtype])
     return VLM(model, tokenizer, presets.image_processor(cfg.arch, cfg.preset))
 
 
@@ -41,12 +43,14 @@ def load_vlm(
 ) -> VLM:
     """Load any local HF image-text-to-text checkpoint (ours or a real one): model, tokenizer, PIL image processor.
 
-    Never touches the network. ``dtype=None`` keeps the dtype the checkpoint was saved in.
+    Never touches the network. ``dtype=None`` keeps the dtype the checkpoint was saved in. A family
+    we do not serve is refused before any weight is read (`families.UnsupportedModel`).
     """
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint dir (no config.json)")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
+    check_supported(config, path)
     kwargs = {"dtype": _DTYPES[dtype]} if dtype else {"dtype": "auto"}
     with quiet_hf():
         model = AutoModelForImageTextToText.from_pretrained(
@@ -54,5 +58,10 @@ def load_vlm(
         )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True, backend="pil")
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = read_chat_template(path)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{path}: no chat template (looked in tokenizer_config.json, chat_template.jinja "
+                         "and chat_template.json); add one of them")
     model.to(device)
     return VLM(model, tokenizer, image_processor)

@@ -1,9 +1,8 @@
 """Our thin VLM processor: chat prompt, image-token expansion, left-padded generation batches, loss batches.
 
 transformers' own processors pull in video processors (and with them torchvision), so this one
-uses only the tokenizer and a PIL-backend image processor. It works for any model whose config
-names an ``image_token_id`` (Qwen2-VL family: one placeholder per merged patch group, sized by
-``image_grid_thw``; LLaVA family: one placeholder per vision-tower patch).
+uses only the tokenizer and a PIL-backend image processor; how the one image placeholder of a
+prompt becomes image tokens and model inputs is the family's (see families.py).
 
 Batch layout, shared by generation, SFT and log-prob recomputation: the prompt is left-padded to
 ``prompt_len`` columns and the completion (if any) right-padded after it, so completion token j of
@@ -20,6 +19,7 @@ from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 from transformers.image_processing_utils import BaseImageProcessor
 
 from services.common.models import ops
+from services.common.models.families import image_layout
 
 
 @dataclass
@@ -27,9 +27,16 @@ class Encoded:
     """One example, tokenised: prompt ids with image tokens expanded, its image tensors, optional completion."""
 
     prompt_ids: list[int]
-    pixel_values: torch.Tensor | None  # qwen: [patches, patch_dim]; llava: [1, C, H, W]
-    image_grid_thw: torch.Tensor | None  # qwen: [1, 3]; llava: None
+    vision: dict[str, torch.Tensor]  # the image's model inputs (pixel_values, image_grid_thw, ...); {} without one
     completion_ids: list[int] | None = None
+
+    @property
+    def pixel_values(self) -> torch.Tensor | None:
+        return self.vision.get("pixel_values")
+
+    @property
+    def image_grid_thw(self) -> torch.Tensor | None:
+        return self.vision.get("image_grid_thw")
 
 
 @dataclass
@@ -116,6 +123,7 @@ class VLMProcessor:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a pad token")
         self.pad_id = int(tokenizer.pad_token_id)
+        self.layout = image_layout(tokenizer, image_processor, config, self.image_token_id)
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs an eos token (end of the assistant turn)")
         self.eos_id = int(tokenizer.eos_token_id)
@@ -140,36 +148,18 @@ class VLMProcessor:
 
     # ---- images --------------------------------------------------------------------------------
     def image_tensors(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """(pixel_values, image_grid_thw or None, number of LM tokens) of one image."""
-        out = self.image_processor(images=[image.convert("RGB")], return_tensors="pt")
-        pv = out["pixel_values"]
-        grid = out.get("image_grid_thw")
-        if grid is not None:
-            merge = int(getattr(self.image_processor, "merge_size", None) or self.config.vision_config.spatial_merge_size)
-            return pv, grid, int(grid.prod().item()) // (merge * merge)
-        vc = self.config.vision_config
-        patch = int(vc.patch_size)
-        n = (pv.shape[-2] // patch) * (pv.shape[-1] // patch)
-        if getattr(self.config, "vision_feature_select_strategy", "default") == "full":
-            n += 1
-        return pv, None, n
+        """(pixel_values, image_grid_thw or None, number of LM tokens) of one image (Qwen2-VL and LLaVA-1.5)."""
+        vision, n = self.layout.image_tokens(image.convert("RGB"))
+        return vision["pixel_values"], vision.get("image_grid_thw"), n
 
     # ---- encoding and batching ---------------------------------------------------------------
     def encode(
         self, question: str, image: Image.Image | None, completion_ids: Sequence[int] | None = None
     ) -> Encoded:
         """Tokenise one example; the single image placeholder becomes as many image tokens as the image needs."""
-        ids = self.tokenizer(self.prompt_text(question, image is not None), add_special_tokens=False)["input_ids"]
-        pv = grid = None
-        if image is not None:
-            pv, grid, n = self.image_tensors(image)
-            where = [i for i, t in enumerate(ids) if t == self.image_token_id]
-            if len(where) != 1:
-                raise ValueError(f"chat template produced {len(where)} image placeholders, expected 1")
-            k = where[0]
-            ids = ids[:k] + [self.image_token_id] * n + ids[k + 1 :]
+        ids, vision = self.layout.encode(self.prompt_text(question, image is not None), image)
         comp = None if completion_ids is None else [int(t) for t in completion_ids]
-        return Encoded(prompt_ids=ids, pixel_values=pv, image_grid_thw=grid, completion_ids=comp)
+        return Encoded(prompt_ids=ids, vision=vision, completion_ids=comp)
 
     def collate(self, examples: Sequence[Encoded]) -> VLMBatch:
         """Stack encoded examples: prompt left-padded, completion right-padded after it."""
@@ -179,8 +169,7 @@ class VLMProcessor:
         c_ids, c_mask = ops.right_pad([e.completion_ids or [] for e in examples], self.pad_id)
         input_ids = torch.cat([p_ids, c_ids], dim=1)
         attention_mask = torch.cat([p_mask, c_mask], dim=1)
-        pvs = [e.pixel_values for e in examples if e.pixel_values is not None]
-        grids = [e.image_grid_thw for e in examples if e.image_grid_thw is not None]
+        vision = self.layout.collate([e.vision for e in examples if e.vision])
         mm = None
         if self.mm_token_type_ids:
             mm = (input_ids == self.image_token_id).long() * attention_mask
@@ -192,9 +181,10 @@ class VLMProcessor:
             prompt_len=p_ids.shape[1],
             completion_ids=c_ids,
             completion_mask=c_mask,
-            pixel_values=torch.cat(pvs, dim=0) if pvs else None,
-            image_grid_thw=torch.cat(grids, dim=0) if grids else None,
+            pixel_values=vision.pop("pixel_values", None),
+            image_grid_thw=vision.pop("image_grid_thw", None),
             mm_token_type_ids=mm,
+            extra=vision,
         )
 
     def generation_batch(self, questions: Sequence[str], images: Sequence[Image.Image | None]) -> VLMBatch:

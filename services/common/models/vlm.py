@@ -2,8 +2,8 @@
 
 ``generate`` samples grouped answers with per-token log-probs; ``sequence_logprobs`` recomputes
 those log-probs with one teacher-forced forward (the GRPO trainer needs both to agree). Both use
-the same distribution: logits with every special token except end-of-turn removed (image and
-vision tokens can never be produced), divided by the temperature. ``generate`` additionally
+the same distribution: logits with every control token except end-of-turn removed (image,
+vision, tool and tile tokens can never be produced), divided by the temperature. ``generate`` additionally
 applies top-k / top-p truncation when asked, and its log-probs are those of the truncated
 distribution actually sampled from.
 """
@@ -143,9 +143,14 @@ class VLM:
         return ids
 
     def _suppress_ids(self) -> list[int]:
-        """Every special/added-special token except eos, plus lm-head rows the tokenizer never uses."""
+        """Every control token except eos, plus lm-head rows the tokenizer never uses.
+
+        Control tokens are the special ones and every other added token: checkpoints add their tool,
+        fill-in-the-middle and tile markers (Qwen2.5's ``<tool_call>``, ``<|fim_prefix|>``, Idefics3's
+        ``<row_1_col_1>``) as added tokens that are not flagged special, and none belongs in an answer.
+        """
         special = set(self.tokenizer.all_special_ids)
-        special |= {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
+        special |= set(self.tokenizer.added_tokens_decoder)
         special.add(self.processor.image_token_id)
         if self.processor.video_token_id is not None:
             special.add(int(self.processor.video_token_id))

@@ -9,7 +9,7 @@ from services.common.models.config import ModelConfig, SFTConfig
 
 def test_defaults_build_tiny_qwen():
     cfg = ModelConfig()
-    assert (cfg.arch, cfg.preset, cfg.path, cfg.dtype) == ("qwen2_vl", "tiny", None, "float32")
+    assert (cfg.arch, cfg.preset, cfg.path, cfg.dtype) == ("qwen2_vl", "tiny", None, "auto")
     assert not cfg.is_checkpoint
 
 
