@@ -127,7 +127,7 @@ def run_sft(world_dir: Path, out: Path, policy: ModelConfig, sft: SFTConfig, eva
                       f"loss {warmup.losses[0][1]:.2f}→{warmup.losses[-1][1]:.2f}, {warmup.seconds:.0f}s")
     train = sft_examples(world, seed=sft.seed)
     console.print(f"[green]sft[/] {len(train)} examples, {sft.steps} steps of {sft.batch_size}")
-    result = sft_train(vlm, train, sft, progress=True)
+    result = sft_train(vlm, train, sft, progress=True, pretrained=policy.is_checkpoint)
     vlm.save(out)
     with _progress(console) as bar:
         after = evaluate_policy(vlm, world, per_benchmark=eval_examples, progress=bar)

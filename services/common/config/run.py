@@ -11,7 +11,7 @@ from services.common.config.base import Section
 from services.common.config.sections import EndpointSection, NodeEndpoint
 from services.common.config.services import RMTrainSection
 from services.common.data.config import WorldConfig
-from services.common.models.config import ModelConfig, SFTConfig
+from services.common.models.config import LANGUAGE_MODEL_TARGETS, ModelConfig, SFTConfig
 
 ROUTER_KINDS = ("mor", "prototype", "mean", "min", "max", "static", "oracle")
 _ROUTER_RE = re.compile(rf"^({'|'.join(ROUTER_KINDS)}|single:[a-z0-9][a-z0-9_\-]*)$")
@@ -42,9 +42,9 @@ class GRPOSection(Section):
     lora_rank: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha: the adapter's update is scaled by lora_alpha / lora_rank.")
     lora_target_modules: str = Field(
-        r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        LANGUAGE_MODEL_TARGETS,
         description="Regex (peft target_modules) of the modules that get a LoRA adapter: by default the language "
-        "model's attention and MLP projections, never the vision tower.",
+        "model's attention and MLP projections, never the vision tower (see services/common/models/lora.py).",
     )
     micro_batch_size: int = Field(0, ge=0, description="Completions per forward/backward; gradients accumulate over "
                                   "micro-batches to one optimizer step per pass (0: the whole batch at once).")

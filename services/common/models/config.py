@@ -11,6 +11,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Arch = Literal["qwen2_vl", "llava"]
+
+# LoRA's default targets (see lora.py): the decoder's attention and MLP projections, which is
+# `language_model` in Qwen2-VL, Qwen2.5-VL and LLaVA(-NeXT) and `text_model` in Idefics3.
+LANGUAGE_MODEL_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 Preset = Literal["tiny", "small", "base"]
 
 
@@ -49,7 +53,21 @@ class SFTConfig(_Frozen):
         "(models built from a preset only; 0 skips it). See models/vision_warmup.py for why."
     )
     batch_size: int = Field(16, ge=1, description="Examples per step (CPU: keep it small-ish; each image adds its vision tokens).")
-    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (models trained from random init take a large one).")
+    finetune: Literal["auto", "lora", "full"] = Field(
+        "auto", description="What trains. auto: every parameter of a model built from a preset (random init has "
+        "nothing to keep), a LoRA adapter on a checkpoint (merged into its weights when saved); full on a "
+        "pretrained 2B model needs ~35 GB of fp32 AdamW state, and its default lr is 100x smaller."
+    )
+    lr: float | None = Field(
+        None, gt=0, description="Peak AdamW learning rate. None: 1e-3 for a model built from a preset, 2e-4 for "
+        "LoRA, 1e-5 for full fine-tuning of a checkpoint (rates that keep pretrained weights intact)."
+    )
+    lora_rank: int = Field(16, ge=1, description="finetune lora: adapter rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="finetune lora: the adapter's update is scaled by lora_alpha / lora_rank.")
+    lora_target_modules: str = Field(
+        LANGUAGE_MODEL_TARGETS, description="finetune lora: regex of the modules that get an adapter (default: "
+        "the language model's projections, never the vision tower; see services/common/models/lora.py)."
+    )
     warmup: int = Field(20, ge=0, description="Linear warm-up steps from 0 to lr.")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up, down to min_lr_ratio * lr.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of lr (cosine and linear).")
@@ -60,6 +78,12 @@ class SFTConfig(_Frozen):
     log_every: int = Field(10, ge=1, description="Record the running loss every N steps.")
     seed: int = Field(0, description="Seed of example order.")
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU; None uses every core the process may run on.")
+
+    def plan(self, pretrained: bool) -> tuple[Literal["lora", "full"], float]:
+        """(what trains, peak lr) for a checkpoint (``pretrained``) or a model built from a preset."""
+        mode = self.finetune if self.finetune != "auto" else ("lora" if pretrained else "full")
+        default = 2e-4 if mode == "lora" else (1e-5 if pretrained else 1e-3)
+        return mode, self.lr if self.lr is not None else default
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> SFTConfig:

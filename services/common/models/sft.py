@@ -26,6 +26,7 @@ from rich.progress import (
 
 from services.common.models import ops
 from services.common.models.config import SFTConfig
+from services.common.models.lora import add_lora, merged
 from services.common.models.vlm import VLM
 
 EvalFn = Callable[[VLM], Mapping[str, float]]
@@ -94,11 +95,15 @@ def sft_train(
     cfg: SFTConfig | None = None,
     eval_fn: EvalFn | None = None,
     progress: bool = True,
+    pretrained: bool = False,
 ) -> SFTResult:
-    """Fine-tune all parameters of ``vlm`` on ``train``; returns the loss curve and evaluations.
+    """Fine-tune ``vlm`` on ``train``; returns the loss curve and evaluations.
 
-    ``eval_fn(vlm)`` runs every ``cfg.eval_every`` steps and after the last one (model in eval
-    mode, no grad). The model is left in eval mode.
+    What trains and at which lr follow ``cfg.plan(pretrained)``: ``pretrained`` says ``vlm`` is a
+    loaded checkpoint rather than a random init. A LoRA adapter is merged into the weights at the
+    end, so ``vlm`` stays a plain model that saves as a full checkpoint. ``eval_fn(vlm)`` runs every
+    ``cfg.eval_every`` steps and after the last one (model in eval mode, no grad). The model is
+    left in eval mode.
     """
     cfg = cfg or SFTConfig()
     if not train:
@@ -108,18 +113,28 @@ def sft_train(
         torch.set_num_threads(cfg.num_threads or default_threads())
     start = time.perf_counter()
     try:
-        return _train(vlm, train, cfg, eval_fn, progress, start)
+        mode, lr = cfg.plan(pretrained)
+        if mode == "full":
+            return _train(vlm, train, cfg, lr, eval_fn, progress, start)
+        plain = vlm.model
+        vlm.model = add_lora(plain, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                             target_modules=cfg.lora_target_modules, seed=cfg.seed)
+        try:
+            return _train(vlm, train, cfg, lr, eval_fn, progress, start)
+        finally:
+            vlm.model = merged(vlm.model)
     finally:
         torch.set_num_threads(prev_threads)
 
 
 def _train(
-    vlm: VLM, train: Sequence[SFTExample], cfg: SFTConfig, eval_fn: EvalFn | None, progress: bool, start: float
+    vlm: VLM, train: Sequence[SFTExample], cfg: SFTConfig, lr: float, eval_fn: EvalFn | None, progress: bool,
+    start: float,
 ) -> SFTResult:
     proc = vlm.processor
     encoded = [proc.encode(ex.question, ex.image, proc.answer_ids(ex.answer)) for ex in train]
     model = vlm.model
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     gen = torch.Generator().manual_seed(cfg.seed)
     order: list[int] = []
@@ -145,7 +160,7 @@ def _train(
         TimeRemainingColumn(),
     )
     with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("sft", total=cfg.steps, loss=float("nan"), lr=cfg.lr)
+        task = bar.add_task("sft", total=cfg.steps, loss=float("nan"), lr=lr)
         model.train()
         for step in range(cfg.steps):
             t0 = time.perf_counter()

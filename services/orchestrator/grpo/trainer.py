@@ -27,8 +27,9 @@ import torch
 from PIL import Image
 
 from services.common.config.run import GRPOSection
+from services.common.models.lora import add_lora
 from services.common.models.processor import VLMBatch
-from services.common.models.vlm import VLM, base_model, seeded
+from services.common.models.vlm import VLM, base_model
 from services.orchestrator.grpo import ops
 
 log = logging.getLogger(__name__)
@@ -112,17 +113,8 @@ class GRPOTrainer:
         self.beta = cfg.beta  # the KL coefficient in force; the run loop adapts it when grpo.target_kl is set
         self.kind = "lora" if cfg.lora else "full"
         if cfg.lora:
-            from peft import LoraConfig, get_peft_model
-
-            lora = LoraConfig(
-                r=cfg.lora_rank,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=0.0,
-                target_modules=cfg.lora_target_modules,
-            )
-            # peft draws lora_A from the global RNG; seeding it here makes the trainer reproducible.
-            with seeded(seed, vlm.device):
-                model = get_peft_model(vlm.model, lora, adapter_name=ADAPTER_NAME)
+            model = add_lora(vlm.model, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                             target_modules=cfg.lora_target_modules, adapter_name=ADAPTER_NAME, seed=seed)
             self.policy = VLM(model, vlm.tokenizer, vlm.image_processor, system_prompt=vlm.processor.system_prompt)
             self._reference: VLM | None = None
         else:

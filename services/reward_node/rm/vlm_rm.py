@@ -13,7 +13,6 @@ the head in ``model.safetensors``.
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from services.common.models import ModelConfig
 from services.reward_node.rm.base import RewardModel, check_lengths
 
 BACKBONE_DIR = "backbone"
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 HEAD_KEYS = ("head.weight", "head.bias", "out_shift", "out_scale")
 
 
@@ -66,15 +64,10 @@ class VlmRM(RewardModel):
         self.backbone_desc = dict(backbone)
         self.lora = dict(lora) if lora else None
         if lora is not None:
-            from peft import LoraConfig, get_peft_model
+            from services.common.models.lora import LANGUAGE_MODEL_TARGETS, add_lora
 
-            cfg = LoraConfig(
-                r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), lora_dropout=0.0,
-                target_modules=list(LORA_TARGETS), bias="none",
-            )
-            with warnings.catch_warnings():  # peft asks transformers a deprecated question
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                vlm.model = get_peft_model(vlm.model, cfg)
+            vlm.model = add_lora(vlm.model, rank=int(lora["rank"]), alpha=float(lora["alpha"]),
+                                 target_modules=str(lora.get("target_modules", LANGUAGE_MODEL_TARGETS)))
         else:
             for p in vlm.model.parameters():
                 p.requires_grad_(False)
@@ -168,4 +161,4 @@ class VlmRM(RewardModel):
         return rm
 
 
-__all__ = ["BACKBONE_DIR", "LORA_TARGETS", "VlmInputs", "VlmRM"]
+__all__ = ["BACKBONE_DIR", "VlmInputs", "VlmRM"]

@@ -119,3 +119,33 @@ def test_dtype_follows_the_checkpoint_unless_set(hub_checkpoint, tmp_path) -> No
     assert build_vlm(ModelConfig()).dtype == torch.float32  # a built model
     saved = json.loads((tmp_path / "bf16" / "config.json").read_text())
     assert saved.get("dtype", saved.get("torch_dtype")) == "bfloat16"
+
+
+def test_sft_plans_lora_for_a_checkpoint_and_full_for_a_random_init() -> None:
+    from services.common.models.config import SFTConfig
+
+    assert SFTConfig().plan(pretrained=True) == ("lora", 2e-4)
+    assert SFTConfig().plan(pretrained=False) == ("full", 1e-3)
+    assert SFTConfig(finetune="full").plan(pretrained=True) == ("full", 1e-5)
+    assert SFTConfig(finetune="lora", lr=1e-3).plan(pretrained=False) == ("lora", 1e-3)
+
+
+@pytest.mark.parametrize("family", ["idefics3", "llava_next"])
+def test_lora_sft_on_a_checkpoint_trains_the_language_model_only_and_saves_a_plain_model(family, hub_checkpoint, tmp_path) -> None:
+    from services.common.models.config import SFTConfig
+    from services.common.models.sft import SFTExample, sft_train
+
+    vlm = load_vlm(hub_checkpoint(family))
+    before = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
+    train = [SFTExample(im, QUESTION, answer) for im, answer in zip(_images(), ["red", "blue", "green"], strict=True)]
+    result = sft_train(vlm, train, SFTConfig(steps=12, batch_size=3, warmup=1, lr=1e-2, num_threads=1),
+                       progress=False, pretrained=True)
+
+    assert result.losses[-1][1] < result.losses[0][1]
+    after = dict(vlm.model.named_parameters())
+    assert set(after) == set(before)  # the adapter was merged away: a plain model again
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed and all(("language_model" in n or "text_model" in n) and n.endswith("proj.weight") for n in changed)
+    vlm.save(tmp_path / "sft")
+    assert json.loads((tmp_path / "sft" / "config.json").read_text())["model_type"] == family
+    assert not (tmp_path / "sft" / "adapter_config.json").exists()
