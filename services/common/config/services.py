@@ -10,13 +10,13 @@ from pydantic_settings import SettingsConfigDict
 from services.common.config.base import Section, ServiceSettings
 from services.common.config.sections import (
     AuthSection,
-    OrchestratorAuthSection,
-    RewardNodeAuthSection,
-    SamplerAuthSection,
     BatchingSection,
     LimitsSection,
     MetricsSection,
     MiB,
+    OrchestratorAuthSection,
+    RewardNodeAuthSection,
+    SamplerAuthSection,
     ServerSection,
     TLSSection,
 )
