@@ -22,7 +22,7 @@ class OrchestratorApp:
         self.service = GrpcService("orchestrator", server=settings.server, tls=settings.tls, auth=settings.auth,
                                    metrics=settings.metrics if settings.metrics.enabled else None)
         self.service.add_servicer(orchestrator_pb2_grpc.add_OrchestratorServicer_to_server,
-                                  OrchestratorServicer(self.manager), SERVICE_NAME)
+                                  OrchestratorServicer(self.manager, settings.auth.operators), SERVICE_NAME)
 
     @property
     def port(self) -> int:

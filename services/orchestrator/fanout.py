@@ -39,6 +39,7 @@ from services.common import metrics
 from services.common.config.run import FanoutSection
 from services.common.config.sections import NodeEndpoint
 from services.common.errors import AlreadyExists, NotFound, NotReady
+from services.common.grpc.tls_diagnosis import adescribe_rpc_error
 from services.reward_node.client import NodeInfo, RewardNodeClient, ScoreGroup
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class RewardFanout:
         self._retired: list[RewardNodeClient] = []  # clients of removed nodes, closed before the next round
         self.healthy: dict[str, bool] = {}
         self.infos: dict[str, NodeInfo] = {}
+        self.last_errors: dict[str, str] = {}  # why a node's last GetInfo failed (TLS failures explained)
         for ep in nodes:
             self._register(ep)
 
@@ -147,8 +149,10 @@ class RewardFanout:
         await asyncio.gather(*(self._read_info(n, self._clients[n], self._endpoints[n].timeout_s) for n in self.node_ids))
         up = [n for n in self.node_ids if self.healthy[n]]
         if len(up) < self.cfg.min_nodes:
+            down = "; ".join(f"{n}: {self.last_errors[n]}" for n in self.node_ids if n in self.last_errors)
             raise QuorumError(f"only {len(up)} of {len(self.node_ids)} reward nodes are up at start "
-                              f"({', '.join(up) or 'none'}); fanout.min_nodes={self.cfg.min_nodes}")
+                              f"({', '.join(up) or 'none'}); fanout.min_nodes={self.cfg.min_nodes}"
+                              + (f"; {down}" if down else ""))
         return dict(self.infos)
 
     async def close(self) -> None:
@@ -195,9 +199,15 @@ class RewardFanout:
         try:
             info = await client.info(timeout=timeout)
         except Exception as exc:  # any failure leaves the node out until a later probe
-            log.warning("reward node %s: GetInfo failed (%s); marked unhealthy", node, _code(exc))
+            why = _code(exc)
+            if isinstance(exc, aio.AioRpcError) and node in self._endpoints:
+                ep = self._endpoints[node]
+                why = await adescribe_rpc_error(exc, ep.address, ep.tls)
+            self.last_errors[node] = why
+            log.warning("reward node %s: GetInfo failed (%s); marked unhealthy", node, why)
             self._set_health(node, False)
             return False
+        self.last_errors.pop(node, None)
         if info.serving_state != "serving":
             log.warning("reward node %s is %s; marked unhealthy", node, info.serving_state)
             self._set_health(node, False)

@@ -49,16 +49,18 @@ class RolloutSource(abc.ABC):
 
 
 @contextlib.asynccontextmanager
-async def _sampler_errors(address: str, what: str) -> AsyncIterator[None]:
-    """A failed sampler call becomes a domain error that names the sampler and the status."""
+async def _sampler_errors(endpoint: EndpointSection, what: str) -> AsyncIterator[None]:
+    """A failed sampler call becomes a domain error that names the sampler and the status, and for
+    a TLS failure which side refused the connection and why (services.common.grpc.tls_diagnosis)."""
     import grpc
+
+    from services.common.grpc.tls_diagnosis import adescribe_rpc_error
 
     try:
         yield
     except grpc.RpcError as exc:
-        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        raise NotReady(f"sampler at {address}: {what} failed with {code}: {details}") from None
+        status = await adescribe_rpc_error(exc, endpoint.address, endpoint.tls)
+        raise NotReady(f"sampler at {endpoint.address}: {what} failed with {status}") from None
 
 
 class RemoteSampler(RolloutSource):
@@ -71,7 +73,7 @@ class RemoteSampler(RolloutSource):
         self._client = SamplerClient(endpoint)
 
     async def start(self) -> int:
-        async with _sampler_errors(self.endpoint.address, "GetInfo"):
+        async with _sampler_errors(self.endpoint, "GetInfo"):
             info = await self._client.get_info()
         return info.policy_version
 
@@ -79,7 +81,7 @@ class RemoteSampler(RolloutSource):
                        max_new_tokens: int, seed: int) -> Rollouts:
         from services.policy_sampler.client import SamplerPrompt
 
-        async with _sampler_errors(self.endpoint.address, "Generate"):
+        async with _sampler_errors(self.endpoint, "Generate"):
             out = await self._client.generate(
                 [SamplerPrompt(p.prompt_id, p.question, p.image_png) for p in prompts], group_size,
                 temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
@@ -87,7 +89,7 @@ class RemoteSampler(RolloutSource):
         return Rollouts([list(g) for g in out.groups], out.policy_version)
 
     async def push(self, version: int, kind: str, payload: bytes, config_json: str) -> None:
-        async with _sampler_errors(self.endpoint.address, f"UpdateWeights (version {version})"):
+        async with _sampler_errors(self.endpoint, f"UpdateWeights (version {version})"):
             result = await self._client.push_weights(version, payload, kind, adapter_config_json=config_json)  # type: ignore[arg-type]
         if result.version != version:
             raise RuntimeError(f"sampler answered version {result.version} to a push of version {version}")

@@ -246,7 +246,13 @@ class RunManager:
             node.info = await client.info(timeout=timeout) if node.healthy else node.info
             node.last_error = "" if node.healthy else "not serving"
         except Exception as exc:  # any failure to reach it is a health result, not an error
-            details = exc.details() if hasattr(exc, "details") else str(exc)
+            if hasattr(exc, "code") and hasattr(exc, "details"):  # an RpcError; a TLS failure says which side refused
+                from services.common.grpc.tls_diagnosis import adescribe_rpc_error
+
+                ep = self._endpoint(node)
+                details = await adescribe_rpc_error(exc, ep.address, ep.tls)
+            else:
+                details = str(exc)
             node.healthy, node.last_error = False, f"{type(exc).__name__}: {details}"
         finally:
             node.last_check = time.time()

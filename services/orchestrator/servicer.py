@@ -6,7 +6,7 @@ codes in the shared exception interceptor.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import yaml
@@ -14,7 +14,9 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.errors import InvalidInput
+from services.common.grpc.interceptors import current_caller
 from services.common.wire import orchestrator_pb2, orchestrator_pb2_grpc, reward_node_pb2
+from services.orchestrator.access import check_node_owner
 from services.orchestrator.records import StepRecord
 from services.orchestrator.runs import NodeRecord, RunEvent, RunHandle, RunManager, RunState, StateChange
 
@@ -90,8 +92,11 @@ def config_dict(request: Any) -> dict[str, Any]:
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
-    def __init__(self, manager: RunManager) -> None:
+    def __init__(self, manager: RunManager, operators: Collection[str] | None = None) -> None:
+        """`operators`: identities that may change any node (None: every authenticated caller);
+        others may register and remove only their own node (services.orchestrator.access)."""
         self.manager = manager
+        self.operators = operators
 
     async def StartRun(self, request: Any, context: Any) -> Any:
         handle = await self.manager.start(request.run_id, config_dict(request), list(request.overrides))
@@ -108,6 +113,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         return orchestrator_pb2.StopRunResponse(run=run_message(await self.manager.stop(request.run_id)))
 
     async def RegisterNode(self, request: Any, context: Any) -> Any:
+        check_node_owner(current_caller(), request.node_id, self.operators, "register or update")
         node = await self.manager.register(request.node_id, request.endpoint)
         return orchestrator_pb2.RegisterNodeResponse(node=node_message(node))
 
@@ -115,6 +121,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         return orchestrator_pb2.ListNodesResponse(nodes=[node_message(n) for n in await self.manager.list_nodes()])
 
     async def RemoveNode(self, request: Any, context: Any) -> Any:
+        check_node_owner(current_caller(), request.node_id, self.operators, "remove")
         return orchestrator_pb2.RemoveNodeResponse(node=node_message(self.manager.remove(request.node_id)))
 
 

@@ -153,6 +153,49 @@ def test_orchestrator_run_errors_are_one_line_without_traceback(tmp_path):
     assert "Traceback" not in no_world.stderr + down.stderr
 
 
+def test_orchestrator_run_says_which_side_refused_tls(tmp_path):
+    """A sampler demanding a client certificate the run config does not give: before, the CLI
+    said only 'UNAVAILABLE: ... Socket closed' (issue 18, item 9)."""
+    import asyncio
+
+    from services.common import certs
+    from services.common.config import ServerSection, TLSSection
+    from services.common.data import WorldConfig, make_world
+    from services.common.grpc import GrpcService, service_name
+    from services.common.wire import policy_sampler_pb2, policy_sampler_pb2_grpc
+
+    pki = tmp_path / "pki"
+    certs.init_ca(pki)
+    certs.issue(pki, "sampler")
+    world = tmp_path / "world"
+    make_world(WorldConfig.small(seed=1), world)
+
+    async def scenario():
+        sampler = GrpcService("sampler", server=ServerSection(port=0, grace_s=0.5), tls=TLSSection(
+            ca_cert=pki / "ca.pem", cert=pki / "sampler.pem", key=pki / "sampler.key", require_client_auth=True))
+        sampler.add_servicer(policy_sampler_pb2_grpc.add_PolicySamplerServicer_to_server,
+                             policy_sampler_pb2_grpc.PolicySamplerServicer(),
+                             service_name(policy_sampler_pb2, "PolicySampler"))
+        await sampler.start()
+        await sampler.set_ready()
+        try:
+            run = tmp_path / "run.yaml"
+            run.write_text(f"world: {world}\noutput_dir: {tmp_path / 'out'}\n"
+                           f"sampler: {{address: '{sampler.address}', tls: {{ca_cert: {pki / 'ca.pem'}}}, timeout_s: 5}}\n"
+                           "nodes: [{node_id: a, address: '127.0.0.1:9', tls: {insecure: true}}]\n")
+            return await asyncio.to_thread(mor, "orchestrator", "run", "--config", str(run), "--quiet")
+        finally:
+            await sampler.stop(0)
+
+    refused = asyncio.run(scenario())
+
+    said = " ".join(refused.stderr.split())  # the console wraps long lines
+    assert refused.returncode == 4
+    assert "TLS handshake with 127.0.0.1:" in said
+    assert "the server refused this client: it requires a client certificate (mutual TLS) and none was sent" in said
+    assert "Traceback" not in said
+
+
 def test_ctrl_c_stops_every_process_of_the_stack(tmp_path):
     import signal
     import time

@@ -94,6 +94,21 @@ def test_server_side_configs_are_valid_and_wired_to_the_nodes() -> None:
     assert run.fanout.min_nodes <= len(run.nodes)
 
 
+def test_sampler_admits_only_the_orchestrators_certificate() -> None:
+    """compose gives every organisation a client certificate from one CA: the sampler must name
+    the orchestrator per method, and the orchestrator must present the certificate of that name
+    (`mor certs issue orchestrator` writes CN=orchestrator to orchestrator.pem; issue 18, item 7)."""
+    sampler = load_yaml(SamplerSettings, COMPOSE_DIR / "config" / "sampler.yaml")
+    run = load_yaml(RunConfig, COMPOSE_DIR / "config" / "run.yaml")
+    assert sampler.auth.tokens_file is None and sampler.tls.require_client_auth
+    for method in ("Generate", "UpdateWeights"):
+        assert sampler.auth.callers_for(method) == {"orchestrator"}, method
+    assert run.sampler is not None and run.sampler.tls.cert is not None
+    assert run.sampler.tls.cert.name == "orchestrator.pem"
+    for n in run.nodes:  # the node tokens were issued to the identity the certificate names
+        assert n.tls.cert.name == "orchestrator.pem" and n.auth.token_file.name.startswith("orchestrator-to-")
+
+
 def test_submit_uses_the_operator_identity_the_orchestrator_allows() -> None:
     orch = load_yaml(OrchestratorSettings, COMPOSE_DIR / "config" / "orchestrator.yaml")
     submit = compose()["services"]["submit"]

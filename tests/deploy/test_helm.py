@@ -258,6 +258,27 @@ def test_server_configs_are_valid_settings(values: dict[str, Any]) -> None:
     assert str(sampler.model.path).startswith("/var/lib/mor/models/")
 
 
+def test_sampler_admits_only_the_orchestrator_identity_to_generate_and_push() -> None:
+    """Every organisation may hold a client certificate from the CA the sampler trusts: the
+    sampler's per-method allow-list names the orchestrator's identity (issue 18, item 7)."""
+    default = build(SamplerSettings, config_of(render("mor-server"), "sampler.yaml"), "sampler.yaml")
+    renamed = build(SamplerSettings, config_of(render("mor-server", {"orchestrator": {"identity": "mor-orch"}}),
+                                               "sampler.yaml"), "sampler.yaml")
+    orch = build(OrchestratorSettings, config_of(render("mor-server"), "orchestrator.yaml"), "orchestrator.yaml")
+
+    assert default.tls.require_client_auth
+    assert default.auth.callers_for("UpdateWeights") == default.auth.callers_for("Generate") == {"orchestrator"}
+    assert renamed.auth.callers_for("UpdateWeights") == {"mor-orch"}
+    assert orch.auth.operators == {"operator"} and orch.auth.callers_for("StopRun") == {"operator"}
+    assert orch.auth.callers_for("RemoveNode") is None  # any organisation, limited to its own node_id
+
+
+def test_reward_node_binds_certificate_and_token_to_the_allowed_callers() -> None:
+    settings = build(RewardNodeSettings, config_of(render("mor-reward-node", {"auth": {"certIdentity": "dns_san"}}),
+                                                   "reward-node.yaml"), "reward-node.yaml")
+    assert settings.auth.cert_identity == "dns_san" and settings.auth.allowed_callers == ("orchestrator",)
+
+
 def test_node_tokens_are_projected_where_the_run_config_reads_them() -> None:
     docs = render("mor-server", SERVER_CUSTOM)
     run = config_of(docs, "run.yaml")

@@ -111,3 +111,27 @@ def test_token_from_file_and_batch_calls_are_checked_too(node, pki, arun, tmp_pa
 
     assert scores == [2.0]
     assert batch_code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_caller_is_the_identity_certificate_and_token_agree_on(node, pki, arun) -> None:
+    """Before: the token alone named the caller, so clinic's certificate with the orchestrator's
+    token was accepted; and under mTLS without tokens any certificate from the CA could score."""
+    from services.common import certs
+
+    clinic = certs.issue(pki.ca.parent, "clinic", client=True)
+    as_clinic = {"ca_cert": pki.ca, "cert": clinic.cert, "key": clinic.key}
+    as_orchestrator = {"ca_cert": pki.ca, "cert": pki.client.cert, "key": pki.client.key}
+
+    async def scenario():
+        async with node(node_settings(tls=_tls(pki, mtls=True), auth=_auth(pki))) as running:
+            borrowed = await _try(running.address, token=pki.orchestrator_token, **as_clinic)
+            own = await _try(running.address, token=pki.orchestrator_token, **as_orchestrator)
+        async with node(node_settings(tls=_tls(pki, mtls=True))) as running:  # mTLS, no tokens: the defaults
+            cert_only = await _try(running.address, **as_clinic), await _try(running.address, **as_orchestrator)
+        return borrowed, own, cert_only
+
+    borrowed, own, cert_only = arun(scenario())
+
+    assert borrowed == grpc.StatusCode.PERMISSION_DENIED
+    assert own == grpc.StatusCode.OK
+    assert cert_only == (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK)

@@ -61,21 +61,116 @@ class TLSSection(Section):
                 raise ConfigError(f"tls.{name}: file not found: {path}")
 
 
+IDENTITY_PATTERN = r"^[A-Za-z0-9*][A-Za-z0-9_.@:\-]{0,127}$"
+METHOD_PATTERN = r"^[A-Z][A-Za-z0-9_]{0,63}$"
+ANY_CALLER = "*"
+
+
 class AuthSection(Section):
-    """Bearer-token auth. Server: which tokens are accepted and for whom. Client: the token it presents."""
+    """Caller identity and per-method authorisation.
+
+    Client side: the bearer token it presents. Server side: who the caller is and what it may call.
+    The caller's identity comes from the bearer token (auth.tokens_file) and, under mutual TLS
+    (tls.require_client_auth), from the verified client certificate (its common name, or its first
+    DNS name with cert_identity: dns_san). When both are present they must name the same identity,
+    else PERMISSION_DENIED: a certificate of one organisation cannot carry another's token. Each
+    method is then allowed to the identities `methods` lists for it, or else to allowed_callers.
+    Without any identity source (plaintext or TLS without client certificates, and no tokens file)
+    every caller is accepted, with a warning; explicit allow-lists are then an error.
+    """
 
     token: SecretStr | None = Field(None, description="Client side: bearer token sent as 'authorization: Bearer <token>'.")
     token_file: Path | None = Field(None, description="Client side: read the token from this file instead (kept out of config dumps).")
     tokens_file: Path | None = Field(
         None, description="Server side: YAML mapping token -> caller identity; empty means no token is required."
     )
-    allowed_callers: tuple[str, ...] = Field((), description="Server side: identities allowed to call; others get PERMISSION_DENIED.")
+    cert_identity: Literal["common_name", "dns_san"] = Field(
+        "common_name",
+        description="Server side, under mutual TLS: which name of the verified client certificate is the caller's identity "
+                    "(common_name, as `mor certs issue NAME` writes it, or the first DNS subject alternative name).",
+    )
+    allowed_callers: tuple[str, ...] = Field(
+        (), description="Server side: identities allowed to call every method that `methods` does not name; empty (or '*') "
+                        "admits every authenticated identity. Others get PERMISSION_DENIED."
+    )
+    methods: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="Server side: per-method allow-list, method name (e.g. UpdateWeights) -> identities allowed to call it "
+                    "('*': every authenticated identity); overrides allowed_callers for that method.",
+    )
 
     @model_validator(mode="after")
     def _one_token_source(self) -> AuthSection:
         if self.token is not None and self.token_file is not None:
             raise ValueError("give either token or token_file, not both")
+        for where, names in [("allowed_callers", self.allowed_callers),
+                             *((f"methods.{m}", ids) for m, ids in self.methods.items())]:
+            for name in names:
+                if not re.fullmatch(IDENTITY_PATTERN, name):
+                    raise ValueError(f"{where}: {name[:80]!r} is not an identity (must match {IDENTITY_PATTERN})")
+        for method, ids in self.methods.items():
+            if not re.fullmatch(METHOD_PATTERN, method):
+                raise ValueError(f"methods: {method[:80]!r} is not a method name (e.g. UpdateWeights)")
+            if not ids:
+                raise ValueError(f"methods.{method}: empty; list the identities allowed, or '*' for every authenticated one")
         return self
+
+    @property
+    def restricts_callers(self) -> bool:
+        """True when this config (not just the defaults of a service) names allow-lists."""
+        return bool({"allowed_callers", "methods"} & self.model_fields_set)
+
+    def callers_for(self, method: str) -> frozenset[str] | None:
+        """Identities allowed to call `method` (its short name), or None for every authenticated one."""
+        ids = self.methods.get(method, self.allowed_callers)
+        return None if not ids or ANY_CALLER in ids else frozenset(ids)
+
+
+ORCHESTRATOR_IDENTITY = "orchestrator"
+OPERATOR_IDENTITY = "operator"
+
+
+class RewardNodeAuthSection(AuthSection):
+    """A reward node's auth: by default only the orchestrator may call it (Score, ScoreBatch, GetInfo)."""
+
+    allowed_callers: tuple[str, ...] = Field(
+        (ORCHESTRATOR_IDENTITY,),
+        description="Identities allowed to call the node's methods that `methods` does not name (default: the orchestrator only).",
+    )
+
+
+class SamplerAuthSection(AuthSection):
+    """The sampler's auth: by default only the orchestrator may generate with the policy or replace it;
+    GetInfo is open to every authenticated identity."""
+
+    methods: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: {"Generate": (ORCHESTRATOR_IDENTITY,), "UpdateWeights": (ORCHESTRATOR_IDENTITY,)},
+        description="Per-method allow-list (method -> identities, '*' = every authenticated identity); by default "
+                    "Generate and UpdateWeights only for the orchestrator.",
+    )
+
+
+class OrchestratorAuthSection(AuthSection):
+    """The Orchestrator API's auth. allowed_callers are the operators: run control (StartRun, GetRun,
+    WatchRun, StopRun), ListNodes, and registering or removing any node. RegisterNode and RemoveNode
+    are open (by `methods`) to every authenticated identity, but an identity that is not an operator
+    may register, update and remove only the node whose node_id is its own identity."""
+
+    allowed_callers: tuple[str, ...] = Field(
+        (OPERATOR_IDENTITY,),
+        description="Operator identities: run control, ListNodes and every node's registration. Others get PERMISSION_DENIED.",
+    )
+    methods: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: {"RegisterNode": (ANY_CALLER,), "RemoveNode": (ANY_CALLER,)},
+        description="Per-method allow-list (method -> identities, '*' = every authenticated identity); by default RegisterNode "
+                    "and RemoveNode for every authenticated identity, each organisation limited to its own node_id.",
+    )
+
+    @property
+    def operators(self) -> frozenset[str] | None:
+        """Identities that may act on any node: allowed_callers (None when that is empty or '*',
+        i.e. every authenticated identity is an operator)."""
+        return None if not self.allowed_callers or ANY_CALLER in self.allowed_callers else frozenset(self.allowed_callers)
 
 
 class MetricsSection(Section):

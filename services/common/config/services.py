@@ -14,6 +14,9 @@ from services.common.config.sections import (
     LimitsSection,
     MetricsSection,
     MiB,
+    OrchestratorAuthSection,
+    RewardNodeAuthSection,
+    SamplerAuthSection,
     ServerSection,
     TLSSection,
 )
@@ -71,7 +74,7 @@ class RewardNodeSettings(ServiceSettings):
     model: RewardModelSection = Field(default_factory=RewardModelSection, description="The RM served.")
     server: ServerSection = Field(default_factory=ServerSection, description="gRPC listener.")
     tls: TLSSection = Field(default_factory=TLSSection, description="Transport security.")
-    auth: AuthSection = Field(default_factory=AuthSection, description="Accepted tokens and callers.")
+    auth: RewardNodeAuthSection = Field(default_factory=RewardNodeAuthSection, description="Accepted tokens, caller identities and what each may call (default: the orchestrator only).")
     metrics: MetricsSection = Field(default_factory=MetricsSection, description="Prometheus endpoint.")
     limits: LimitsSection = Field(default_factory=LimitsSection, description="Input limits.")
     batching: BatchingSection = Field(default_factory=BatchingSection, description="Dynamic batching.")
@@ -139,7 +142,7 @@ class SamplerSettings(ServiceSettings):
     vllm: VLLMBackendSection = Field(default_factory=VLLMBackendSection, description="Settings of the vllm backend.")
     server: ServerSection = Field(default_factory=ServerSection, description="gRPC listener.")
     tls: TLSSection = Field(default_factory=TLSSection, description="Transport security.")
-    auth: AuthSection = Field(default_factory=AuthSection, description="Accepted tokens and callers.")
+    auth: SamplerAuthSection = Field(default_factory=SamplerAuthSection, description="Accepted tokens, caller identities and what each may call (default: Generate and UpdateWeights only for the orchestrator).")
     metrics: MetricsSection = Field(default_factory=MetricsSection, description="Prometheus endpoint.")
     limits: LimitsSection = Field(default_factory=LimitsSection, description="Input limits.")
 
@@ -167,5 +170,5 @@ class OrchestratorSettings(ServiceSettings):
     node_auth: AuthSection = Field(default_factory=AuthSection, description="Token presented to nodes added with RegisterNode.")
     server: ServerSection = Field(default_factory=ServerSection, description="gRPC listener.")
     tls: TLSSection = Field(default_factory=TLSSection, description="Transport security.")
-    auth: AuthSection = Field(default_factory=AuthSection, description="Accepted tokens and callers.")
+    auth: OrchestratorAuthSection = Field(default_factory=OrchestratorAuthSection, description="Accepted tokens, caller identities and what each may call (default: run control for operators; each organisation registers and removes only its own node).")
     metrics: MetricsSection = Field(default_factory=MetricsSection, description="Prometheus endpoint.")

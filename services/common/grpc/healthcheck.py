@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import CONFIG_KINDS, ConfigError, ServerSection, TLSSection, load_yaml
 from services.common.grpc.credentials import channel_credentials, channel_options
+from services.common.grpc.tls_diagnosis import describe_rpc_error
 
 EXIT_SERVING = 0
 EXIT_UNHEALTHY = 1
@@ -97,9 +98,7 @@ def check(
         stub = health_pb2_grpc.HealthStub(channel)
         reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
     except grpc.RpcError as err:
-        code = err.code() if hasattr(err, "code") else None
-        details = err.details() if hasattr(err, "details") else str(err)
-        return EXIT_UNHEALTHY, f"{address}: {getattr(code, 'name', code)}: {details}"
+        return EXIT_UNHEALTHY, f"{address}: {describe_rpc_error(err, address, tls, server_name=server_name)}"
     finally:
         channel.close()
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

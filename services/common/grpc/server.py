@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from types import ModuleType, TracebackType
 from typing import Any
 
+from google.protobuf import descriptor_pool
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -49,11 +50,14 @@ def service_name(pb2_module: ModuleType, service: str) -> str:
         raise ValueError(f"{pb2_module.__name__} has no service {service!r} (has: {known})") from None
 
 
-def load_token_digests(auth: AuthSection) -> dict[str, str]:
-    """Server-side tokens from auth.tokens_file ({} when unset); errors name the field."""
+def load_token_digests(auth: AuthSection, *, cert_identities: bool = False) -> dict[str, str]:
+    """Server-side tokens from auth.tokens_file ({} when unset); errors name the field.
+    Allow-lists need an identity source: tokens, or (`cert_identities`) verified client certificates."""
     if auth.tokens_file is None:
-        if auth.allowed_callers:
-            raise ConfigError("auth.allowed_callers needs auth.tokens_file (callers are identified by token)")
+        if auth.restricts_callers and not cert_identities:
+            which = "auth.allowed_callers" if "allowed_callers" in auth.model_fields_set else "auth.methods"
+            raise ConfigError(f"{which} needs auth.tokens_file or tls.require_client_auth "
+                              "(callers are identified by token or client certificate)")
         return {}
     try:
         digests = read_tokens(auth.tokens_file)
@@ -112,6 +116,26 @@ class GrpcService:
     def service_names(self) -> list[str]:
         return [name for _, _, name in self._servicers]
 
+    def method_names(self) -> list[str]:
+        """Short names of every method of the added services (from the proto descriptors)."""
+        pool = descriptor_pool.Default()
+        names: list[str] = []
+        for service in self.service_names:
+            try:
+                names.extend(m.name for m in pool.FindServiceByName(service).methods)
+            except KeyError:
+                continue
+        return names
+
+    def _check_methods(self) -> None:
+        """auth.methods may only name methods this server has: a typo would silently fall back to
+        allowed_callers."""
+        known = self.method_names()
+        unknown = sorted(set(self._auth.methods) - set(known))
+        if unknown and known:
+            raise ConfigError(f"auth.methods: unknown method(s) {', '.join(unknown)} (this server has: "
+                              f"{', '.join(sorted(set(known)))})")
+
     async def start(self) -> int:
         """Check TLS and tokens, build and bind the server, start it with every health status
         NOT_SERVING, and start the metrics side port. Returns the bound gRPC port."""
@@ -120,13 +144,18 @@ class GrpcService:
         if not self._servicers:
             raise RuntimeError(f"{self.name}: no servicer added")
         creds = server_credentials(self._tls)  # checks tls.* files, names the field on error
-        digests = load_token_digests(self._auth)
-        if not digests:
-            log.warning("%s: auth.tokens_file is unset: every caller is accepted without a token", self.name)
+        cert_identities = creds is not None and self._tls.require_client_auth
+        digests = load_token_digests(self._auth, cert_identities=cert_identities)
+        self._check_methods()
+        if not digests and not cert_identities:
+            log.warning("%s: no auth.tokens_file and no client certificates (tls.require_client_auth): every caller "
+                        "is accepted and no per-method allow-list applies", self.name)
 
         cfg = self._server_cfg
         server = aio.server(
-            interceptors=[*default_interceptors(digests, self._auth.allowed_callers), *self._extra],
+            interceptors=[*default_interceptors(digests, callers=self._auth.callers_for,
+                                                cert_identities=cert_identities,
+                                                cert_field=self._auth.cert_identity), *self._extra],
             options=server_options(cfg.max_message_bytes),
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )

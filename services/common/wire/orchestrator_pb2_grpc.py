@@ -28,7 +28,10 @@ if _version_not_supported:
 class OrchestratorStub:
     """Starts, watches and stops training runs, and keeps the list of reward nodes to call.
     Every rpc may also fail with UNAUTHENTICATED (no or bad credentials), PERMISSION_DENIED
-    (a caller that is not allowed), UNAVAILABLE (server draining) and INTERNAL.
+    (a caller that is not allowed: the client certificate and the bearer token name different
+    identities, or the method's allow-list does not name the caller), UNAVAILABLE (server draining)
+    and INTERNAL. Run control (StartRun, GetRun, WatchRun, StopRun) and ListNodes are for operator
+    identities (auth.allowed_callers) by default.
     """
 
     def __init__(self, channel):
@@ -77,7 +80,10 @@ class OrchestratorStub:
 class OrchestratorServicer:
     """Starts, watches and stops training runs, and keeps the list of reward nodes to call.
     Every rpc may also fail with UNAUTHENTICATED (no or bad credentials), PERMISSION_DENIED
-    (a caller that is not allowed), UNAVAILABLE (server draining) and INTERNAL.
+    (a caller that is not allowed: the client certificate and the bearer token name different
+    identities, or the method's allow-list does not name the caller), UNAVAILABLE (server draining)
+    and INTERNAL. Run control (StartRun, GetRun, WatchRun, StopRun) and ListNodes are for operator
+    identities (auth.allowed_callers) by default.
     """
 
     def StartRun(self, request, context):
@@ -118,7 +124,9 @@ class OrchestratorServicer:
 
     def RegisterNode(self, request, context):
         """Adds a reward node, or updates the endpoint of a known node_id.
-        Errors: INVALID_ARGUMENT when node_id or endpoint is empty or malformed.
+        Errors: INVALID_ARGUMENT when node_id or endpoint is empty or malformed; PERMISSION_DENIED
+        (reason NOT_NODE_OWNER) when a caller that is not an operator names a node_id other than its
+        own identity.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,7 +141,8 @@ class OrchestratorServicer:
 
     def RemoveNode(self, request, context):
         """Removes a reward node; running steps stop calling it from the next step.
-        Errors: NOT_FOUND when the node is unknown.
+        Errors: NOT_FOUND when the node is unknown; PERMISSION_DENIED (reason NOT_NODE_OWNER) when a
+        caller that is not an operator names a node_id other than its own identity (checked first).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,7 +197,10 @@ def add_OrchestratorServicer_to_server(servicer, server):
 class Orchestrator:
     """Starts, watches and stops training runs, and keeps the list of reward nodes to call.
     Every rpc may also fail with UNAUTHENTICATED (no or bad credentials), PERMISSION_DENIED
-    (a caller that is not allowed), UNAVAILABLE (server draining) and INTERNAL.
+    (a caller that is not allowed: the client certificate and the bearer token name different
+    identities, or the method's allow-list does not name the caller), UNAVAILABLE (server draining)
+    and INTERNAL. Run control (StartRun, GetRun, WatchRun, StopRun) and ListNodes are for operator
+    identities (auth.allowed_callers) by default.
     """
 
     @staticmethod

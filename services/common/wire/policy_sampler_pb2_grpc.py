@@ -28,7 +28,10 @@ if _version_not_supported:
 class PolicySamplerStub:
     """Samples groups of completions from the policy and takes new policy weights.
     Every rpc may also fail with UNAUTHENTICATED (no or bad credentials), PERMISSION_DENIED
-    (a caller that is not allowed), UNAVAILABLE (model loading or server draining) and INTERNAL.
+    (a caller that is not allowed: the client certificate and the bearer token name different
+    identities, or the method's allow-list does not name the caller; by default only the
+    orchestrator may call Generate and UpdateWeights), UNAVAILABLE (model loading or server
+    draining) and INTERNAL.
     """
 
     def __init__(self, channel):
@@ -57,7 +60,10 @@ class PolicySamplerStub:
 class PolicySamplerServicer:
     """Samples groups of completions from the policy and takes new policy weights.
     Every rpc may also fail with UNAUTHENTICATED (no or bad credentials), PERMISSION_DENIED
-    (a caller that is not allowed), UNAVAILABLE (model loading or server draining) and INTERNAL.
+    (a caller that is not allowed: the client certificate and the bearer token name different
+    identities, or the method's allow-list does not name the caller; by default only the
+    orchestrator may call Generate and UpdateWeights), UNAVAILABLE (model loading or server
+    draining) and INTERNAL.
     """
 
     def Generate(self, request, context):
@@ -120,7 +126,10 @@ def add_PolicySamplerServicer_to_server(servicer, server):
 class PolicySampler:
     """Samples groups of completions from the policy and takes new policy weights.
     Every rpc may also fail with UNAUTHENTICATED (no or bad credentials), PERMISSION_DENIED
-    (a caller that is not allowed), UNAVAILABLE (model loading or server draining) and INTERNAL.
+    (a caller that is not allowed: the client certificate and the bearer token name different
+    identities, or the method's allow-list does not name the caller; by default only the
+    orchestrator may call Generate and UpdateWeights), UNAVAILABLE (model loading or server
+    draining) and INTERNAL.
     """
 
     @staticmethod

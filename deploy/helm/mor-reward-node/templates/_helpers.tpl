@@ -54,7 +54,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- $auth := dict -}}
 {{- if .Values.auth.enabled -}}
-{{- $auth = dict "tokens_file" "/etc/mor/auth/tokens.yaml" "allowed_callers" .Values.auth.allowedCallers -}}
+{{- $auth = dict "tokens_file" "/etc/mor/auth/tokens.yaml" -}}
+{{- end -}}
+{{- if or .Values.auth.enabled (and .Values.tls.enabled .Values.tls.requireClientAuth) -}}
+{{- /* Callers are identified by token and client certificate (which must agree); only allowedCallers may call. */ -}}
+{{- $_ := set $auth "allowed_callers" .Values.auth.allowedCallers -}}
+{{- $_ := set $auth "cert_identity" .Values.auth.certIdentity -}}
 {{- end -}}
 {{- $own := dict "node_id" .Values.nodeId "model" $model "server" $server "tls" $tls "auth" $auth "metrics" (dict "enabled" true "host" "0.0.0.0" "port" .Values.metrics.port) -}}
 {{- if .Values.training.enabled -}}

@@ -20,6 +20,7 @@ import grpc
 
 from services.common.config import ConfigError, TLSSection
 from services.common.grpc.credentials import channel_credentials, channel_options
+from services.common.grpc.tls_diagnosis import describe_rpc_error
 from services.common.wire import orchestrator_pb2, orchestrator_pb2_grpc
 
 TERMINAL = {orchestrator_pb2.RUN_STATE_COMPLETED, orchestrator_pb2.RUN_STATE_FAILED, orchestrator_pb2.RUN_STATE_STOPPED}
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.FutureTimeoutError:
         print(f"submit-run: error: {args.address} not reachable within {args.wait_s:.0f} s", file=sys.stderr)
         return 2
-    except grpc.RpcError as err:
-        print(f"submit-run: error: {err.code().name}: {err.details()}", file=sys.stderr)
+    except grpc.RpcError as err:  # a TLS failure says which side refused and why
+        print(f"submit-run: error: {describe_rpc_error(err, args.address, tls)}", file=sys.stderr)
         return 2
     finally:
         channel.close()

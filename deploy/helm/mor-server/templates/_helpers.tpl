@@ -72,6 +72,11 @@ app.kubernetes.io/component: orchestrator
 {{- $tls = dict "cert" "/etc/mor/tls/tls.crt" "key" "/etc/mor/tls/tls.key" "ca_cert" "/etc/mor/tls/ca.crt" "require_client_auth" $s.tls.requireClientAuth -}}
 {{- end -}}
 {{- $own := dict "backend" $s.backend "model" (dict "path" (printf "/var/lib/mor/models/%s" $s.modelPath)) "server" (dict "host" "0.0.0.0" "port" $s.port "grace_s" $s.graceSeconds) "tls" $tls "metrics" (dict "enabled" true "host" "0.0.0.0" "port" $s.metricsPort) -}}
+{{- if and $s.tls.enabled $s.tls.requireClientAuth -}}
+{{- /* Callers are identified by their client certificate: only the orchestrator may generate or push weights. */ -}}
+{{- $only := list .Values.orchestrator.identity -}}
+{{- $_ := set $own "auth" (dict "cert_identity" .Values.orchestrator.certIdentity "methods" (dict "Generate" $only "UpdateWeights" $only)) -}}
+{{- end -}}
 {{- toYaml (mergeOverwrite (deepCopy ($s.settings | default dict)) $own) -}}
 {{- end }}
 
@@ -84,7 +89,12 @@ app.kubernetes.io/component: orchestrator
 {{- end -}}
 {{- $auth := dict -}}
 {{- if $o.auth.enabled -}}
-{{- $auth = dict "tokens_file" "/etc/mor/auth/tokens.yaml" "allowed_callers" $o.auth.allowedCallers -}}
+{{- $auth = dict "tokens_file" "/etc/mor/auth/tokens.yaml" -}}
+{{- end -}}
+{{- if or $o.auth.enabled (and $o.tls.enabled $o.tls.requireClientAuth) -}}
+{{- /* allowed_callers are the operators (run control, any node); others touch only their own node. */ -}}
+{{- $_ := set $auth "allowed_callers" $o.auth.allowedCallers -}}
+{{- $_ := set $auth "cert_identity" $o.certIdentity -}}
 {{- end -}}
 {{- toYaml (dict "runs_dir" "/var/lib/mor/runs" "max_concurrent_runs" $o.maxConcurrentRuns "server" (dict "host" "0.0.0.0" "port" $o.port "grace_s" $o.graceSeconds) "tls" $tls "auth" $auth "metrics" (dict "enabled" true "host" "0.0.0.0" "port" $o.metricsPort)) -}}
 {{- end }}
