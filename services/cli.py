@@ -414,6 +414,7 @@ def orchestrator_run(
     import signal
 
     from services.common.config import RunConfig
+    from services.common.data.sources import DatasetError
     from services.common.data.world import WorldFormatError
     from services.common.errors import MorError
     from services.orchestrator import console as view
@@ -461,6 +462,8 @@ def orchestrator_run(
         fail(str(exc), EXIT_CONFIG)
     except WorldFormatError as exc:
         fail(f"world: {exc}", EXIT_DATA)
+    except DatasetError as exc:
+        fail(str(exc), EXIT_DATA)
     except (MorError, OSError, CheckpointError) as exc:
         fail(f"run failed at step {run.step + 1}: {exc}", EXIT_RUN)
     if not quiet:
