@@ -322,6 +322,8 @@ def _load_reward_node(config: Path):
 def reward_node_train(
     config: Path = typer.Option(..., "--config", "-c", help="Reward-node YAML (node_id, data_dir, model, train)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Checkpoint folder; default model.checkpoint."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Override data_dir: a world, a client folder, or a preference "
+                                     "dataset (TRL prompt/chosen/rejected/images or plain JSONL; docs/data.md)."),
     epochs: int | None = typer.Option(None, help="Override train.epochs."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
@@ -335,6 +337,8 @@ def reward_node_train(
         if epochs is not None:
             train = {**settings.train.model_dump(), "epochs": epochs}
             settings = build(type(settings), {**settings.model_dump(), "train": train}, "--epochs")
+        if data is not None:
+            settings = build(type(settings), {**settings.model_dump(), "data_dir": data}, "--data")
         result = train_rm(settings, out_dir=out, progress=not quiet)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
