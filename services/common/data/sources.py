@@ -188,7 +188,7 @@ def _answers(name: str, value: Any) -> list[str]:
     return out
 
 
-def _image(name: str, value: Any, table: Table, store: ImageStore, missing: list[tuple[str, str]],
+def _image(name: str, value: Any, base: Path, store: ImageStore, missing: list[tuple[str, str]],
            where: str) -> str:
     """The image key of a record (files are checked to exist; ``missing`` collects those that do not)."""
     if isinstance(value, list):
@@ -208,19 +208,19 @@ def _image(name: str, value: Any, table: Table, store: ImageStore, missing: list
         return store.add_bytes(bytes(value))
     if not isinstance(value, str) or not value:
         raise FieldError(name, f"expected an image path, image bytes or a datasets Image, got {_short(value)}")
-    path = Path(value) if Path(value).is_absolute() else table.base / value
+    path = Path(value) if Path(value).is_absolute() else base / value
     if not path.is_file():
         missing.append((where, f"field {name!r}: {path}"))
     return str(path)
 
 
 def _collect(table: Table, parse, missing: list[tuple[str, str]]) -> list[Any]:
-    """parse(where, row) for every row; every invalid record and every missing image file is reported
+    """parse(where, row, base) for every row; every invalid record and every missing image file is reported
     in one DatasetError (up to MAX_LISTED of each, with their counts)."""
     out, errors = [], []
-    for where, row in table.rows():
+    for where, row, base in table.rows():
         try:
-            out.append(parse(where, row))
+            out.append(parse(where, row, base))
         except FieldError as exc:
             errors.append(f"{where}: {exc}")
     problems = []
@@ -249,11 +249,11 @@ def read_vqa(path: str | Path, split: str | None = None, default: tuple[str, ...
     label = _name(p)
     ids: Counter[str] = Counter()
 
-    def parse(at: str, row: dict[str, Any]) -> PoolPrompt:
+    def parse(at: str, row: dict[str, Any], base: Path) -> PoolPrompt:
         qname, question = _pick(row, QUESTION_FIELDS, "the question text")
         question = _message_text(question, qname, ("user",))
         iname, image = _pick(row, IMAGE_FIELDS, "the image: a path or an embedded image")
-        key = _image(iname, image, table, store, missing, at)
+        key = _image(iname, image, base, store, missing, at)
         aname, raw = _pick(row, ANSWER_FIELDS, "", required=False)
         answers = [] if raw is None else _answers(aname, raw)
         atype = row.get("answer_type")
@@ -317,11 +317,11 @@ def read_prefs(path: str | Path, split: str | None = None, default: tuple[str, .
     label = _name(p)
     count = [0]
 
-    def parse(at: str, row: dict[str, Any]) -> PreferencePair:
+    def parse(at: str, row: dict[str, Any], base: Path) -> PreferencePair:
         qname, question = _pick(row, QUESTION_FIELDS, "the prompt text")
         question = _message_text(question, qname, ("user",))
         iname, image = _pick(row, IMAGE_FIELDS, "the image: a path or an embedded image")
-        key = _image(iname, image, table, store, missing, at)
+        key = _image(iname, image, base, store, missing, at)
         texts = {}
         for name in ("chosen", "rejected"):
             _, value = _pick(row, (name,), f"the {name} answer")

@@ -39,6 +39,7 @@ class Part:
     rows: list[dict[str, Any]]
     lines: list[int] | None = None  # 1-based JSONL line of each row; None: rows are numbered from 0
     label: str = ""  # save_to_disk: "split 'train'"
+    base: Path | None = None  # relative image paths resolve against this folder (set by read_table)
 
     def where(self, i: int) -> str:
         if self.lines is not None:
@@ -48,23 +49,24 @@ class Part:
 
 @dataclass
 class Table:
-    """The rows of one split of a dataset, with the folder relative image paths resolve against."""
+    """The rows of one split of a dataset. A relative image path resolves against the folder of the file
+    that names it (the world root for a file inside a MoR world), or the save_to_disk folder."""
 
     source: Path
     format: str  # jsonl | parquet | save_to_disk | split_files
     split: str
     splits: tuple[str, ...]
-    base: Path  # relative image paths are relative to this folder
     parts: list[Part] = field(default_factory=list)
 
     def __len__(self) -> int:
         return sum(len(p.rows) for p in self.parts)
 
-    def rows(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(where, row) for every row, in order."""
+    def rows(self) -> Iterator[tuple[str, dict[str, Any], Path]]:
+        """(where, row, base folder of its relative image paths) for every row, in order."""
         for part in self.parts:
+            base = part.base or part.path.resolve().parent
             for i, row in enumerate(part.rows):
-                yield part.where(i), row
+                yield part.where(i), row, base
 
     @property
     def columns(self) -> list[str]:
@@ -132,8 +134,7 @@ def read_table(path: str | Path, split: str | None = None, default: tuple[str, .
         fmt = _file_format(p)
         name = split_name(p)
         chosen = choose_split((name,), split, default, p)
-        base = world_root(p) or p.resolve().parent
-        return Table(p, fmt, chosen, (name,), base, [_read_file(p)])
+        return Table(p, fmt, chosen, (name,), [_read_file(p)])
     if is_save_to_disk(p):
         return _read_saved(p, split, default)
     files = split_files(p)
@@ -143,7 +144,7 @@ def read_table(path: str | Path, split: str | None = None, default: tuple[str, .
             "no manifest.json of a MoR world)"
         )
     chosen = choose_split(tuple(files), split, default, p)
-    return Table(p, "split_files", chosen, tuple(files), p.resolve(), [_read_file(f) for f in files[chosen]])
+    return Table(p, "split_files", chosen, tuple(files), [_read_file(f) for f in files[chosen]])
 
 
 def _file_format(p: Path) -> str:
@@ -155,7 +156,9 @@ def _file_format(p: Path) -> str:
 
 
 def _read_file(p: Path) -> Part:
-    return _read_jsonl(p) if _file_format(p) == "jsonl" else _read_parquet(p)
+    part = _read_jsonl(p) if _file_format(p) == "jsonl" else _read_parquet(p)
+    part.base = world_root(p) or p.resolve().parent
+    return part
 
 
 def _read_jsonl(p: Path) -> Part:
@@ -208,7 +211,7 @@ def _read_saved(p: Path, split: str | None, default: tuple[str, ...]) -> Table:
     rows = ds.with_format("arrow")[:].to_pylist() if len(ds) else []
     if not rows:
         raise DatasetError(f"{p}: {label or 'the dataset'} holds no records")
-    return Table(p, "save_to_disk", chosen, splits, p.resolve(), [Part(p, rows, None, label)])
+    return Table(p, "save_to_disk", chosen, splits, [Part(p, rows, None, label, p.resolve())])
 
 
 __all__ = ["DatasetError", "Part", "Table", "choose_split", "is_save_to_disk", "read_table", "split_files", "world_root"]
