@@ -135,13 +135,16 @@ def read_table(path: str | Path, split: str | None = None, default: tuple[str, .
         name = split_name(p)
         chosen = choose_split((name,), split, default, p)
         return Table(p, fmt, chosen, (name,), [_read_file(p)])
+    if (p / "manifest.json").is_file():
+        raise DatasetError(f"{p} is a generated MoR world, not a dataset: pass it as a world (--world, world:, "
+                           "data_dir:), or name one of its files (e.g. benchmarks/shapes/test.jsonl)")
     if is_save_to_disk(p):
         return _read_saved(p, split, default)
     files = split_files(p)
     if not files:
         raise DatasetError(
-            f"{p}: not a dataset folder (no save_to_disk files, no <split>.jsonl or <split>.parquet, "
-            "no manifest.json of a MoR world)"
+            f"{p}: not a dataset folder and not a MoR world (no save_to_disk files, no <split>.jsonl or "
+            "<split>.parquet, no manifest.json)"
         )
     chosen = choose_split(tuple(files), split, default, p)
     return Table(p, "split_files", chosen, tuple(files), [_read_file(f) for f in files[chosen]])
