@@ -116,16 +116,37 @@ def data_make(
 
 
 @data_app.command("info")
-def data_info(path: Path = typer.Argument(Path("data/world"), help="World folder.")) -> None:
-    """Summarise a world on disk: benchmarks, splits, clients and their preference sets."""
+def data_info(
+    path: Path = typer.Argument(Path("data/world"), help="A world folder, or a dataset: JSONL, parquet, save_to_disk "
+                                "folder, folder of split files, VQAv2 questions JSON (docs/data.md)."),
+    split: str | None = typer.Option(None, help="Split of a dataset to read (default: test, else train, else the only one)."),
+) -> None:
+    """Summarise a world (benchmarks, clients, server sets) or an outside dataset (kind, splits, records, images)."""
     from services.common.data.world import WorldFormatError, load_world
-    from services.common.warm_start import world_summary
+
+    if (path / "manifest.json").is_file():
+        from services.common.warm_start import world_summary
+
+        try:
+            world = load_world(path)
+        except WorldFormatError as exc:
+            fail(str(exc), EXIT_DATA)
+        Console().print(world_summary(world))
+        return
+    from services.common.data.sources import DatasetError, describe
 
     try:
-        world = load_world(path)
-    except WorldFormatError as exc:
+        info = describe(path, split)
+    except DatasetError as exc:
         fail(str(exc), EXIT_DATA)
-    Console().print(world_summary(world))
+    table = Table(title=f"{info['kind']} dataset {path} ({info['format']})")
+    for col in ("split", "records", "answered", "images (files / embedded)", "benchmarks", "columns"):
+        table.add_column(col, overflow="fold")
+    table.add_row(f"{info['split']} (of {', '.join(info['splits'])})", str(info["records"]),
+                  str(info.get("answered", "-")), f"{info['images']['files']} / {info['images']['embedded']}",
+                  ", ".join(f"{b} {n}" for b, n in info["benchmarks"].items()), ", ".join(info["columns"]))
+    console.print(table)
+    typer.echo(json.dumps(info, sort_keys=True))
 
 
 @certs_app.command("init")
@@ -179,6 +200,11 @@ def certs_token(
 @app.command()
 def sft(
     world: Path = typer.Option(Path("data/world"), help="World folder made by `mor data make`."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Train on this VQA dataset instead of the world: JSONL, "
+                                     "parquet, save_to_disk folder, folder of split files or VQAv2 JSON (docs/data.md)."),
+    split: str | None = typer.Option(None, help="With --data: the split to train on (default: train, else its only split)."),
+    eval_split: str | None = typer.Option(None, help="With --data: the split to evaluate on (default: test when the "
+                                          "dataset has one, else the training examples)."),
     out: Path = typer.Option(Path("runs/sft"), "--out", "-o", help="Checkpoint folder (HF format) for the warm-started policy."),
     config: Path | None = typer.Option(None, "--config", "-c", help="Stack YAML whose `policy:` and `sft:` sections are used."),
     preset: str | None = typer.Option(None, help="Override policy.preset (tiny, small, ...)."),
@@ -186,20 +212,29 @@ def sft(
     steps: int | None = typer.Option(None, help="Override sft.steps."),
     eval_examples: int = typer.Option(200, help="Held-out examples per benchmark to evaluate."),
 ) -> None:
-    """Supervised warm start: teach a policy the answer format on the world's training split."""
+    """Supervised warm start: teach a policy the answer format on the world's training split (or a dataset's)."""
+    from services.common.data.sources import DatasetError
     from services.common.data.world import WorldFormatError
-    from services.common.warm_start import result_table, run_sft
+    from services.common.warm_start import result_table, run_sft, run_sft_data
 
+    if data is None and (split or eval_split):
+        fail("--split / --eval-split choose splits of --data; a world trains on its own SFT examples", EXIT_CONFIG)
     stack = _load_stack(config)
     overrides = {"preset": preset, "arch": arch}
     try:
         policy = build(type(stack.policy), {**stack.policy.model_dump(), **{k: v for k, v in overrides.items() if v}}, "policy")
         sft_cfg = build(type(stack.sft), {**stack.sft.model_dump(), **({"steps": steps} if steps else {})}, "sft")
-        report = run_sft(world, out, policy, sft_cfg, eval_examples=eval_examples, console=Console())
+        if data is None:
+            report = run_sft(world, out, policy, sft_cfg, eval_examples=eval_examples, console=Console())
+        else:
+            report = run_sft_data(data, out, policy, sft_cfg, split=split, eval_split=eval_split,
+                                  eval_examples=eval_examples, console=Console())
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
     except WorldFormatError as exc:
         fail(str(exc), EXIT_DATA)
+    except DatasetError as exc:
+        fail(f"--data: {exc}", EXIT_DATA)
     Console().print(result_table(report))
     summary = {b: round(r["exact_match"], 4) for b, r in report["after"]["benchmarks"].items()}
     typer.echo(json.dumps({"checkpoint": report["checkpoint"], "exact_match": summary}, sort_keys=True))
@@ -287,6 +322,8 @@ def _load_reward_node(config: Path):
 def reward_node_train(
     config: Path = typer.Option(..., "--config", "-c", help="Reward-node YAML (node_id, data_dir, model, train)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Checkpoint folder; default model.checkpoint."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Override data_dir: a world, a client folder, or a preference "
+                                     "dataset (TRL prompt/chosen/rejected/images or plain JSONL; docs/data.md)."),
     epochs: int | None = typer.Option(None, help="Override train.epochs."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
@@ -300,6 +337,8 @@ def reward_node_train(
         if epochs is not None:
             train = {**settings.train.model_dump(), "epochs": epochs}
             settings = build(type(settings), {**settings.model_dump(), "train": train}, "--epochs")
+        if data is not None:
+            settings = build(type(settings), {**settings.model_dump(), "data_dir": data}, "--data")
         result = train_rm(settings, out_dir=out, progress=not quiet)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
@@ -379,6 +418,7 @@ def orchestrator_run(
     import signal
 
     from services.common.config import RunConfig
+    from services.common.data.sources import DatasetError
     from services.common.data.world import WorldFormatError
     from services.common.errors import MorError
     from services.orchestrator import console as view
@@ -426,6 +466,8 @@ def orchestrator_run(
         fail(str(exc), EXIT_CONFIG)
     except WorldFormatError as exc:
         fail(f"world: {exc}", EXIT_DATA)
+    except DatasetError as exc:
+        fail(str(exc), EXIT_DATA)
     except (MorError, OSError, CheckpointError) as exc:
         fail(f"run failed at step {run.step + 1}: {exc}", EXIT_RUN)
     if not quiet:
@@ -464,29 +506,44 @@ def orchestrator_serve(
 def eval_policy(
     policy: Path = typer.Option(..., "--policy", "-p", help="Policy checkpoint folder (HF format: `mor sft` or a run's policy/)."),
     world: Path = typer.Option(Path("data/world"), "--world", "-w", help="World folder made by `mor data make`."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Evaluate on this VQA dataset instead of the world: JSONL, "
+                                     "parquet, save_to_disk folder, folder of split files or VQAv2 questions JSON (docs/data.md)."),
     examples: int = typer.Option(200, "--examples", "-n", help="Examples per benchmark (the first N of the split)."),
-    split: str = typer.Option("test", help="Split to evaluate: test (held out) or train."),
+    split: str | None = typer.Option(None, help="Split to evaluate. A world: test (held out, the default) or train. A "
+                                     "dataset: any split it has (default: test, else its only split)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report to this file."),
     baseline: Path | None = typer.Option(
         None, "--baseline", "-b", help="Also evaluate this policy on the same examples and compare pair by pair: answers "
         "turned right / wrong and the preference change with its paired standard error (e.g. the SFT start of a run)."),
 ) -> None:
-    """Greedy held-out evaluation of a policy: accuracy and format per benchmark, oracle preference per client (JSON)."""
+    """Greedy held-out evaluation of a policy: accuracy and format per benchmark, oracle preference per client (JSON).
+
+    On an outside dataset (--data) there is no oracle: accuracy and format only."""
     from services.common.data.records import SPLITS
     from services.common.data.world import WorldFormatError, load_world
 
     if examples < 1:
         fail(f"--examples must be at least 1 (got {examples})", EXIT_CONFIG)
-    if split not in SPLITS:
+    if data is None and split is not None and split not in SPLITS:
         fail(f"--split must be one of {', '.join(SPLITS)} (got {split!r})", EXIT_CONFIG)
     for option, path in (("--policy", policy), ("--baseline", baseline)):
         if path is not None and not (path / "config.json").is_file():
             fail(f"{option}: {path} is not a policy checkpoint (no config.json)", EXIT_DATA)
+    loaded_world = vqa = None
     try:
-        loaded_world = load_world(world)
+        if data is None:
+            loaded_world = load_world(world)
+        else:
+            from services.common.data.sources import read_vqa
+
+            vqa = read_vqa(data, split)
+            data_examples = vqa.examples("`mor eval`")
     except WorldFormatError as exc:
         fail(f"--world: {exc}", EXIT_DATA)
-    from services.common.evaluation import evaluate_policy, paired_change
+    except ValueError as exc:  # DatasetError
+        fail(f"--data: {exc}", EXIT_DATA)
+    split = vqa.split if vqa is not None else (split or "test")
+    from services.common.evaluation import evaluate_examples, evaluate_policy, paired_change
     from services.common.models.factory import load_vlm
 
     def evaluate(option: str, path: Path) -> dict:
@@ -494,16 +551,29 @@ def eval_policy(
             vlm = load_vlm(path)
         except (OSError, ValueError) as exc:
             fail(f"{option}: cannot load {path}: {exc}", EXIT_DATA)
+        if vqa is not None:
+            return evaluate_examples(vlm, vqa.images, data_examples, per_benchmark=examples, split=split,
+                                     per_example=baseline is not None)
         return evaluate_policy(vlm, loaded_world, per_benchmark=examples, split=split, per_example=baseline is not None)
 
-    report = {"policy": str(policy), "world": str(world), **evaluate("--policy", policy)}
-    table = Table(title=f"{policy} on {world} ({split} split, greedy)")
-    for col in ("benchmark", "n", "chance", "blind prior", "exact match", "VQA acc", "format ok", "client preference"):
+    source = {"world": str(world)} if vqa is None else {"data": str(data), "format": vqa.format}
+    report = {"policy": str(policy), **source, **evaluate("--policy", policy)}
+    table = Table(title=f"{policy} on {data or world} ({split} split, greedy)")
+    cols = ["benchmark", "n", "exact match", "VQA acc", "format ok"]
+    if vqa is None:
+        cols[2:2] = ["chance", "blind prior"]
+        cols.append("client preference")
+    for col in cols:
         table.add_column(col, justify="left" if col == "benchmark" else "right")
     for b, row in report["benchmarks"].items():
-        table.add_row(b, str(row["n"]), f"{row['chance']:.3f}", f"{row['blind']:.3f}", f"{row['exact_match']:.3f}",
-                      f"{row['vqa_accuracy']:.3f}", f"{row['format_ok']:.3f}", f"{row['preference']:.3f}")
-    table.caption = "oracle preference: " + ", ".join(f"{c} {s:.3f}" for c, s in report["client_preference"].items())
+        cells = [f"{row['exact_match']:.3f}", f"{row['vqa_accuracy']:.3f}", f"{row['format_ok']:.3f}"]
+        if vqa is None:
+            cells = [f"{row['chance']:.3f}", f"{row['blind']:.3f}", *cells, f"{row['preference']:.3f}"]
+        table.add_row(b, str(row["n"]), *cells)
+    if vqa is None:
+        table.caption = "oracle preference: " + ", ".join(f"{c} {s:.3f}" for c, s in report["client_preference"].items())
+    else:
+        table.caption = f"{vqa.format} dataset: no preference oracle, accuracy against its reference answers"
     console.print(table)
     if baseline is not None:
         base = evaluate("--baseline", baseline)
@@ -514,8 +584,9 @@ def eval_policy(
             table.add_column(col, justify="left" if col == "benchmark" else "right")
         for b, row in report["benchmarks"].items():
             p, s = report["paired"][b], base["benchmarks"][b]
+            pref = (f"{s['preference']:.3f} → {row['preference']:.3f}", f"{p['preference_se']:.3f}") if vqa is None else ("-", "-")
             table.add_row(b, f"{s['exact_match']:.3f} → {row['exact_match']:.3f}", f"{p['turned_right']} / {p['turned_wrong']}",
-                          f"{s['preference']:.3f} → {row['preference']:.3f}", f"{p['preference_se']:.3f}")
+                          *pref)
         console.print(table)
     text = json.dumps(report, indent=2, sort_keys=True)
     if out is not None:

@@ -1,7 +1,9 @@
-"""Score a policy on a world's held-out split: answer accuracy, format compliance, client oracles.
+"""Score a policy on a world's held-out split: answer accuracy, format compliance, client oracles;
+or on an outside VQA dataset (``evaluate_examples``): answer accuracy and format only, since no
+oracle knows its annotators' preferences.
 
 Greedy decoding, so the numbers describe the policy, not a sampling seed. Shared by `mor sft`,
-`mor demo` and (later) `mor eval`.
+`mor demo` and `mor eval`.
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from rich.progress import Progress
 from services.common.data.answers import exact_match, format_ok, vqa_accuracy
 from services.common.data.chance import benchmark_chance, blind_baseline
 from services.common.data.records import VQAExample
+from services.common.data.sources import ImageSource
 from services.common.data.world import World
 from services.common.models.vlm import VLM
 
 
-def answer(vlm: VLM, world: World, examples: Sequence[VQAExample], batch_size: int = 32,
+def answer(vlm: VLM, world: ImageSource, examples: Sequence[VQAExample], batch_size: int = 32,
            max_new_tokens: int = 24, progress: Progress | None = None) -> list[str]:
     """Greedy answers of ``vlm`` to ``examples``, in order."""
     task = progress.add_task("evaluate", total=len(examples)) if progress else None
@@ -76,13 +79,41 @@ def evaluate_policy(vlm: VLM, world: World, per_benchmark: int = 200, split: str
     return report
 
 
+def evaluate_examples(vlm: VLM, images: ImageSource, examples: Sequence[VQAExample], per_benchmark: int = 200,
+                      split: str = "test", batch_size: int = 32, progress: Progress | None = None,
+                      per_example: bool = False) -> dict:
+    """``evaluate_policy`` for outside data: the first ``per_benchmark`` examples of each benchmark label
+    (a dataset's ``benchmark`` column, else its name); exact match, VQA accuracy and format per label."""
+    labels = list(dict.fromkeys(ex.benchmark for ex in examples))
+    chosen = [ex for b in labels for ex in [e for e in examples if e.benchmark == b][:per_benchmark]]
+    responses = answer(vlm, images, chosen, batch_size=batch_size, progress=progress)
+    benchmarks, rows_by_benchmark = {}, {}
+    for b in labels:
+        rows = [(ex, r) for ex, r in zip(chosen, responses, strict=True) if ex.benchmark == b]
+        em = [exact_match(r, ex.answers) for ex, r in rows]
+        benchmarks[b] = {
+            "n": len(rows),
+            "exact_match": fmean(em),
+            "vqa_accuracy": fmean(vqa_accuracy(r, ex.answers) for ex, r in rows),
+            "format_ok": fmean(float(format_ok(r)) for _, r in rows),
+        }
+        rows_by_benchmark[b] = {"id": [ex.id for ex, _ in rows], "exact_match": em}
+    samples = [{"id": ex.id, "question": ex.question, "answers": ex.answers[:3], "response": r}
+               for ex, r in list(zip(chosen, responses, strict=True))[:: max(1, len(chosen) // 12)]]
+    report = {"split": split, "benchmarks": benchmarks, "samples": samples}
+    if per_example:
+        report["per_example"] = rows_by_benchmark
+    return report
+
+
 def paired_change(before: dict, after: dict, benchmark: str) -> dict:
     """Two ``per_example`` evaluations of the same examples, compared pair by pair: answers that
-    turned right / wrong (exact match) and the mean preference change with its paired standard error."""
+    turned right / wrong (exact match) and the mean preference change with its paired standard error
+    (NaN for outside data, which has no preference oracle)."""
     a, b = before["per_example"][benchmark], after["per_example"][benchmark]
     if a["id"] != b["id"]:
         raise ValueError(f"{benchmark}: the two evaluations are not of the same examples")
-    diff = [y - x for x, y in zip(a["preference"], b["preference"], strict=True)]
+    diff = [y - x for x, y in zip(a.get("preference", []), b.get("preference", []), strict=True)]
     return {
         "turned_right": sum(y > x for x, y in zip(a["exact_match"], b["exact_match"], strict=True)),
         "turned_wrong": sum(y < x for x, y in zip(a["exact_match"], b["exact_match"], strict=True)),

@@ -18,6 +18,7 @@ from rich.table import Table
 from services.common.config import StackConfig
 from services.common.data.answers import STYLES, render_answer
 from services.common.data.config import WorldConfig
+from services.common.data.sources import ImageSource
 from services.common.data.world import World, WorldFormatError, load_world, make_world
 from services.common.models.config import ModelConfig, SFTConfig
 
@@ -85,12 +86,13 @@ def sft_examples(world: World, seed: int = 0) -> list:
     ]
 
 
-def warm_up_vision(vlm, world: World, sft: SFTConfig):
-    """Stage 1 on the same examples SFT will see: the tower learns to tell the short answers apart."""
+def warm_up_vision(vlm, world: World | ImageSource, sft: SFTConfig, examples: list | None = None):
+    """Stage 1 on the same examples SFT will see (a world's SFT examples unless ``examples`` are given):
+    the tower learns to tell the short answers apart."""
     from services.common.data.answers import normalize_answer
     from services.common.models.vision_warmup import encode, vision_warmup
 
-    examples = world.sft_examples()
+    examples = world.sft_examples() if examples is None else examples
     encoded = encode(vlm, [world.load_image(e.image) for e in examples], [e.question for e in examples],
                      [normalize_answer(e.canonical_answer) for e in examples])
     return vision_warmup(vlm, encoded, steps=sft.vision_warmup_steps, seed=sft.seed)
@@ -151,20 +153,77 @@ def run_sft(world_dir: Path, out: Path, policy: ModelConfig, sft: SFTConfig, eva
     return report
 
 
+def run_sft_data(data: Path, out: Path, policy: ModelConfig, sft: SFTConfig, split: str | None = None,
+                 eval_split: str | None = None, eval_examples: int = 200, console: Console | None = None) -> dict[str, Any]:
+    """``run_sft`` on an outside VQA dataset (docs/data.md): train on ``split`` (default train, else its
+    only split), each target the reference answer as written; evaluate on ``eval_split`` (default: its
+    test split when it has one, else the training examples, flagged ``eval_on_train``).
+
+    DatasetError (a ValueError) names the file, record and field of bad data before anything trains."""
+    from services.common.data.sources import read_vqa, sft_answer
+    from services.common.evaluation import evaluate_examples
+    from services.common.models.factory import build_vlm
+    from services.common.models.sft import SFTExample, sft_train
+
+    console = console or Console(stderr=True)
+    train_set = read_vqa(data, split, default=("train",))
+    train_examples = train_set.examples("`mor sft`")
+    if eval_split is None and "test" in train_set.splits and train_set.split != "test":
+        eval_split = "test"
+    held = read_vqa(data, eval_split) if eval_split is not None else train_set
+    held_examples = held.examples("the evaluation of `mor sft`") if eval_split is not None else train_examples
+    vlm = build_vlm(policy)
+    console.print(f"[green]policy[/] {policy.arch}/{policy.preset if policy.path is None else policy.path}: "
+                  f"{vlm.num_parameters() / 1e6:.2f}M parameters")
+
+    def evaluate() -> dict:
+        with _progress(console) as bar:
+            return evaluate_examples(vlm, held.images, held_examples, per_benchmark=eval_examples, split=held.split,
+                                     progress=bar)
+
+    before = evaluate() if policy.path is not None else None
+    warmup = None
+    if policy.path is None and sft.vision_warmup_steps:
+        warmup = warm_up_vision(vlm, train_set.images, sft, examples=train_examples)
+        console.print(f"[green]vision warm-up[/] {warmup.steps} steps, {warmup.classes} answer classes, "
+                      f"loss {warmup.losses[0][1]:.2f}→{warmup.losses[-1][1]:.2f}, {warmup.seconds:.0f}s")
+    train = [SFTExample(image=train_set.images.load_image(ex.image), question=ex.question, answer=sft_answer(ex.answers))
+             for ex in train_examples]
+    console.print(f"[green]sft[/] {len(train)} examples of {data} ({train_set.split}), {sft.steps} steps of {sft.batch_size}")
+    result = sft_train(vlm, train, sft, progress=True)
+    vlm.save(out)
+    after = evaluate()
+    report = {
+        "policy": policy.model_dump(mode="json"), "sft": sft.model_dump(mode="json"), "parameters": vlm.num_parameters(),
+        "data": str(data), "format": train_set.format, "train_split": train_set.split, "eval_split": held.split,
+        "eval_on_train": eval_split is None, "train_examples": len(train),
+        "vision_warmup": None if warmup is None else {"steps": warmup.steps, "losses": warmup.losses,
+                                                      "train_accuracy": warmup.train_accuracy, "seconds": warmup.seconds},
+        "final_loss": result.final_loss, "losses": result.losses, "step_time_s": result.step_time_s,
+        "seconds": result.seconds, "before": before, "after": after, "checkpoint": str(out),
+    }
+    (Path(out) / "sft_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    return report
+
+
 def result_table(report: dict[str, Any]) -> Table:
     """Held-out accuracy per benchmark before and after the warm start, with chance levels."""
     before, after = report["before"], report["after"]
-    table = Table(title=f"held-out split, {report['parameters'] / 1e6:.2f}M-parameter policy after SFT")
-    cols = ["benchmark", "n", "chance", "blind prior", *(["before exact"] if before else []),
+    world = "client_preference" in after  # outside data has no chance levels and no oracle
+    split = "held-out split" if not report.get("eval_on_train") else "training split (the dataset has no test split)"
+    table = Table(title=f"{split}, {report['parameters'] / 1e6:.2f}M-parameter policy after SFT")
+    cols = ["benchmark", "n", *(["chance", "blind prior"] if world else []), *(["before exact"] if before else []),
             "exact match", "VQA acc", "format ok"]
     for col in cols:
         table.add_column(col, justify="left" if col == "benchmark" else "right")
     for b, row in after["benchmarks"].items():
         was = [f"{before['benchmarks'][b]['exact_match']:.3f}"] if before else []
-        table.add_row(b, str(row["n"]), f"{row['chance']:.3f}", f"{row['blind']:.3f}", *was,
+        prior = [f"{row['chance']:.3f}", f"{row['blind']:.3f}"] if world else []
+        table.add_row(b, str(row["n"]), *prior, *was,
                       f"{row['exact_match']:.3f}", f"{row['vqa_accuracy']:.3f}", f"{row['format_ok']:.3f}")
-    table.caption = "mean true preference of each client (oracle): " + ", ".join(
-        f"{c} {s:.2f}" for c, s in after["client_preference"].items())
+    if world:
+        table.caption = "mean true preference of each client (oracle): " + ", ".join(
+            f"{c} {s:.2f}" for c, s in after["client_preference"].items())
     return table
 
 

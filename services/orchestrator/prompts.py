@@ -1,4 +1,5 @@
-"""The server-side prompt stream of a run: the world's prompt pool in a seeded order, epoch by epoch.
+"""The server-side prompt stream of a run: the prompt pool (the world's, or an outside prompt dataset's)
+in a seeded order, epoch by epoch.
 
 The order of epoch e is a shuffle seeded with (seed, e), so a run's prompts depend only on the run
 seed and on how many it has taken: the stream's whole state is (epoch, position), which is what a
@@ -14,7 +15,7 @@ from functools import cached_property
 from PIL import Image
 
 from services.common.data.records import PoolPrompt
-from services.common.data.world import World
+from services.common.data.sources import ImageSource
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Prompt:
 class PromptStream:
     """Seeded, resumable iteration over a prompt pool."""
 
-    def __init__(self, world: World, pool: Sequence[PoolPrompt], seed: int) -> None:
+    def __init__(self, world: ImageSource, pool: Sequence[PoolPrompt], seed: int) -> None:
         if not pool:
             raise ValueError("the prompt pool is empty: nothing to train on")
         self._world = world

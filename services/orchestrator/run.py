@@ -32,7 +32,9 @@ import torch
 from services.common import metrics as m
 from services.common.config import ConfigError, RunConfig
 from services.common.config.base import redacted_dump
-from services.common.data.world import load_world
+from services.common.data.records import PoolPrompt, PreferencePair
+from services.common.data.sources import DatasetError, ImageSource, read_prefs, read_vqa
+from services.common.data.world import World, load_world
 from services.common.errors import VersionMismatch
 from services.orchestrator import checkpoint as ckpt_io
 from services.orchestrator.prompts import Prompt, PromptStream
@@ -86,6 +88,7 @@ class MoRRun:
                  on_status: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.resume = resume
+        self.world: World | None = None
         self.on_step = on_step
         self.on_status = on_status or (lambda msg: log.info("%s", msg))
         self.output_dir = Path(cfg.output_dir)
@@ -123,8 +126,7 @@ class MoRRun:
             torch.set_num_threads(cfg.torch_threads)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "config.json").write_text(json.dumps(redacted_dump(cfg), indent=2, default=str))
-        self.world = load_world(cfg.world)
-        self.stream = PromptStream(self.world, self.world.prompt_pool(), cfg.seed)
+        self.stream = PromptStream(*self._prompt_pool(), cfg.seed)
 
         self.on_status(f"policy: loading {cfg.policy.path or f'{cfg.policy.arch}/{cfg.policy.preset}'}")
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -160,14 +162,43 @@ class MoRRun:
         else:
             self.policy_version = sampler_version
 
+    def _world(self) -> World:
+        """The generated world, opened on first use (a run on outside prompts and pairs never opens it)."""
+        if self.world is None:
+            self.world = load_world(self.cfg.world)
+        return self.world
+
+    def _prompt_pool(self) -> tuple[ImageSource, list[PoolPrompt]]:
+        ref = self.cfg.prompts
+        if ref is None:
+            return self._world(), self._world().prompt_pool()
+        try:
+            pool = read_vqa(ref.path, ref.split, default=("train",))
+        except DatasetError as exc:
+            raise DatasetError(f"prompts: {exc}") from None
+        self.on_status(f"prompts: {len(pool.prompts)} from {ref.path} ({pool.format}, split {pool.split}), "
+                       f"{pool.answered} with reference answers")
+        return pool.images, pool.prompts
+
+    def _calibration_pairs(self) -> tuple[ImageSource, list[PreferencePair]]:
+        ref = self.cfg.calibration
+        if ref is None:
+            return self._world(), self._world().calibration_pairs()
+        try:
+            prefs = read_prefs(ref.path, ref.split, default=("train",), client="server")
+        except DatasetError as exc:
+            raise DatasetError(f"calibration: {exc}") from None
+        return prefs.images, prefs.pairs
+
     async def _fit_router(self) -> None:
         from services.orchestrator.fusion.trainer import calibration_data
 
         if not getattr(self.router, "trainable", False):
             return
-        pairs = self.world.calibration_pairs()[: self.cfg.router.calibration_pairs]
+        images, pairs = self._calibration_pairs()
+        pairs = pairs[: self.cfg.router.calibration_pairs]
         self.on_status(f"router: scoring {len(pairs)} calibration pairs on {len(self.node_ids)} nodes")
-        data = await calibration_data(self.fanout, self.calibration, self.embedder, pairs, self.world)
+        data = await calibration_data(self.fanout, self.calibration, self.embedder, pairs, images)
         report = await self._in_worker(self.router.fit, data)
         self.on_status("router: trained " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(report.items())))
 

@@ -184,7 +184,7 @@ def train_rm(
     if data is None:
         if settings.data_dir is None:
             raise ConfigError("data_dir: the node's preference data folder is not set")
-        data = load_node_data(settings.data_dir, settings.node_id)
+        data = load_node_data(settings.data_dir, settings.node_id, settings.train.held_out_fraction, settings.train.seed)
     cfg = settings.train
     if settings.model.torch_threads:
         torch.set_num_threads(settings.model.torch_threads)

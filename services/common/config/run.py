@@ -134,11 +134,29 @@ class FanoutSection(Section):
     )
 
 
+class DatasetRef(Section):
+    """An outside dataset (docs/data.md): a path and which of its splits to read. A bare path string is accepted."""
+
+    path: Path = Field(..., description="JSONL, parquet, save_to_disk folder, folder of split files or VQAv2 questions JSON.")
+    split: str | None = Field(None, description="Split to read; None: train when the dataset has one, else its only split.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_path(cls, data: object) -> object:
+        return {"path": data} if isinstance(data, (str, Path)) else data
+
+
 class RunConfig(Section):
     """One MoR run: where the policy and data are, whom to call, and how to train."""
 
     seed: int = Field(0, description="Seed of prompt order, sampling and init.")
-    world: Path = Field(Path("data/world"), description="Synthetic world (or any dataset dir) holding the server prompt pool.")
+    world: Path = Field(Path("data/world"), description="Synthetic world holding the server prompt pool and calibration pairs; "
+                        "read only for what `prompts` / `calibration` do not replace.")
+    prompts: DatasetRef | None = Field(None, description="Outside prompt dataset used as the prompt pool instead of the world's "
+                                       "(docs/data.md); reference answers are optional (used by the accuracy rule when present).")
+    calibration: DatasetRef | None = Field(None, description="Outside server-side preference dataset (TRL prompt/chosen/rejected/"
+                                           "images, or plain JSONL image/question/chosen/rejected) the router trains on "
+                                           "instead of the world's calibration pairs (mor and static routers).")
     output_dir: Path = Field(Path("runs/mor"), description="Checkpoints, metrics and results go here.")
     policy: ModelConfig = Field(default_factory=ModelConfig, description="Policy to train (usually the SFT checkpoint).")
     sampler: EndpointSection | None = Field(None, description="Remote sampler; none means sample in process.")

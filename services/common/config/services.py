@@ -52,6 +52,7 @@ class RMTrainSection(Section):
     grounding_epochs: int = Field(12, ge=0, description="Passes over the node's own labelled examples (labelled.jsonl) before the pairs: the RM learns to rank the correct answer first (services.reward_node.grounding); 0, or no labelled examples, skips it.")
     grounding_lr: float = Field(1e-3, gt=0, description="AdamW learning rate of grounding (constant after a 5 % warm-up).")
     max_labelled: int | None = Field(None, ge=1, description="Ground on at most this many labelled examples (smoke runs); None uses all.")
+    held_out_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the pairs held out (seeded by `seed`) to report pair accuracy, when data_dir is a preference dataset without a test or validation split.")
 
 
 class PrototypeSection(Section):
@@ -70,7 +71,7 @@ class RewardNodeSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MOR_REWARD_NODE__")
 
     node_id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$", description="Stable id of this node (its organisation).")
-    data_dir: Path | None = Field(None, description="Private preference data of this organisation (training only; never served).")
+    data_dir: Path | None = Field(None, description="Private preference data of this organisation (training only; never served): a world, a world's client folder, or a preference dataset file or folder (TRL or plain JSONL; docs/data.md).")
     model: RewardModelSection = Field(default_factory=RewardModelSection, description="The RM served.")
     server: ServerSection = Field(default_factory=ServerSection, description="gRPC listener.")
     tls: TLSSection = Field(default_factory=TLSSection, description="Transport security.")

@@ -30,7 +30,8 @@ from services.common import metrics
 from services.orchestrator.fusion import ops
 
 if TYPE_CHECKING:
-    from services.common.data import PreferencePair, World
+    from services.common.data import PreferencePair
+    from services.common.data.sources import ImageSource
     from services.orchestrator.calibration import NodeCalibration
     from services.orchestrator.embedding import PromptEmbedder
     from services.orchestrator.fanout import RewardFanout
@@ -173,7 +174,7 @@ async def calibration_data(
     calibration: NodeCalibration,
     embedder: PromptEmbedder,
     pairs: Sequence[PreferencePair],
-    world: World,
+    world: ImageSource,
     *,
     pairs_per_round: int = 64,
 ) -> CalibrationData:
