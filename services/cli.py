@@ -207,23 +207,29 @@ def sft(
                                           "dataset has one, else the training examples)."),
     out: Path = typer.Option(Path("runs/sft"), "--out", "-o", help="Checkpoint folder (HF format) for the warm-started policy."),
     config: Path | None = typer.Option(None, "--config", "-c", help="Stack YAML whose `policy:` and `sft:` sections are used."),
+    policy_dir: Path | None = typer.Option(None, "--policy", "-p", help="Start from this local HF checkpoint folder "
+                                           "(sets policy.path; docs: README 'Your own model and data')."),
     preset: str | None = typer.Option(None, help="Override policy.preset (tiny, small, ...)."),
     arch: str | None = typer.Option(None, help="Override policy.arch (qwen2_vl, llava)."),
     steps: int | None = typer.Option(None, help="Override sft.steps."),
+    finetune: str | None = typer.Option(None, help="Override sft.finetune: auto (LoRA on a checkpoint, full on a "
+                                        "preset), lora or full."),
     eval_examples: int = typer.Option(200, help="Held-out examples per benchmark to evaluate."),
 ) -> None:
     """Supervised warm start: teach a policy the answer format on the world's training split (or a dataset's)."""
     from services.common.data.sources import DatasetError
     from services.common.data.world import WorldFormatError
+    from services.common.models.families import CheckpointError
     from services.common.warm_start import result_table, run_sft, run_sft_data
 
     if data is None and (split or eval_split):
         fail("--split / --eval-split choose splits of --data; a world trains on its own SFT examples", EXIT_CONFIG)
     stack = _load_stack(config)
-    overrides = {"preset": preset, "arch": arch}
+    overrides = {"preset": preset, "arch": arch, "path": policy_dir}
+    sft_overrides = {"steps": steps, "finetune": finetune}
     try:
         policy = build(type(stack.policy), {**stack.policy.model_dump(), **{k: v for k, v in overrides.items() if v}}, "policy")
-        sft_cfg = build(type(stack.sft), {**stack.sft.model_dump(), **({"steps": steps} if steps else {})}, "sft")
+        sft_cfg = build(type(stack.sft), {**stack.sft.model_dump(), **{k: v for k, v in sft_overrides.items() if v}}, "sft")
         if data is None:
             report = run_sft(world, out, policy, sft_cfg, eval_examples=eval_examples, console=Console())
         else:
@@ -235,6 +241,8 @@ def sft(
         fail(str(exc), EXIT_DATA)
     except DatasetError as exc:
         fail(f"--data: {exc}", EXIT_DATA)
+    except (CheckpointError, FileNotFoundError) as exc:
+        fail(f"policy: {exc}", EXIT_DATA)
     Console().print(result_table(report))
     summary = {b: round(r["exact_match"], 4) for b, r in report["after"]["benchmarks"].items()}
     typer.echo(json.dumps({"checkpoint": report["checkpoint"], "exact_match": summary}, sort_keys=True))

@@ -190,7 +190,7 @@ def run_sft_data(data: Path, out: Path, policy: ModelConfig, sft: SFTConfig, spl
     train = [SFTExample(image=train_set.images.load_image(ex.image), question=ex.question, answer=sft_answer(ex.answers))
              for ex in train_examples]
     console.print(f"[green]sft[/] {len(train)} examples of {data} ({train_set.split}), {sft.steps} steps of {sft.batch_size}")
-    result = sft_train(vlm, train, sft, progress=True)
+    result = sft_train(vlm, train, sft, progress=True, pretrained=policy.is_checkpoint)
     vlm.save(out)
     after = evaluate()
     report = {

@@ -249,3 +249,31 @@ def test_bad_outside_data_is_one_message_naming_file_record_and_field(own, tmp_p
     assert "nosplit'dev'" in err["eval-split"]
     assert "havenoreferenceanswers(field'answers')" in err["sft-prompts"]
     assert "field'chosen':missing" in err["rm"]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
+def test_a_hub_checkpoint_takes_lora_sft_on_outside_data_then_eval(family, own, hub_checkpoint, tmp_path):
+    out = tmp_path / "sft"
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(yaml.safe_dump({"sft": {"steps": 3, "warmup": 1, "batch_size": 4}}))
+
+    sft = invoke("sft", "--policy", str(hub_checkpoint(family)), "--data", str(own["root"] / "vqa_hf"), "-c", str(cfg),
+                 "--eval-examples", "2", "-o", str(out))
+    assert sft.exit_code == 0, sft.output
+    report = json.loads((out / "sft_report.json").read_text())
+    assert report["sft"]["finetune"] == "auto" and report["policy"]["path"] == str(hub_checkpoint(family))
+    assert json.loads((out / "config.json").read_text())["model_type"] == family
+    assert not (out / "adapter_config.json").exists()  # the LoRA adapter was merged into the saved weights
+
+    evaluated = invoke("eval", "--policy", str(out), "--data", str(own["root"] / "vqa_hf"), "--split", "validation", "-n", "2")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert last_json_block(evaluated)["benchmarks"]["vqa_hf"]["n"] == 2
+
+
+def test_an_unsupported_checkpoint_is_one_message_naming_the_supported_families(own, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
+    result = invoke("sft", "--policy", str(tmp_path / "gpt2"), "--data", str(own["root"] / "vqa_hf"), "-o", str(tmp_path / "o"))
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    assert "not a supported VLM family" in result.output and "Idefics3" in result.output

@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextTo
 
 from services.common.models import presets
 from services.common.models.config import ModelConfig
-from services.common.models.families import check_supported, read_chat_template
+from services.common.models.families import CheckpointError, check_supported, read_chat_template
 from services.common.models.tokenizer import build_tokenizer
 from services.common.models.vlm import VLM, quiet_hf
 
@@ -61,7 +61,7 @@ def load_vlm(
     if tokenizer.chat_template is None:
         tokenizer.chat_template = read_chat_template(path)
     if tokenizer.chat_template is None:
-        raise ValueError(f"{path}: no chat template (looked in tokenizer_config.json, chat_template.jinja "
+        raise CheckpointError(f"{path}: no chat template (looked in tokenizer_config.json, chat_template.jinja "
                          "and chat_template.json); add one of them")
     model.to(device)
     return VLM(model, tokenizer, image_processor)

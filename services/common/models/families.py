@@ -38,7 +38,11 @@ SUPPORTED: dict[str, str] = {
 }
 
 
-class UnsupportedModel(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be served as it is (the message says what to change)."""
+
+
+class UnsupportedModel(CheckpointError):
     """A checkpoint of a family we do not serve."""
 
 
@@ -193,4 +197,4 @@ def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-__all__ = ["SUPPORTED", "ImageLayout", "UnsupportedModel", "check_supported", "image_layout", "read_chat_template"]
+__all__ = ["SUPPORTED", "CheckpointError", "ImageLayout", "UnsupportedModel", "check_supported", "image_layout", "read_chat_template"]
