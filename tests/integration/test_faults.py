@@ -4,7 +4,6 @@ step deadline (SIGSTOP), and the orchestrator killed with SIGKILL and resumed. E
 representative, the others run with `-m slow`."""
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
