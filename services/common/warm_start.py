@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.common.config import StackConfig
 from services.common.data.answers import STYLES, render_answer
 from services.common.data.config import WorldConfig
 from services.common.data.sources import ImageSource
@@ -24,7 +23,6 @@ from services.common.models.config import ModelConfig, SFTConfig
 
 QUICK_POLICY = {"preset": "tiny"}
 QUICK_SFT = {"steps": 30, "batch_size": 8, "warmup": 3, "lr": 3e-3, "vision_warmup_steps": 20}
-QUICK_EVAL = 20
 
 
 def world_config(section: WorldConfig, seed: int | None = None, quick: bool = False) -> WorldConfig:
@@ -225,22 +223,3 @@ def result_table(report: dict[str, Any]) -> Table:
         table.caption = "mean true preference of each client (oracle): " + ", ".join(
             f"{c} {s:.2f}" for c, s in after["client_preference"].items())
     return table
-
-
-def run_demo(stack: StackConfig, quick: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """What `make demo` runs today: world → SFT warm start → held-out table (+ results JSON)."""
-    console = console or Console()
-    policy, sft, per_benchmark = stack.policy, stack.sft, stack.eval_examples
-    if quick:
-        policy = policy.model_copy(update=QUICK_POLICY)
-        sft = SFTConfig.model_validate({**sft.model_dump(), **QUICK_SFT})
-        per_benchmark = QUICK_EVAL
-    workdir = stack.workdir / ("quick" if quick else "")
-    world = ensure_world(world_config(stack.world, quick=quick), workdir / "world", console)
-    console.print(world_summary(world))
-    report = run_sft(world.root, workdir / "policy-sft", policy, sft, eval_examples=per_benchmark, console=console)
-    console.print(result_table(report))
-    results = workdir / "results.json"
-    results.write_text(json.dumps(report, indent=2, sort_keys=True))
-    console.print(f"[green]results[/] {results}  (checkpoint {report['checkpoint']})")
-    return report

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -29,7 +28,6 @@ from services.policy_sampler.weights import (
     WeightsKind,
     encode_full_weights,
     encode_lora_adapter,
-    read_adapter_dir,
     sha256_hex,
 )
 
@@ -217,11 +215,6 @@ class SamplerClient:
         """Push a safetensors payload (a LoRA adapter with its adapter_config.json, or full weights)."""
         return await self.push_stream(weight_chunks(version, payload, kind, adapter_config_json, chunk_bytes),
                                       timeout=timeout)
-
-    async def push_adapter(self, version: int, adapter_dir: str | Path, **kwargs: Any) -> PushResult:
-        """Push a PEFT adapter folder (adapter_model.safetensors + adapter_config.json)."""
-        payload, config_json = read_adapter_dir(adapter_dir)
-        return await self.push_weights(version, payload, "lora", adapter_config_json=config_json, **kwargs)
 
     async def push_peft_model(self, version: int, peft_model: Any, adapter_name: str = "default", **kwargs: Any) -> PushResult:
         """Push the adapter of an in-memory peft model (the GRPO trainer's policy)."""

@@ -61,7 +61,3 @@ def number_word(value: str | int) -> str:
     return DIGIT_TO_WORD.get(str(value), str(value))
 
 
-def is_number(text: str) -> bool:
-    """True for a digit string ('3', '10') or a number word ('three')."""
-    t = text.strip().lower()
-    return t.isdigit() or t in NUMBER_WORDS

@@ -368,10 +368,6 @@ class World:
         ho = self.config.held_out_client
         return ho is not None and ho.name == client
 
-    def client_dir(self, client: str) -> Path:
-        self._need_client(client)
-        return self.root / "clients" / client
-
     def pairs(self, client: str, split: str = "train", clean: bool = False) -> list[PreferencePair]:
         """A client's preference pairs as stored (noisy labels included); clean=True undoes the flips."""
         self._need_client(client)

@@ -7,7 +7,7 @@ importing configs stays cheap):
   VLM, Generation                              vlm.py      (generate, sequence_logprobs, save)
   VLMProcessor, VLMBatch                       processor.py
   build_tokenizer                              tokenizer.py
-  SFTExample, SFTResult, sft_train, exact_match  sft.py
+  SFTExample, SFTResult, sft_train, greedy_accuracy  sft.py
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ _LAZY = {
     "SFTExample": "sft",
     "SFTResult": "sft",
     "sft_train": "sft",
-    "exact_match": "sft",
+    "greedy_accuracy": "sft",
 }
 
 __all__ = ["ModelConfig", "SFTConfig", *_LAZY]

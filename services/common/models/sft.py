@@ -24,6 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from services.common.data.answers import exact_match
 from services.common.models import ops
 from services.common.models.config import SFTConfig
 from services.common.models.lora import add_lora, merged
@@ -191,22 +192,17 @@ def _train(
     return result
 
 
-def normalize_answer(text: str) -> str:
-    """Lower-case, trim whitespace and trailing punctuation: 'Red.' == 'red'."""
-    return text.strip().lower().rstrip(".!?").strip()
-
-
-def exact_match(
+def greedy_accuracy(
     vlm: VLM, examples: Sequence[SFTExample], batch_size: int = 32, max_new_tokens: int = 8
 ) -> float:
-    """Fraction of examples whose greedy answer equals the reference after :func:`normalize_answer`."""
+    """Fraction of examples whose greedy answer is the reference (`data.answers.exact_match`)."""
     if not examples:
         return 0.0
-    hits = 0
+    hits = 0.0
     for s in range(0, len(examples), batch_size):
         chunk = examples[s : s + batch_size]
         gens = vlm.generate(
             [e.question for e in chunk], [e.image for e in chunk], max_new_tokens=max_new_tokens, do_sample=False
         )
-        hits += sum(normalize_answer(g[0].text) == normalize_answer(e.answer) for g, e in zip(gens, chunk, strict=True))
+        hits += sum(exact_match(g[0].text, [e.answer]) for g, e in zip(gens, chunk, strict=True))
     return hits / len(examples)

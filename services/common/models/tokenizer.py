@@ -86,13 +86,11 @@ def fallback_corpus() -> list[str]:
 
 
 def default_corpus() -> list[str]:
-    """The fallback corpus plus the synthetic world's own text when services.common.data provides it."""
-    texts = fallback_corpus()
-    try:
-        from services.common.data.corpus import corpus_texts  # lands with the data generator
-    except ImportError:
-        return texts
-    return texts + list(corpus_texts())
+    """The fallback corpus plus the synthetic world's own text."""
+    # Imported here: the data generator pulls in numpy and every benchmark, which a loaded model never needs.
+    from services.common.data.corpus import corpus_texts
+
+    return fallback_corpus() + list(corpus_texts())
 
 
 def train_bpe(corpus: Iterable[str], vocab_size: int = 1024, special_tokens: Sequence[str] = SPECIAL_TOKENS) -> Tokenizer:
