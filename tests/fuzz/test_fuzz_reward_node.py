@@ -67,7 +67,7 @@ def test_score(reward_node, wf, fz, tally, profile) -> None:
     method = "/mor.v1.RewardNode/Score"
     f = fuzzer(wf)
     desc = reward_node_pb2.ScoreRequest.DESCRIPTOR
-    strategy = st.one_of(f.message(desc), f.near(desc, valid_score(wf)))
+    strategy = st.one_of(f.near(desc, valid_score(wf)), f.message(desc))
 
     def body(req) -> None:
         out = reward_node.call(reward_node.caller.unary(method, req.SerializeToString()))
