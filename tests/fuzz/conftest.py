@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Any]:
     out = os.environ.get("MOR_FUZZ_REPORT")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-        name = request.node.name.replace("/", "_").replace("[", "-").rstrip("]")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)
         (Path(out) / f"{name}.json").write_text(json.dumps({"test": request.node.nodeid, **t.summary()}, sort_keys=True))
 
 
