@@ -220,7 +220,7 @@ def main() -> None:
     ap.add_argument("--capacity-s", type=float, default=None, help="Capacity phase (default 8, quick 3).")
     ap.add_argument("--overload-s", type=float, default=None, help="Overload phase (default 30, quick 6).")
     ap.add_argument("--factor", type=float, default=10.0, help="Offered load as a multiple of capacity.")
-    ap.add_argument("--concurrency", type=int, default=16, help="Closed-loop callers when measuring capacity.")
+    ap.add_argument("--concurrency", type=int, default=4, help="Closed-loop callers when measuring capacity (refused ones back off 10 ms).")
     ap.add_argument("--groups", type=int, default=1, help="Groups per ScoreBatch call.")
     ap.add_argument("--group-size", type=int, default=4, help="Answers per group.")
     ap.add_argument("--deadline-s", type=float, default=10.0, help="Deadline of every call.")
@@ -235,7 +235,7 @@ def main() -> None:
         serve(args)
         return
     args.unloaded_s = args.unloaded_s or (2.0 if args.quick else 4.0)
-    args.capacity_s = args.capacity_s or (3.0 if args.quick else 8.0)
+    args.capacity_s = args.capacity_s or (4.0 if args.quick else 10.0)
     args.overload_s = args.overload_s or (6.0 if args.quick else 30.0)
 
     with tempfile.TemporaryDirectory(prefix="mor-overload-") as tmp:

@@ -86,7 +86,11 @@ def node_message(n: NodeRecord) -> Any:
 def config_dict(request: Any) -> dict[str, Any]:
     which = request.WhichOneof("config")
     if which == "config_struct":
-        return plain_config(json_format.MessageToDict(request.config_struct), "config_struct")
+        try:
+            data = json_format.MessageToDict(request.config_struct)
+        except ValueError as exc:  # NaN / Infinity number values have no JSON form
+            raise InvalidInput(f"config_struct: {exc}") from None
+        return plain_config(data, "config_struct")
     data = load_untrusted_yaml(request.config_yaml or "", "config_yaml") or {}
     if not isinstance(data, dict):
         raise InvalidInput(f"config_yaml: top level must be a mapping, got {type(data).__name__}")

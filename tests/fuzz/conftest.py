@@ -138,7 +138,8 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Any]:
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)
-        (Path(out) / f"{name}.json").write_text(json.dumps({"test": request.node.nodeid, **t.summary()}, sort_keys=True))
+        (Path(out) / f"{name}.json").write_text(json.dumps({"test": request.node.nodeid, **t.summary(),
+                                                       "report": t.report() if t.bad else ""}, sort_keys=True))
 
 
 def cases(profile: str, default: int, share: float) -> int:

@@ -1,6 +1,7 @@
 """Defects the wire fuzz found, pinned as plain cases on a real orchestrator (each failed before
-its fix): hostile YAML configs answered INTERNAL (or would expand without bound), and a status
-echoing 4-byte characters was 4 KB although cut to 1024 characters."""
+its fix): hostile YAML configs answered INTERNAL (or would expand without bound), a config_struct
+holding NaN / Infinity answered INTERNAL, and a status echoing 4-byte characters was 4 KB although
+cut to 1024 characters (the client saw RESOURCE_EXHAUSTED)."""
 from __future__ import annotations
 
 import time
@@ -35,6 +36,14 @@ def test_hostile_config_yaml_is_invalid_argument_quickly(orchestrator, config_ya
 
 def test_hostile_override_value_is_invalid_argument(orchestrator) -> None:
     req = orchestrator_pb2.StartRunRequest(run_id="r", config_yaml="seed: 0", overrides=["grpo.beta=" + "[" * 5000])
+    out = orchestrator.call(orchestrator.caller.unary(START, req.SerializeToString()))
+    assert out.code.name == "INVALID_ARGUMENT", (out.code, out.details[:200])
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_config_struct_with_non_finite_number_is_invalid_argument(orchestrator, number) -> None:
+    req = orchestrator_pb2.StartRunRequest(run_id="r")
+    req.config_struct.fields["seed"].number_value = number  # MessageToDict raised ValueError -> INTERNAL
     out = orchestrator.call(orchestrator.caller.unary(START, req.SerializeToString()))
     assert out.code.name == "INVALID_ARGUMENT", (out.code, out.details[:200])
 
