@@ -78,6 +78,61 @@ class RunHandle:
         return self.run.policy_version if self.run is not None else 0
 
 
+# Bounds of a config that arrives over the wire (a real run config is a few KB, a few levels deep).
+MAX_CONFIG_YAML_CHARS = 256 * 1024
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_NODES = 100_000
+
+
+def _plain_key(key: Any) -> str:
+    """A mapping key as JSON would write it (YAML allows ints, floats, bools, null, dates)."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return {None: "null", True: "true", False: "false"}[key]
+    return str(key)
+
+
+def plain_config(value: Any, what: str) -> Any:
+    """YAML-loaded data as plain JSON data (dicts with str keys, lists, str, numbers, bools,
+    None; other scalars as str). Refuses, as InvalidInput, data deeper than MAX_CONFIG_DEPTH or
+    with more than MAX_CONFIG_NODES nodes once aliases are expanded: an alias bomb ("billion
+    laughs") is a few hundred bytes of YAML, and a recursive alias never ends."""
+    budget = [MAX_CONFIG_NODES]
+
+    def conv(v: Any, depth: int) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise InvalidInput(f"{what}: more than {MAX_CONFIG_NODES} values once YAML aliases are expanded",
+                               reason="CONFIG_TOO_LARGE")
+        if depth > MAX_CONFIG_DEPTH:
+            raise InvalidInput(f"{what}: nested deeper than {MAX_CONFIG_DEPTH} levels (or a recursive YAML alias)",
+                               reason="CONFIG_TOO_DEEP")
+        if isinstance(v, dict):
+            return {_plain_key(k): conv(x, depth + 1) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [conv(x, depth + 1) for x in v]
+        if v is None or isinstance(v, bool | int | float | str):
+            return v
+        return str(v)
+
+    return conv(value, 0)
+
+
+def load_untrusted_yaml(text: str, what: str) -> Any:
+    """`text` parsed as YAML into plain data (see plain_config); every failure is InvalidInput."""
+    if len(text) > MAX_CONFIG_YAML_CHARS:
+        raise InvalidInput(f"{what}: {len(text)} characters, limit is {MAX_CONFIG_YAML_CHARS}",
+                           reason="CONFIG_TOO_LARGE")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{what}: not valid YAML ({exc})") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise InvalidInput(f"{what}: nested too deep to parse", reason="CONFIG_TOO_DEEP") from None
+    return plain_config(data, what)
+
+
 def set_dotted(data: dict[str, Any], override: str) -> None:
     """Apply "a.b.c=value" (value parsed as YAML) to a nested dict."""
     key, sep, raw = override.partition("=")
@@ -90,10 +145,7 @@ def set_dotted(data: dict[str, Any], override: str) -> None:
         if not isinstance(nxt, dict):
             raise InvalidInput(f"override {override!r}: {p} is not a section")
         node = nxt
-    try:
-        node[parts[-1]] = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"override {override!r}: value is not valid YAML ({exc})") from None
+    node[parts[-1]] = load_untrusted_yaml(raw, f"override {override!r}: value")
 
 
 @dataclass
@@ -270,4 +322,5 @@ class RunManager:
             raise NotFound(f"node {node_id!r} not registered") from None
 
 
-__all__ = ["RunEvent", "RunHandle", "RunManager", "RunState", "StateChange", "set_dotted"]
+__all__ = ["RunEvent", "RunHandle", "RunManager", "RunState", "StateChange", "load_untrusted_yaml", "plain_config",
+           "set_dotted"]

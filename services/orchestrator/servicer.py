@@ -5,11 +5,9 @@ codes in the shared exception interceptor.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
-import yaml
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -18,7 +16,16 @@ from services.common.grpc.interceptors import current_caller
 from services.common.wire import orchestrator_pb2, orchestrator_pb2_grpc, reward_node_pb2
 from services.orchestrator.access import check_node_owner
 from services.orchestrator.records import StepRecord
-from services.orchestrator.runs import NodeRecord, RunEvent, RunHandle, RunManager, RunState, StateChange
+from services.orchestrator.runs import (
+    NodeRecord,
+    RunEvent,
+    RunHandle,
+    RunManager,
+    RunState,
+    StateChange,
+    load_untrusted_yaml,
+    plain_config,
+)
 
 _STATES = {s: getattr(orchestrator_pb2, f"RUN_STATE_{s.name}") for s in RunState}
 
@@ -81,14 +88,15 @@ def node_message(n: NodeRecord) -> Any:
 def config_dict(request: Any) -> dict[str, Any]:
     which = request.WhichOneof("config")
     if which == "config_struct":
-        return json_format.MessageToDict(request.config_struct)
-    try:
-        data = yaml.safe_load(request.config_yaml or "") or {}
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"config_yaml: not valid YAML ({exc})") from None
+        try:
+            data = json_format.MessageToDict(request.config_struct)
+        except ValueError as exc:  # NaN / Infinity number values have no JSON form
+            raise InvalidInput(f"config_struct: {exc}") from None
+        return plain_config(data, "config_struct")
+    data = load_untrusted_yaml(request.config_yaml or "", "config_yaml") or {}
     if not isinstance(data, dict):
         raise InvalidInput(f"config_yaml: top level must be a mapping, got {type(data).__name__}")
-    return json.loads(json.dumps(data, default=str))
+    return data
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):

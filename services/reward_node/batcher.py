@@ -9,7 +9,12 @@ batch may mix samples of many jobs.
 
 Admission is bounded: a job whose samples would push the queue beyond ``max_queue`` is refused
 at once with ``Overloaded`` (RESOURCE_EXHAUSTED on the wire), all or nothing, so memory stays
-bounded whatever the load. A caller that goes away (deadline, cancel) has its remaining samples
+bounded whatever the load. With ``max_queue_delay_s``, a job is also refused when its samples
+would wait longer than that before their batch starts, estimated from the queue depth and the
+model's measured throughput (an average over recent batches): under overload the queue stays
+short, so admitted calls keep their latency and refusals come early and cheap (load shedding by
+queue time, as CoDel and Triton's queue policy do), instead of every call waiting out a long
+queue. A job into an empty queue is always admitted, so a call larger than the budget still runs. A caller that goes away (deadline, cancel) has its remaining samples
 dropped before they reach the model.
 """
 from __future__ import annotations
@@ -66,6 +71,7 @@ class DynamicBatcher(Generic[T]):
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
+        max_queue_delay_s: float | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
     ) -> None:
@@ -75,6 +81,8 @@ class DynamicBatcher(Generic[T]):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.max_queue_delay_s = max_queue_delay_s
+        self._rate: float | None = None  # samples per second of recent batches (EWMA), None before the first
         self._on_batch = on_batch
         self._on_queue_depth = on_queue_depth
         self._queue: collections.deque[tuple[_Job[T], int, float]] = collections.deque()
@@ -140,6 +148,18 @@ class DynamicBatcher(Generic[T]):
                 f"queue full: {self._depth} samples waiting, {n} more would exceed "
                 f"batching.max_queue={self.max_queue}; retry later"
             )
+        if self.max_queue_delay_s is not None and self._rate and self._depth:
+            wait = (self._depth + n) / self._rate
+            if wait > self.max_queue_delay_s:
+                raise Overloaded(
+                    f"busy: {self._depth} samples waiting, about {wait * 1e3:.0f} ms of work with {n} more, over "
+                    f"batching.max_queue_delay_ms={self.max_queue_delay_s * 1e3:g}; retry later"
+                )
+
+    @property
+    def samples_per_s(self) -> float | None:
+        """The model's measured throughput (EWMA over batches), None before the first batch."""
+        return self._rate
 
     def _set_depth(self, depth: int) -> None:
         self._depth = depth
@@ -204,8 +224,11 @@ class DynamicBatcher(Generic[T]):
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
+            seconds = time.perf_counter() - t0
+            rate = len(items) / max(seconds, 1e-6)
+            self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
             if self._on_batch is not None:
-                self._on_batch(BatchStats(len(items), time.perf_counter() - t0))
+                self._on_batch(BatchStats(len(items), seconds))
             for (job, i), score in zip(batch, scores, strict=True):
                 if job.future.done():
                     continue

@@ -197,6 +197,7 @@ class RewardNodeCore:
         self._batcher = DynamicBatcher(
             self._run_batch, max_batch_size=b.max_batch_size, max_wait_s=b.max_wait_ms / 1000.0,
             max_queue=b.max_queue, on_batch=self._on_batch, on_queue_depth=self._on_queue_depth,
+            max_queue_delay_s=None if b.max_queue_delay_ms is None else b.max_queue_delay_ms / 1000.0,
         )
         self._batcher.start()
         self._set_state("serving")

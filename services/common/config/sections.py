@@ -201,6 +201,7 @@ class BatchingSection(Section):
     max_batch_size: int = Field(32, ge=1, description="Most samples run in one forward pass.")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a partial batch waits for more work before it runs.")
     max_queue: int = Field(1024, ge=1, description="Samples waiting beyond this are refused with RESOURCE_EXHAUSTED.")
+    max_queue_delay_ms: float | None = Field(100.0, gt=0, description="A call whose samples would wait longer than this before their batch starts (queued samples / the model's measured samples per second) is refused at once with RESOURCE_EXHAUSTED, so admitted calls stay fast under overload; null: bound by max_queue only. A call into an empty queue is always admitted.")
     max_pending_pixels: int = Field(4 * 4096 * 4096, ge=1, description="Image pixels all admitted calls may hold decoded at once (about 3 bytes each); a call whose images would pass it is refused with RESOURCE_EXHAUSTED before decoding.")
 
 

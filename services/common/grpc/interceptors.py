@@ -553,11 +553,14 @@ async def abort_for(exc: BaseException, context: aio.ServicerContext, method: st
 
 
 def bounded_message(message: str, limit: int = MAX_STATUS_MESSAGE_CHARS) -> str:
-    """`message` cut to `limit` characters, saying how much was cut (a status must stay sendable)."""
-    if len(message) <= limit:
+    """`message` cut to `limit` characters and `limit` bytes of UTF-8 (an echoed 4-byte character
+    counts 4), saying how much was cut (a status must stay sendable and small)."""
+    data = message.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
         return message
     keep = limit - 48  # room for the note, whose count has at most 20 digits
-    return f"{message[:keep]}... [{len(message) - keep} more characters cut]"
+    head = data[:keep].decode("utf-8", "ignore")  # never half a character
+    return f"{head}... [{len(message) - len(head)} more characters cut]"
 
 
 def default_interceptors(

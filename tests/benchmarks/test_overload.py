@@ -1,0 +1,28 @@
+"""benchmarks/overload.py runs end to end on a tiny budget (a node in a child process, capacity,
+then 10x capacity) and ends with its JSON headline."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "overload.py"
+
+
+@pytest.mark.slow
+def test_quick_run_prints_its_headline_last():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--unloaded-s", "1", "--capacity-s", "2",
+                           "--overload-s", "3"], capture_output=True, text=True, timeout=240)
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    head = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert head["bench"] == "overload"
+    for key in ("goodput_ratio", "admitted_p99_ms", "unloaded_p99_ms", "rss_growth_mb", "capacity_ok_per_s"):
+        assert math.isfinite(head[key]), key
+    assert head["capacity_ok_per_s"] > 0 and head["goodput_ratio"] > 0
+    assert head["overload_codes"].get("RESOURCE_EXHAUSTED", 0) > 0  # 10x capacity is shed, not queued
+    assert "INTERNAL" not in head["overload_codes"] and "UNKNOWN" not in head["overload_codes"]
