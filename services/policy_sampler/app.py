@@ -15,6 +15,7 @@ import logging
 from types import TracebackType
 
 from services.common.config import SamplerSettings
+from services.common.config.variants import SAMPLER_BACKENDS, implementation
 from services.common.grpc import GrpcService, service_name
 from services.common.wire import policy_sampler_pb2, policy_sampler_pb2_grpc
 from services.policy_sampler.backends.base import SamplerBackend
@@ -28,14 +29,8 @@ SERVICE = service_name(policy_sampler_pb2, "PolicySampler")
 
 def build_backend(settings: SamplerSettings) -> SamplerBackend:
     """The backend `settings.backend` names; a vllm backend without vllm or a GPU is a ConfigError."""
-    if settings.backend == "hf":
-        from services.policy_sampler.backends.hf import HFBackend
-
-        return HFBackend(settings.model, settings.hf)
-    from services.policy_sampler.backends import vllm_backend
-
-    vllm_backend.check_environment()  # names what is missing: the extra or a GPU
-    return vllm_backend.VLLMBackend(settings.model, settings.vllm, settings.sampling)
+    backend: type[SamplerBackend] = implementation(SAMPLER_BACKENDS, settings.backend, "sampler backend")
+    return backend.build(settings)
 
 
 class SamplerApp:

@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from services.common.config import EndpointSection
+from services.common.config.variants import SAMPLER_BACKENDS
 from services.common.grpc import call_with_retry, create_channel
 from services.common.grpc.client import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.wire import common_pb2, policy_sampler_pb2, policy_sampler_pb2_grpc
@@ -34,7 +35,7 @@ from services.policy_sampler.weights import (
 DEFAULT_CHUNK_BYTES = 1024 * 1024
 _FINISH = {policy_sampler_pb2.FINISH_REASON_STOP: "stop", policy_sampler_pb2.FINISH_REASON_LENGTH: "length"}
 _KINDS = {"lora": policy_sampler_pb2.WEIGHTS_KIND_LORA_ADAPTER, "full": policy_sampler_pb2.WEIGHTS_KIND_FULL_WEIGHTS}
-_BACKENDS = {policy_sampler_pb2.SAMPLER_BACKEND_HF: "hf", policy_sampler_pb2.SAMPLER_BACKEND_VLLM: "vllm"}
+_BACKENDS = {policy_sampler_pb2.SamplerBackend.Value(f"SAMPLER_BACKEND_{name.upper()}"): name for name in SAMPLER_BACKENDS}
 _STATES = {
     common_pb2.SERVING_STATE_LOADING: "loading",
     common_pb2.SERVING_STATE_SERVING: "serving",

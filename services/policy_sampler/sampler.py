@@ -20,6 +20,7 @@ from typing import Literal
 from services.common import metrics
 from services.common.admission import Budget
 from services.common.config import SamplerSettings
+from services.common.config.variants import SamplerBackendName
 from services.common.errors import NotReady, Overloaded, StalePolicy, VersionMismatch, status_for
 from services.policy_sampler.backends.base import ModelFacts, Sample, SamplerBackend
 from services.policy_sampler.requests import GenerateCall, SamplerLimits, check_generate, decode_prompts
@@ -60,7 +61,7 @@ class SamplerInfo:
     """What GetInfo reports."""
 
     model: ModelFacts
-    backend: Literal["hf", "vllm"]
+    backend: SamplerBackendName
     policy_version: int
     limits: SamplerLimits
     max_weights_bytes: int

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from services.common import errors
+from services.common.config.variants import SAMPLER_BACKENDS
 from services.common.grpc import current_request_id
 from services.common.wire import common_pb2, policy_sampler_pb2, policy_sampler_pb2_grpc
 from services.policy_sampler.requests import GenerateCall, RawImage, RawPrompt, RawSampling
@@ -25,7 +26,8 @@ _KINDS = {
     policy_sampler_pb2.WEIGHTS_KIND_FULL_WEIGHTS: "full",
 }
 _FINISH = {"stop": policy_sampler_pb2.FINISH_REASON_STOP, "length": policy_sampler_pb2.FINISH_REASON_LENGTH}
-_BACKENDS = {"hf": policy_sampler_pb2.SAMPLER_BACKEND_HF, "vllm": policy_sampler_pb2.SAMPLER_BACKEND_VLLM}
+# The enum value of each backend of config.variants.SAMPLER_BACKENDS is SAMPLER_BACKEND_<NAME>.
+_BACKENDS = {name: policy_sampler_pb2.SamplerBackend.Value(f"SAMPLER_BACKEND_{name.upper()}") for name in SAMPLER_BACKENDS}
 _STATES = {
     "loading": common_pb2.SERVING_STATE_LOADING,
     "serving": common_pb2.SERVING_STATE_SERVING,

@@ -81,7 +81,9 @@ def save_checkpoint(
     try:
         model.prepare_for_saving()
         model.save_extra(tmp)
-        save_file(model.persistent_state(), str(tmp / WEIGHTS), metadata={"format": FORMAT, "kind": model.kind})
+        # One metadata key: safetensors writes its metadata map in hash order, so two keys made the file
+        # bytes, and with them model_version, differ between identical trainings (the kind is in metadata.json).
+        save_file(model.persistent_state(), str(tmp / WEIGHTS), metadata={"format": FORMAT})
         if prototype is not None:
             save_file({"prototype": prototype.detach().float().contiguous()}, str(tmp / PROTOTYPE))
         files = _file_hashes(tmp)

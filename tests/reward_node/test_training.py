@@ -136,3 +136,16 @@ def test_missing_data_dir_is_a_config_error(tmp_path: Path) -> None:
         train_rm(node_settings(model={"checkpoint": str(tmp_path / "c")}))
     with pytest.raises(DataError, match="neither a world"):
         train_rm(node_settings(data_dir=str(tmp_path), model={"checkpoint": str(tmp_path / "c")}))
+
+
+def test_the_same_model_saves_to_the_same_bytes_and_model_version(tmp_path: Path) -> None:
+    """model_version is a digest of the checkpoint files, so saving must be deterministic: safetensors
+    wrote a two-key metadata map in hash order, and identical weights got one of two versions."""
+    from services.reward_node.checkpoint import save_checkpoint
+    from services.reward_node.rm.light import LightRM
+
+    torch.manual_seed(0)
+    model = LightRM()
+    saved = [save_checkpoint(model, tmp_path / str(i), {"node_id": "bank"}) for i in range(12)]
+    assert len({m["model_version"] for m in saved}) == 1
+    assert len({(tmp_path / str(i) / "model.safetensors").read_bytes() for i in range(12)}) == 1

@@ -10,11 +10,12 @@ from pydantic import Field, field_validator, model_validator
 from services.common.config.base import Section
 from services.common.config.sections import EndpointSection, NodeEndpoint
 from services.common.config.services import RMTrainSection
+from services.common.config.variants import ROUTERS, ROUTERS_WITH_ARG
 from services.common.data.config import WorldConfig
 from services.common.models.config import LANGUAGE_MODEL_TARGETS, ModelConfig, SFTConfig
 
-ROUTER_KINDS = ("mor", "prototype", "mean", "min", "max", "static", "oracle")
-_ROUTER_RE = re.compile(rf"^({'|'.join(ROUTER_KINDS)}|single:[a-z0-9][a-z0-9_\-]*)$")
+ROUTER_KINDS = tuple(k for k in ROUTERS if k not in ROUTERS_WITH_ARG)
+_ROUTER_RE = re.compile(rf"^({'|'.join(ROUTER_KINDS)}|({'|'.join(ROUTERS_WITH_ARG)}):[a-z0-9][a-z0-9_\-]*)$")
 
 
 class GRPOSection(Section):

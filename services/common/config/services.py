@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -20,13 +20,14 @@ from services.common.config.sections import (
     ServerSection,
     TLSSection,
 )
+from services.common.config.variants import RewardModelKind, SamplerBackendName
 from services.common.models.config import ModelConfig
 
 
 class RewardModelSection(Section):
     """Which reward model a node serves and how its score is mixed with the node's own rules."""
 
-    kind: Literal["vlm", "light"] = Field("light", description="RM architecture: a VLM backbone with a scalar head (LoRA), or MiniLM text + small CNN.")
+    kind: RewardModelKind = Field("light", description="RM architecture: a VLM backbone with a scalar head (LoRA), or MiniLM text + small CNN.")
     checkpoint: Path | None = Field(None, description="Directory of the trained RM (safetensors + metadata). Required to serve.")
     rm_weight: float = Field(1.0, ge=0, description="Weight of the learned RM score in the node's hybrid score.")
     format_weight: float = Field(0.0, ge=0, description="Weight of the node's own format check in its hybrid score.")
@@ -126,7 +127,7 @@ class SamplerSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="MOR_SAMPLER__")
 
-    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers on CPU/GPU. vllm: GPU only, needs the vllm extra.")
+    backend: SamplerBackendName = Field("hf", description="hf: transformers on CPU/GPU. vllm: GPU only, needs the vllm extra.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy to serve (preset or local checkpoint).")
     max_group_size: int = Field(32, ge=2, description="Largest group size G accepted in Generate (the smallest is 2: a group of one has no baseline).")
     max_prompts: int = Field(64, ge=1, description="Most prompts in one Generate request.")

@@ -4,7 +4,7 @@
     router.fit(calibration_data)                      # mor / static learn; the others return {}
     r, w = router.fuse(z, mask, prompt_index, features)   # fused reward[N], effective weights[P, K]
 
-Kinds (one file each, one table below):
+Kinds (one file each, one table: services/common/config/variants.py ROUTERS):
   mean             uniform over available nodes                       mean.py
   min, max         the harshest / kindest node per response           extremes.py
   single:<node>    one node alone                                     single.py
@@ -16,16 +16,17 @@ Shared maths: ops.py. Router training (Bradley-Terry): trainer.py.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from services.common.config.run import RouterSection
+from services.common.config.variants import ROUTERS, ROUTERS_WITH_ARG, implementation
 from services.orchestrator.fusion.base import LogitRouter, Router
 from services.orchestrator.fusion.extremes import MaxRouter, MinRouter
 from services.orchestrator.fusion.learned_router import MoRRouter
 from services.orchestrator.fusion.mean import MeanRouter
 from services.orchestrator.fusion.oracle import OracleRouter
-from services.orchestrator.fusion.prototype import PrototypeRouter, usable_prototypes
+from services.orchestrator.fusion.prototype import PrototypeRouter
 from services.orchestrator.fusion.single import SingleRouter
 from services.orchestrator.fusion.static import StaticRouter
 from services.orchestrator.fusion.trainer import CalibrationData, train_bradley_terry
@@ -38,33 +39,8 @@ class UnknownRouter(ValueError):
     """A router kind that is not in the table; the message lists the supported kinds."""
 
 
-_Factory = Callable[..., Router]
-
-
-def _train_args(cfg: RouterSection, seed: int) -> dict[str, float | int]:
-    return {"train_steps": cfg.train_steps, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-            "holdout_fraction": cfg.holdout_fraction, "seed": seed}
-
-
-# The one table: kind -> factory(node_ids, cfg, arg, feature_dim, infos, seed). ``arg`` is the part
-# after "kind:" (only single uses it).
-ROUTERS: dict[str, _Factory] = {
-    "mean": lambda ids, cfg, arg, dim, infos, seed: MeanRouter(ids),
-    "min": lambda ids, cfg, arg, dim, infos, seed: MinRouter(ids),
-    "max": lambda ids, cfg, arg, dim, infos, seed: MaxRouter(ids),
-    "single": lambda ids, cfg, arg, dim, infos, seed: SingleRouter(ids, arg),
-    "static": lambda ids, cfg, arg, dim, infos, seed: StaticRouter(ids, **_train_args(cfg, seed)),
-    "mor": lambda ids, cfg, arg, dim, infos, seed: MoRRouter(
-        ids, feature_dim=dim, hidden=cfg.hidden, **_train_args(cfg, seed)),
-    "prototype": lambda ids, cfg, arg, dim, infos, seed: PrototypeRouter(
-        ids, usable_prototypes(ids, infos, dim), temperature=cfg.prototype_temperature),
-    "oracle": lambda ids, cfg, arg, dim, infos, seed: OracleRouter(ids, cfg.homes),
-}
-_NEEDS_ARG = frozenset({"single"})
-
-
 def supported_kinds() -> list[str]:
-    return [f"{k}:<node_id>" if k in _NEEDS_ARG else k for k in ROUTERS]
+    return [f"{k}:<node_id>" if k in ROUTERS_WITH_ARG else k for k in ROUTERS]
 
 
 def build_router(
@@ -78,14 +54,13 @@ def build_router(
 ) -> Router:
     """The router ``kind`` over ``node_ids`` (in that order). Raises UnknownRouter listing the kinds."""
     name, _, arg = kind.partition(":")
-    factory = ROUTERS.get(name)
-    if factory is None or (name in _NEEDS_ARG) != bool(arg):
+    if name not in ROUTERS or (name in ROUTERS_WITH_ARG) != bool(arg):
         raise UnknownRouter(f"unknown router {kind!r}; supported: {', '.join(supported_kinds())}")
-    return factory(tuple(node_ids), cfg, arg, feature_dim, infos, seed)
+    router_class: type[Router] = implementation(ROUTERS, name, "router")
+    return router_class.build(tuple(node_ids), cfg, arg=arg, feature_dim=feature_dim, infos=infos, seed=seed)
 
 
 __all__ = [
-    "ROUTERS",
     "CalibrationData",
     "LogitRouter",
     "MaxRouter",

@@ -27,7 +27,9 @@ import torch
 from services.orchestrator.fusion import ops
 
 if TYPE_CHECKING:  # typing only: fusion never imports the gRPC side at run time
+    from services.common.config.run import RouterSection
     from services.orchestrator.fusion.trainer import CalibrationData
+    from services.reward_node.client import NodeInfo
 
 
 class Router(ABC):
@@ -42,6 +44,13 @@ class Router(ABC):
         if len(set(node_ids)) != len(node_ids):
             raise ValueError(f"duplicate node ids: {list(node_ids)}")
         self.node_ids: tuple[str, ...] = tuple(node_ids)
+
+    @classmethod
+    def build(cls, node_ids: Sequence[str], cfg: RouterSection, *, arg: str, feature_dim: int,
+              infos: Mapping[str, NodeInfo] | None, seed: int) -> Router:
+        """The one factory signature of every kind (config.variants.ROUTERS); ``arg`` is what follows
+        "kind:" (single only). A router that needs no setting takes only the node ids."""
+        return cls(node_ids)
 
     @property
     def k(self) -> int:
@@ -137,6 +146,12 @@ class LogitRouter(Router):
         self.weight_decay = weight_decay
         self.holdout_fraction = holdout_fraction
         self.seed = seed
+
+    @staticmethod
+    def train_args(cfg: RouterSection, seed: int) -> dict[str, float | int]:
+        """The Bradley-Terry settings every logit router takes from the router section."""
+        return {"train_steps": cfg.train_steps, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                "holdout_fraction": cfg.holdout_fraction, "seed": seed}
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """features[P, D] -> logits[P, K] (with gradients)."""

@@ -10,12 +10,17 @@ both for the small calibration sets this is trained on:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from services.orchestrator.fusion.base import LogitRouter
 from services.orchestrator.fusion.trainer import CalibrationData
+
+if TYPE_CHECKING:
+    from services.common.config.run import RouterSection
+    from services.reward_node.client import NodeInfo
 
 STD_FLOOR = 1e-4  # a feature constant on the calibration set must not be blown up by 1 / std
 
@@ -53,6 +58,11 @@ class MoRRouter(LogitRouter):
             raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
         self.feature_dim = feature_dim
         self.net = GatingMLP(feature_dim, hidden, self.k, self.seed)
+
+    @classmethod
+    def build(cls, node_ids: Sequence[str], cfg: RouterSection, *, arg: str, feature_dim: int,
+              infos: Mapping[str, NodeInfo] | None, seed: int) -> LogitRouter:
+        return cls(node_ids, feature_dim=feature_dim, hidden=cfg.hidden, **cls.train_args(cfg, seed))
 
     def fit(self, data: CalibrationData) -> dict[str, float]:
         if data.features.shape[1] != self.feature_dim:

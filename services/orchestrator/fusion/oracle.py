@@ -10,10 +10,15 @@ reward, as under single:<node>.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from services.orchestrator.fusion.base import Router
+
+if TYPE_CHECKING:
+    from services.common.config.run import RouterSection
+    from services.reward_node.client import NodeInfo
 
 
 class OracleRouter(Router):
@@ -28,6 +33,11 @@ class OracleRouter(Router):
             raise ValueError(f"oracle router: home node(s) {', '.join(unknown)} not among the nodes "
                              f"({', '.join(self.node_ids)})")
         self.homes = dict(homes)
+
+    @classmethod
+    def build(cls, node_ids: Sequence[str], cfg: RouterSection, *, arg: str, feature_dim: int,
+              infos: Mapping[str, NodeInfo] | None, seed: int) -> Router:
+        return cls(node_ids, cfg.homes)
 
     def weights(self, features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         return self._uniform(features, available)

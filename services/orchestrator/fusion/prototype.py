@@ -24,6 +24,7 @@ from services.orchestrator.fusion.base import Router
 from services.reward_node.rm.text_encoder import EMBEDDER
 
 if TYPE_CHECKING:
+    from services.common.config.run import RouterSection
     from services.reward_node.client import NodeInfo
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,11 @@ class PrototypeRouter(Router):
     def __init__(self, node_ids: Sequence[str], prototypes: Mapping[str, Sequence[float]], *, temperature: float) -> None:
         super().__init__(node_ids)
         self._set(prototypes, temperature)
+
+    @classmethod
+    def build(cls, node_ids: Sequence[str], cfg: RouterSection, *, arg: str, feature_dim: int,
+              infos: Mapping[str, NodeInfo] | None, seed: int) -> Router:
+        return cls(node_ids, usable_prototypes(node_ids, infos, feature_dim), temperature=cfg.prototype_temperature)
 
     def _set(self, prototypes: Mapping[str, Sequence[float]], temperature: float) -> None:
         if temperature <= 0:

@@ -6,11 +6,16 @@ something else than "one node's preferences" without anyone noticing.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from services.orchestrator.fusion.base import Router
+
+if TYPE_CHECKING:
+    from services.common.config.run import RouterSection
+    from services.reward_node.client import NodeInfo
 
 
 class SingleRouter(Router):
@@ -24,6 +29,11 @@ class SingleRouter(Router):
             raise ValueError(f"single:{node}: no such node (have {', '.join(self.node_ids)})")
         self.node = node
         self.index = self.node_ids.index(node)
+
+    @classmethod
+    def build(cls, node_ids: Sequence[str], cfg: RouterSection, *, arg: str, feature_dim: int,
+              infos: Mapping[str, NodeInfo] | None, seed: int) -> Router:
+        return cls(node_ids, arg)
 
     def weights(self, features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         w = torch.zeros(features.shape[0], self.k)

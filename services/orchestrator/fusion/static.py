@@ -6,11 +6,16 @@ untrained, it is the uniform mean.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from services.orchestrator.fusion.base import LogitRouter
+
+if TYPE_CHECKING:
+    from services.common.config.run import RouterSection
+    from services.reward_node.client import NodeInfo
 
 
 class _GlobalLogits(torch.nn.Module):
@@ -30,6 +35,11 @@ class StaticRouter(LogitRouter):
     def __init__(self, node_ids: Sequence[str], **train: float | int) -> None:
         super().__init__(node_ids, **train)  # type: ignore[arg-type]
         self.net = _GlobalLogits(self.k)
+
+    @classmethod
+    def build(cls, node_ids: Sequence[str], cfg: RouterSection, *, arg: str, feature_dim: int,
+              infos: Mapping[str, NodeInfo] | None, seed: int) -> LogitRouter:
+        return cls(node_ids, **cls.train_args(cfg, seed))
 
 
 __all__ = ["StaticRouter"]

@@ -11,10 +11,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
+from services.common.config.variants import SamplerBackendName
 from services.policy_sampler.requests import PromptInput, PromptRules, SamplingOptions
 from services.policy_sampler.weights import PreparedWeights, WeightsHeader
+
+if TYPE_CHECKING:
+    from services.common.config.services import SamplerSettings
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,13 @@ class SamplerBackend(abc.ABC):
     """A generation engine. Life cycle: `await load()`, then any number of `generate` /
     `prepare_weights` / `commit_weights`, then `await close()`."""
 
-    name: ClassVar[Literal["hf", "vllm"]]
+    name: ClassVar[SamplerBackendName]
+
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, settings: SamplerSettings) -> SamplerBackend:
+        """The backend the sampler settings describe: the one factory signature of every backend
+        (config.variants.SAMPLER_BACKENDS). Raises ConfigError when the machine cannot run it."""
 
     @abc.abstractmethod
     async def load(self) -> ModelFacts:

@@ -20,11 +20,12 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
-from services.common.config.services import HFBackendSection
+from services.common.config.services import HFBackendSection, SamplerSettings
+from services.common.config.variants import SamplerBackendName
 from services.common.models import ModelConfig
 from services.policy_sampler.backends.base import GenerationCancelled, ModelFacts, Sample, SamplerBackend
 from services.policy_sampler.requests import SEED_MODULUS, PromptInput, PromptRules, SamplingOptions
@@ -64,8 +65,12 @@ def slices(num_prompts: int, group_size: int, max_rows: int) -> list[range]:
 class HFBackend(SamplerBackend):
     """transformers generate on CPU (or one GPU), one model thread."""
 
-    name: ClassVar[Literal["hf", "vllm"]] = "hf"
+    name: ClassVar[SamplerBackendName] = "hf"
     ADAPTER_PREFIX = "policy"
+
+    @classmethod
+    def build(cls, settings: SamplerSettings) -> HFBackend:
+        return cls(settings.model, settings.hf)
 
     def __init__(self, model: ModelConfig, hf: HFBackendSection | None = None, *, vlm: Any = None) -> None:
         """`vlm`: an already built `VLM` to serve instead of building one from `model` (tests, benchmarks)."""

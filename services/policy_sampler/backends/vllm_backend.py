@@ -31,7 +31,8 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from services.common.config import ConfigError
-from services.common.config.services import SamplingDefaultsSection, VLLMBackendSection
+from services.common.config.services import SamplerSettings, SamplingDefaultsSection, VLLMBackendSection
+from services.common.config.variants import SamplerBackendName
 from services.common.errors import VersionMismatch
 from services.common.models import ModelConfig
 from services.policy_sampler.backends.base import ModelFacts, Sample, SamplerBackend
@@ -104,7 +105,12 @@ def completion_sample(output: Any) -> Sample:
 class VLLMBackend(SamplerBackend):
     """vLLM AsyncLLMEngine with LoRA hot-swap through LoRARequest."""
 
-    name: ClassVar[Literal["hf", "vllm"]] = "vllm"
+    name: ClassVar[SamplerBackendName] = "vllm"
+
+    @classmethod
+    def build(cls, settings: SamplerSettings) -> VLLMBackend:
+        check_environment()  # names what is missing: the extra or a GPU
+        return cls(settings.model, settings.vllm, settings.sampling)
 
     def __init__(self, model: ModelConfig, cfg: VLLMBackendSection | None = None,
                  defaults: SamplingDefaultsSection | None = None) -> None:

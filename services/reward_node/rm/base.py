@@ -7,18 +7,21 @@ share one path: ``prepare`` turns raw inputs into model inputs (frozen encoders 
 with the weights (``out_shift``/``out_scale`` buffers, set once after training), so a node's raw
 scores are roughly N(0, 1) on its own training answers whatever the architecture.
 
-A new architecture is a new file with a subclass, listed in ``services.reward_node.rm.RM_KINDS``.
+A new architecture is a new file with a subclass, listed in ``services.common.config.variants.REWARD_MODELS``.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from PIL import Image
 from torch import nn
+
+if TYPE_CHECKING:
+    from services.common.config.services import RewardModelSection
 
 
 class Prepared(Protocol):
@@ -41,6 +44,12 @@ class RewardModel(nn.Module, ABC):
         # Output standardisation: score = (raw - shift) / scale. Identity until `standardise` is called.
         self.register_buffer("out_shift", torch.zeros(()))
         self.register_buffer("out_scale", torch.ones(()))
+
+    @classmethod
+    def build(cls, section: RewardModelSection) -> RewardModel:
+        """A fresh, trainable RM from the node's model section: the one factory signature of every kind
+        (config.variants.REWARD_MODELS). An architecture without settings takes none of them."""
+        return cls()
 
     # ---- the contract -----------------------------------------------------------------------
     @abstractmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from PIL import Image
@@ -24,6 +24,9 @@ from torch import nn
 
 from services.common.models import ModelConfig
 from services.reward_node.rm.base import RewardModel, check_lengths
+
+if TYPE_CHECKING:
+    from services.common.config.services import RewardModelSection
 
 BACKBONE_DIR = "backbone"
 HEAD_KEYS = ("head.weight", "head.bias", "out_shift", "out_scale")
@@ -79,6 +82,10 @@ class VlmRM(RewardModel):
         self.head = nn.Linear(2 * hidden, 1)
         nn.init.normal_(self.head.weight, std=1.0 / (2 * hidden) ** 0.5)
         nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def build(cls, section: RewardModelSection) -> VlmRM:
+        return cls.fresh(section.backbone, section.lora_rank, section.lora_alpha)
 
     @classmethod
     def fresh(cls, backbone: ModelConfig, lora_rank: int, lora_alpha: float) -> VlmRM:
