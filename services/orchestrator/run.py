@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import logging
 import time
@@ -388,13 +387,7 @@ class MoRRun:
 
     def _save_policy(self) -> Path:
         """The trained policy as a plain HF checkpoint (adapter merged into a copy), for evaluation."""
-        from services.common.models.vlm import VLM
-
-        policy = self.trainer.policy
-        model = copy.deepcopy(policy.model)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        return VLM(model, policy.tokenizer, policy.image_processor).save(self.output_dir / "policy")
+        return self.trainer.export_policy().save(self.output_dir / "policy")
 
     async def close(self) -> None:
         if self._prefetch is not None:

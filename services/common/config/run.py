@@ -66,6 +66,26 @@ class GRPOSection(Section):
         return v
 
 
+class DistributedSection(Section):
+    """The trainer under torchrun (WORLD_SIZE > 1): how the policy is spread over the processes.
+
+    The world size, ranks and rendezvous come from torchrun's environment, not from here; in one
+    process (no torchrun) this section is ignored and the trainer is the plain one.
+    """
+
+    strategy: Literal["fsdp", "ddp"] = Field(
+        "fsdp", description="fsdp: FSDP2 (fully_shard per decoder block, parameters and optimizer state sharded); "
+        "ddp: DistributedDataParallel (a full replica per process, gradients all-reduced).",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend; auto: nccl when the trainer's device is cuda, else gloo.",
+    )
+    timeout_s: float = Field(
+        1800.0, gt=0, description="Timeout of a collective: how long a worker rank waits for rank 0's next "
+        "command (rank 0 spends scoring and pushing time between steps).",
+    )
+
+
 class RouterSection(Section):
     """How node rewards are fused."""
 
@@ -150,6 +170,7 @@ class RunConfig(Section):
     checkpoint_every: int = Field(10, ge=1, description="Write a resumable checkpoint every N steps.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of the trainer; None keeps torch's default (all cores).")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch device of the trainer's policy (and of in-process sampling): cpu, cuda or cuda:N.")
+    distributed: DistributedSection = Field(default_factory=DistributedSection, description="The trainer under torchrun (used only when WORLD_SIZE > 1).")
 
     @model_validator(mode="after")
     def _nodes_agree(self) -> RunConfig:
