@@ -49,22 +49,30 @@ def _is_dtensor(t: Any) -> bool:
     return isinstance(t, DTensor)
 
 
-def shard_blocks(model: torch.nn.Module, mesh: Any) -> int:
-    """fully_shard every transformer block (the classes HF lists in ``_no_split_modules``), then the root.
+def shard_blocks(model: torch.nn.Module, mesh: Any) -> list[torch.nn.Parameter]:
+    """fully_shard every decoder block of the language model, then the root; returns the replicated parameters.
 
-    Returns the number of blocks sharded. Blocks are the unit of FSDP's all-gather: one block's full
-    parameters exist at a time during forward and backward.
+    Blocks are the classes HF lists in ``_no_split_modules`` inside ``get_decoder()``: the unit of
+    FSDP's all-gather (one block's full parameters exist at a time). Everything outside the language
+    model (the vision tower, LLaVA's projector) stays a full replica on every rank, outside FSDP:
+    it runs only for micro-batches with images, and FSDP needs every rank to gather (and
+    reduce-scatter) the same groups in the same order. Its gradients, when trained, are all-reduced
+    by the trainer (``_sync_replicated``).
     """
     from torch.distributed.fsdp import fully_shard
 
-    names = set(getattr(base_model(model), "_no_split_modules", None) or ())
-    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    base = base_model(model)
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    decoder = base.get_decoder()
+    blocks = [m for m in decoder.modules() if type(m).__name__ in names]
     if not blocks:
-        raise ValueError(f"{type(base_model(model)).__name__} names no transformer block classes (_no_split_modules)")
+        raise ValueError(f"{type(base).__name__}'s decoder has no block of the classes in _no_split_modules")
+    in_decoder = {id(p) for p in decoder.parameters()}
+    replicated = [p for p in model.parameters() if id(p) not in in_decoder]
     for block in blocks:
         fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return len(blocks)
+    fully_shard(model, mesh=mesh, ignored_params=set(replicated))
+    return replicated
 
 
 class DistributedGRPOTrainer(GRPOTrainer):
@@ -85,14 +93,15 @@ class DistributedGRPOTrainer(GRPOTrainer):
         self._check_same_start()
         model = self.policy.model
         self._ddp: Any = None
+        self._replicated: list[torch.nn.Parameter] = []
         if strategy == "fsdp":
             from torch.distributed.device_mesh import init_device_mesh
 
             mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
-            blocks = shard_blocks(model, mesh)
+            self._replicated = [p for p in shard_blocks(model, mesh) if p.requires_grad]
             if self._reference is not None:
                 shard_blocks(self._reference.model, mesh)
-            log.info("FSDP2: %d blocks sharded over %d ranks", blocks, ctx.world_size)
+            log.info("FSDP2 over %d ranks (%d trained parameters left replicated)", ctx.world_size, len(self._replicated))
         else:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -240,12 +249,28 @@ class DistributedGRPOTrainer(GRPOTrainer):
     def _clip_gradients(self) -> float:
         if self._ddp is not None:
             return super()._clip_gradients()  # gradients are all-reduced: the same on every rank
-        grads = [p.grad for p in self._params if p.grad is not None]
-        total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        self._sync_replicated()
+        rep = {id(p) for p in self._replicated}
+        sharded = [p.grad for p in self._params if p.grad is not None and id(p) not in rep]
+        total = torch.nn.utils.get_total_norm(sharded, norm_type=2.0)
         if _is_dtensor(total):
             total = total.full_tensor()  # the norm over all shards (a collective)
-        torch.nn.utils.clip_grads_with_norm_(self._params, self.cfg.max_grad_norm, total)
+        replicated = [p.grad for p in self._replicated]
+        if replicated:
+            total = torch.linalg.vector_norm(torch.stack([total, torch.nn.utils.get_total_norm(replicated)]))
+        # Sharded and plain gradients are clipped apart: foreach ops refuse a mix of DTensor and Tensor.
+        plain = [p for p in self._params if id(p) in rep]
+        torch.nn.utils.clip_grads_with_norm_([p for p in self._params if id(p) not in rep], self.cfg.max_grad_norm, total)
+        if plain:
+            torch.nn.utils.clip_grads_with_norm_(plain, self.cfg.max_grad_norm, total)
         return float(total)
+
+    def _sync_replicated(self) -> None:
+        """Average the gradients of the parameters FSDP leaves alone (a rank without images has none)."""
+        for p in self._replicated:
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            dist.all_reduce(g)
+            p.grad = g / self.ctx.world_size
 
     def _full_copy(self, t: torch.Tensor) -> torch.Tensor:
         return t.full_tensor().detach().cpu().clone() if _is_dtensor(t) else t.detach().cpu().clone()
