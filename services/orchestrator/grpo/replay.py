@@ -38,7 +38,8 @@ class ReplayJob(Section):
     resume_from: Path | None = Field(None, description="A state-<k>.pt to load first (written by any world size).")
     save_after: list[int] = Field(default_factory=list, description="Write state-<k>.pt after these steps.")
     seed: int = Field(0, description="Trainer seed (LoRA init).")
-    warmup_steps: int = Field(0, ge=0, description="Untimed steps first (the benchmark's warm-up); counted in steps.")
+    warmup_steps: int = Field(0, ge=0, description="Steps marked warm-up in stats.json (the benchmark drops them); counted in steps.")
+    profile_comm: bool = Field(False, description="Time the collectives of each step after the warm-up with torch.profiler (slows the step).")
 
 
 class ReplaySpec(Section):
@@ -47,15 +48,15 @@ class ReplaySpec(Section):
     jobs: list[ReplayJob] = Field(..., min_length=1, description="Trainers to run, in order.")
     torch_threads: int | None = Field(1, ge=1, description="torch intra-op threads per process.")
     device: str = Field("cpu", pattern=r"^(cpu|cuda)$", description="cpu, or cuda (under torchrun: cuda:LOCAL_RANK; NCCL).")
-    profile_comm: bool = Field(False, description="Time the collectives of each step with torch.profiler.")
 
 
 def _comm_seconds(prof: Any) -> float:
-    """Seconds in gloo/NCCL collectives among the profiled CPU events (c10d ops, record_param_comms)."""
-    total = 0.0
-    for e in prof.key_averages():
-        if e.key == "record_param_comms" or e.key.startswith(("c10d::", "gloo:", "nccl:")):
-            total += e.cpu_time_total
+    """Seconds the profiled collectives ran: the backend's own events (``gloo:all_reduce``,
+    ``nccl:...``), not the ``c10d::`` dispatch events that enqueue them (counting both would count twice)."""
+    events = prof.key_averages()
+    total = sum(e.cpu_time_total for e in events if e.key.startswith(("gloo:", "nccl:")))
+    if not total:
+        total = sum(e.cpu_time_total for e in events if e.key.startswith("c10d::"))
     return total / 1e6
 
 
@@ -83,7 +84,7 @@ def run_job(spec: ReplaySpec, job: ReplayJob, batches: list[Any], out: Path, ctx
             trainer.load_state_dict(torch.load(job.resume_from, weights_only=False))
         steps = []
         for i in range(trainer.steps_done, job.steps):
-            profile = spec.profile_comm and i >= job.warmup_steps
+            profile = job.profile_comm and i >= job.warmup_steps
             if profile:
                 from torch.profiler import ProfilerActivity
                 from torch.profiler import profile as torch_profile
