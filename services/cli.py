@@ -391,6 +391,22 @@ def orchestrator_run(
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
     _logging(logging.WARNING)
+    from services.orchestrator import parallel
+
+    # Under torchrun (WORLD_SIZE > 1) every rank runs this command: rank 0 the run, the others host
+    # their share of the trainer until rank 0 releases them.
+    try:
+        ctx = parallel.init_from_env(cfg.device, cfg.distributed)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    if ctx is not None and not ctx.is_main:
+        from services.orchestrator.worker import serve_runs
+
+        try:
+            serve_runs(ctx)
+        finally:
+            parallel.shutdown()
+        return
     from services.orchestrator.run import MoRRun
 
     out = Console(stderr=True)
@@ -428,6 +444,13 @@ def orchestrator_run(
         fail(f"world: {exc}", EXIT_DATA)
     except (MorError, OSError, CheckpointError) as exc:
         fail(f"run failed at step {run.step + 1}: {exc}", EXIT_RUN)
+    # Released on success only: after a failure rank 0 exits non-zero and torchrun stops the others,
+    # which may be inside a collective rank 0 will never join.
+    if ctx is not None:
+        from services.orchestrator.worker import release_workers
+
+        release_workers()
+        parallel.shutdown()
     if not quiet:
         out.print(view.summary(run.records, title=f"MoR run ({cfg.router.kind} router)"))
     typer.echo(json.dumps({"steps_done": result.steps_done, "policy_version": result.policy_version,

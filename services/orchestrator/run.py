@@ -34,6 +34,7 @@ from services.common.config.base import redacted_dump
 from services.common.data.world import load_world
 from services.common.errors import VersionMismatch
 from services.orchestrator import checkpoint as ckpt_io
+from services.orchestrator.parallel import ParallelContext
 from services.orchestrator.prompts import Prompt, PromptStream
 from services.orchestrator.records import PHASES, NodeStep, StepRecord
 from services.orchestrator.rollouts import LocalSampler, RemoteSampler, Rollouts, RolloutSource
@@ -82,8 +83,10 @@ class MoRRun:
 
     def __init__(self, cfg: RunConfig, *, resume: bool = False,
                  on_step: Callable[[StepRecord], None] | None = None,
-                 on_status: Callable[[str], None] | None = None) -> None:
+                 on_status: Callable[[str], None] | None = None,
+                 parallel: ParallelContext | None = None) -> None:
         self.cfg = cfg
+        self.parallel = parallel  # rank 0 of a torchrun world: the trainer spans every rank
         self.resume = resume
         self.on_step = on_step
         self.on_status = on_status or (lambda msg: log.info("%s", msg))
@@ -128,8 +131,17 @@ class MoRRun:
         self.on_status(f"policy: loading {cfg.policy.path or f'{cfg.policy.arch}/{cfg.policy.preset}'}")
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device: {cfg.device} asked for, but torch sees no CUDA GPU")
-        vlm = await self._in_worker(lambda: build_vlm(cfg.policy).to(cfg.device))
-        self.trainer = await self._in_worker(lambda: GRPOTrainer(vlm, cfg.grpo, seed=cfg.seed))
+        if self.parallel is not None:
+            from services.orchestrator import worker
+
+            worker.check_run(cfg, self.parallel)
+            ctx = self.parallel
+            self.on_status(f"trainer: {cfg.distributed.strategy} over {ctx.world_size} processes ({ctx.backend})")
+            await self._in_worker(worker.announce_run, cfg)
+            self.trainer = await self._in_worker(worker.build_trainer, cfg, ctx)
+        else:
+            vlm = await self._in_worker(lambda: build_vlm(cfg.policy).to(cfg.device))
+            self.trainer = await self._in_worker(lambda: GRPOTrainer(vlm, cfg.grpo, seed=cfg.seed))
         self.source = RemoteSampler(cfg.sampler) if cfg.sampler is not None else LocalSampler(
             self.trainer.policy, self._executor)
         sampler_version = await self.source.start()
@@ -398,6 +410,8 @@ class MoRRun:
             await self.fanout.close()
         if self.source is not None:
             await self.source.close()
+        if self.parallel is not None and self.trainer is not None:
+            await self._in_worker(self.trainer.close)  # the other ranks leave the trainer's command loop
         self._executor.shutdown(wait=True)
 
 
