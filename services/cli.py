@@ -396,7 +396,7 @@ def orchestrator_run(
     # Under torchrun (WORLD_SIZE > 1) every rank runs this command: rank 0 the run, the others host
     # their share of the trainer until rank 0 releases them.
     try:
-        ctx = parallel.init_from_env(cfg.device, cfg.distributed)
+        ctx = parallel.init_from_env(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_s)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
     if ctx is not None and not ctx.is_main:
@@ -475,12 +475,35 @@ def orchestrator_serve(
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
     _logging(logging.INFO)
+    from services.orchestrator import parallel
+
+    # Under torchrun rank 0 serves the API and drives each run's trainer; the other ranks host theirs.
+    try:
+        t = settings.trainer
+        ctx = parallel.init_from_env(t.device, t.backend, t.timeout_s)
+        if ctx is not None and settings.max_concurrent_runs != 1:
+            raise ConfigError("max_concurrent_runs: must be 1 under torchrun (every rank follows one trainer)")
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    if ctx is not None and not ctx.is_main:
+        from services.orchestrator.worker import serve_runs
+
+        try:
+            serve_runs(ctx)
+        finally:
+            parallel.shutdown()
+        return
     from services.orchestrator.app import OrchestratorApp
 
     try:
-        asyncio.run(OrchestratorApp(settings).run())
+        asyncio.run(OrchestratorApp(settings, parallel=ctx).run())
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
+    if ctx is not None:
+        from services.orchestrator.worker import release_workers
+
+        release_workers()
+        parallel.shutdown()
 
 
 @app.command("eval")

@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 
 from services.common.config import ConfigError
-from services.common.config.run import DistributedSection
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +51,23 @@ def resolve_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_from_env(device: str, cfg: DistributedSection) -> ParallelContext | None:
-    """Join torchrun's process group (None when not launched by torchrun with more than one process)."""
+def init_from_env(device: str, backend: str = "auto", timeout_s: float = 1800.0) -> ParallelContext | None:
+    """Join torchrun's process group (None when not launched by torchrun with more than one process).
+
+    ``backend``: gloo, nccl, or auto (nccl when ``device`` is cuda); ``timeout_s``: of every collective.
+    """
     world = launched_world_size()
     if world <= 1:
         return None
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
-    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
+    backend = backend if backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
     if backend == "nccl" and dev.type != "cuda":
         raise ConfigError("distributed.backend: nccl needs device: cuda")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.timeout_s),
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=dev if dev.type == "cuda" else None)
     ctx = ParallelContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
     log.info("trainer rank %d of %d on %s (%s)", ctx.rank, ctx.world_size, dev, backend)

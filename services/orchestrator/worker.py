@@ -23,6 +23,8 @@ _RUN, _SHUTDOWN = "run", "shutdown"
 
 def check_run(cfg: RunConfig, ctx: ParallelContext) -> None:
     """What a run needs to train in ``ctx.world_size`` processes (raised on rank 0 before announcing it)."""
+    if cfg.device.split(":")[0] != ctx.device.type:
+        raise ConfigError(f"device: {cfg.device}, but the trainer's processes run on {ctx.device.type}")
     n = cfg.grpo.prompts_per_step * cfg.grpo.group_size
     if n < ctx.world_size:
         raise ConfigError(f"grpo: a step of {n} completions cannot be split over {ctx.world_size} processes")

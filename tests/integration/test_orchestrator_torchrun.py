@@ -23,6 +23,7 @@ from .conftest import DEVICE
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
+    pytest.mark.slow,  # ~70 s on 2 cores: a torchrun launch per test beside the in-process stack
     pytest.mark.skipif(DEVICE != "cpu", reason="the 2-process run uses gloo on CPU here"),
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
 ]

@@ -70,7 +70,9 @@ class DistributedSection(Section):
     """The trainer under torchrun (WORLD_SIZE > 1): how the policy is spread over the processes.
 
     The world size, ranks and rendezvous come from torchrun's environment, not from here; in one
-    process (no torchrun) this section is ignored and the trainer is the plain one.
+    process (no torchrun) this section is ignored and the trainer is the plain one. ``backend`` and
+    ``timeout_s`` apply to `mor orchestrator run`; under `mor orchestrator serve` the process group
+    exists before any run, and the server's ``trainer`` section sets them.
     """
 
     strategy: Literal["fsdp", "ddp"] = Field(

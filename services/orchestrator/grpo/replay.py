@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from services.common.config.base import Section
-from services.common.config.run import DistributedSection, GRPOSection
+from services.common.config.run import GRPOSection
 from services.common.models.config import ModelConfig
 
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = ReplaySpec.model_validate_json(args.spec.read_text())
     if spec.torch_threads is not None:
         torch.set_num_threads(spec.torch_threads)
-    ctx = parallel.init_from_env(spec.device, DistributedSection())
+    ctx = parallel.init_from_env(spec.device)
     try:
         # Only rank 0 needs the rollouts (a step command carries them to the others); every rank
         # reading the file would also work, but rank 0 alone is what a real run does.
