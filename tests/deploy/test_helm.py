@@ -32,7 +32,8 @@ NODE_CUSTOM: dict[str, Any] = {
     "tls": {"secretName": "bank-tls"},
     "auth": {"tokensSecretName": "bank-tokens", "allowedCallers": ["orchestrator", "auditor"]},
     "probes": {"kind": "http"},
-    "service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["203.0.113.10/32"]},
+    "replicaCount": 2,
+    "service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["203.0.113.10/32"], "headless": True},
     "networkPolicy": {"orchestrator": {"namespaceSelector": {}, "ipBlocks": ["203.0.113.10/32"]}},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
     "nodeSelector": {"org": "bank"},
@@ -43,6 +44,7 @@ SERVER_CUSTOM: dict[str, Any] = {
     "rewardNodes": [
         {"nodeId": "clinic", "address": "rm.clinic.example:443", "tokenSecret": "tok-clinic", "timeoutSeconds": 10},
         {"nodeId": "bank", "address": "10.1.2.3:50051", "tokenSecret": "tok-bank"},
+        {"nodeId": "school", "address": "dns:///rm-school-headless.school.svc:50051", "tokenSecret": "tok-school"},
     ],
     "sampler": {"backend": "hf", "image": {"repository": "mor-sampler", "tag": "dev"},
                 "resources": {"requests": {"cpu": "2", "memory": "4Gi"}}, "nodeSelector": {}, "tolerations": [],
@@ -237,6 +239,18 @@ def test_reward_node_schema_rejects_bad_values(bad: dict[str, Any], message: str
         render("mor-reward-node", bad)
 
 
+def test_reward_node_replicas_get_a_headless_service_over_the_same_pods() -> None:
+    docs = render("mor-reward-node", NODE_CUSTOM, name="rm-bank")
+
+    headless = one(docs, "Service", "rm-bank-headless")
+    main = one(docs, "Service", "rm-bank")
+    assert headless["spec"]["clusterIP"] == "None" and "clusterIP" not in main["spec"]
+    assert headless["spec"]["selector"] == main["spec"]["selector"]
+    assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
+    assert one(docs, "Deployment")["spec"]["replicas"] == 2
+    assert len(by_kind(render("mor-reward-node", {}), "Service")) == 1  # off by default
+
+
 def test_reward_node_notes_name_the_address_and_secrets() -> None:
     text = notes("mor-reward-node", {"nodeId": "bank"}, name="rm-bank")
     assert "rm-bank.mor.svc:50051" in text and "rm-bank-tls" in text and "rm-bank-tokens" in text
@@ -267,7 +281,8 @@ def test_node_tokens_are_projected_where_the_run_config_reads_them() -> None:
     mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "node-tokens")
     projected = {f"{mount['mountPath']}/{s['secret']['items'][0]['path']}": s["secret"]["name"]
                  for s in volume["projected"]["sources"]}
-    assert projected == {"/etc/mor/node-tokens/clinic.token": "tok-clinic", "/etc/mor/node-tokens/bank.token": "tok-bank"}
+    assert projected == {"/etc/mor/node-tokens/clinic.token": "tok-clinic", "/etc/mor/node-tokens/bank.token": "tok-bank",
+                         "/etc/mor/node-tokens/school.token": "tok-school"}
     assert sorted(n["auth"]["token_file"] for n in run["nodes"]) == sorted(projected)
     assert spec["containers"][0]["args"][:4] == ["orchestrator", "run", "--config", "/etc/mor/run.yaml"]
     assert spec["restartPolicy"] == "Never"
