@@ -142,8 +142,15 @@ class MoRRun:
         else:
             vlm = await self._in_worker(lambda: build_vlm(cfg.policy).to(cfg.device))
             self.trainer = await self._in_worker(lambda: GRPOTrainer(vlm, cfg.grpo, seed=cfg.seed))
-        self.source = RemoteSampler(cfg.sampler) if cfg.sampler is not None else LocalSampler(
-            self.trainer.policy, self._executor)
+        endpoints = cfg.sampler_endpoints
+        if len(endpoints) > 1:
+            from services.orchestrator.sampler_pool import SamplerPool
+
+            self.source = SamplerPool(endpoints)
+        elif endpoints:
+            self.source = RemoteSampler(endpoints[0])
+        else:
+            self.source = LocalSampler(self.trainer.policy, self._executor)
         sampler_version = await self.source.start()
 
         self.fanout = RewardFanout(cfg.nodes, cfg.fanout)

@@ -28,7 +28,7 @@ def check_run(cfg: RunConfig, ctx: ParallelContext) -> None:
     n = cfg.grpo.prompts_per_step * cfg.grpo.group_size
     if n < ctx.world_size:
         raise ConfigError(f"grpo: a step of {n} completions cannot be split over {ctx.world_size} processes")
-    if cfg.distributed.strategy == "fsdp" and cfg.sampler is None:
+    if cfg.distributed.strategy == "fsdp" and not cfg.sampler_endpoints:
         # In-process sampling runs on rank 0 alone, but an FSDP model's forward gathers its
         # parameters from every rank: sampling would wait for ranks that are not sampling.
         raise ConfigError("distributed.strategy: fsdp needs a remote sampler (sampler: ...); "
@@ -51,7 +51,7 @@ def build_trainer(cfg: RunConfig, ctx: ParallelContext) -> Any:
 def announce_run(cfg: RunConfig) -> None:
     """Rank 0: the workers build their trainers for ``cfg`` (call it just before building rank 0's)."""
     # Without endpoints: the workers never call out, and tokens and key paths stay on rank 0.
-    dist.broadcast_object_list([(_RUN, cfg.model_copy(update={"nodes": [], "sampler": None}))], src=0)
+    dist.broadcast_object_list([(_RUN, cfg.model_copy(update={"nodes": [], "sampler": None, "samplers": []}))], src=0)
 
 
 def release_workers() -> None:
