@@ -422,7 +422,7 @@ def orchestrator_run(
         if not quiet:
             bar.console.print(f"[green]orchestrator[/] {msg}", highlight=False)
 
-    run = MoRRun(cfg, resume=resume, on_step=on_step, on_status=on_status)
+    run = MoRRun(cfg, resume=resume, on_step=on_step, on_status=on_status, parallel=ctx)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -456,7 +456,8 @@ def orchestrator_run(
     typer.echo(json.dumps({"steps_done": result.steps_done, "policy_version": result.policy_version,
                            "stopped": result.stopped, "seconds": round(result.seconds, 2),
                            "output_dir": str(result.output_dir),
-                           "final_policy": str(result.final_policy) if result.final_policy else None}))
+                           "final_policy": str(result.final_policy) if result.final_policy else None,
+                           "trainer_processes": result.trainer_processes}))
 
 
 @orchestrator_app.command("serve")

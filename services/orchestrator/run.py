@@ -60,6 +60,7 @@ class RunResult:
     seconds: float
     output_dir: Path
     final_policy: Path | None
+    trainer_processes: int = 1  # the torchrun world the trainer spanned
 
 
 def generation_seed(run_seed: int, step: int) -> int:
@@ -395,11 +396,13 @@ class MoRRun:
                 await self._in_worker(self._save)
             final = await self._in_worker(self._save_policy) if self.step == g.steps else None
             result = RunResult(self.step, self.policy_version, self._stop.is_set(), time.perf_counter() - t0,
-                               self.output_dir, final)
+                               self.output_dir, final,
+                               self.parallel.world_size if self.parallel is not None else 1)
             (self.output_dir / "result.json").write_text(json.dumps(
                 {"steps_done": result.steps_done, "policy_version": result.policy_version,
                  "stopped": result.stopped, "seconds": result.seconds,
-                 "final_policy": str(final) if final else None}, indent=2))
+                 "final_policy": str(final) if final else None,
+                 "trainer_processes": result.trainer_processes}, indent=2))
             return result
         finally:
             await self.close()

@@ -67,6 +67,7 @@ def test_fsdp_run_in_two_processes_trains_like_one(stack, world_dir, tmp_path, a
     result = arun(two(), timeout=300)
     single = arun(one())
 
+    assert result["trainer_processes"] == 2 and single.trainer_processes == 1
     assert result["steps_done"] == 3 and result["policy_version"] == 3 == single.policy_version
     steps = read_steps(tmp_path / "two" / "steps.jsonl")
     assert [r.step for r in steps] == [1, 2, 3] and all(len(r.nodes) == 3 for r in steps)
@@ -76,6 +77,12 @@ def test_fsdp_run_in_two_processes_trains_like_one(stack, world_dir, tmp_path, a
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
     assert max(float(v.abs().max()) for k, v in b.items() if "lora_B" in k) > 1e-3
+    # The final policy rank 0 merged from the gathered shards is the one-process run's merged policy.
+    from safetensors.torch import load_file
+
+    merged = [load_file(tmp_path / run / "policy" / "model.safetensors") for run in ("one", "two")]
+    assert merged[0].keys() == merged[1].keys()
+    assert max(float((merged[0][k] - merged[1][k]).abs().max()) for k in merged[0]) <= 1e-4
 
 
 def test_ddp_run_samples_on_rank_zero_and_resumes_in_one_process(stack, world_dir, tmp_path, arun):
@@ -93,6 +100,6 @@ def test_ddp_run_samples_on_rank_zero_and_resumes_in_one_process(stack, world_di
     result = arun(two(), timeout=300)
     after = arun(resumed())
 
-    assert result["steps_done"] == 2
+    assert result["steps_done"] == 2 and result["trainer_processes"] == 2
     assert after.steps_done == 3  # the 2-process checkpoint continued in one process
     assert [r.step for r in read_steps(tmp_path / "run" / "steps.jsonl")] == [1, 2, 3]
