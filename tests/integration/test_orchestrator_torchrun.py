@@ -23,7 +23,7 @@ from .conftest import DEVICE
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
-    pytest.mark.slow,  # ~70 s on 2 cores: a torchrun launch per test beside the in-process stack
+    pytest.mark.slow,  # about 2 minutes on 2 cores: a torchrun launch per test beside the in-process stack
     pytest.mark.skipif(DEVICE != "cpu", reason="the 2-process run uses gloo on CPU here"),
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
 ]
@@ -103,3 +103,60 @@ def test_ddp_run_samples_on_rank_zero_and_resumes_in_one_process(stack, world_di
     assert result["steps_done"] == 2 and result["trainer_processes"] == 2
     assert after.steps_done == 3  # the 2-process checkpoint continued in one process
     assert [r.step for r in read_steps(tmp_path / "run" / "steps.jsonl")] == [1, 2, 3]
+
+
+def test_serve_under_torchrun_hosts_one_trainer_per_run_on_every_rank(stack, world_dir, tmp_path, arun):
+    import signal
+
+    import grpc
+
+    from services.common.wire import orchestrator_pb2, orchestrator_pb2_grpc
+
+    port = _free_port()
+    settings = {"runs_dir": str(tmp_path / "runs"), "tls": {"insecure": True}, "node_tls": {"insecure": True},
+                "server": {"host": "127.0.0.1", "port": port, "grace_s": 1.0}, "metrics": {"enabled": False}}
+    (tmp_path / "orchestrator.yaml").write_text(yaml.safe_dump(settings))
+
+    async def scenario():
+        async with stack() as s:
+            env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(_free_port()), "-m", "services.cli", "orchestrator", "serve",
+                "-c", str(tmp_path / "orchestrator.yaml"), cwd=ROOT, env=env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                    await asyncio.wait_for(ch.channel_ready(), 120)
+                    stub = orchestrator_pb2_grpc.OrchestratorStub(ch)
+                    states = {}
+                    for run_id, steps in (("r1", 2), ("r2", 1)):  # the workers host a fresh trainer per run
+                        cfg = s.run_config(world_dir, tmp_path / "ignored", grpo={"steps": steps})
+                        data = cfg.model_dump(mode="json")
+                        data.pop("output_dir")
+                        await stub.StartRun(orchestrator_pb2.StartRunRequest(run_id=run_id, config_yaml=yaml.safe_dump(data)))
+                        async for _ in stub.WatchRun(orchestrator_pb2.WatchRunRequest(run_id=run_id)):
+                            pass
+                        got = await stub.GetRun(orchestrator_pb2.GetRunRequest(run_id=run_id))
+                        states[run_id] = (got.run.state, got.run.step, got.run.error_message)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    _, err = await asyncio.wait_for(proc.communicate(), 60)
+                except asyncio.TimeoutError:
+                    proc.kill()
+                    _, err = await proc.communicate()
+            return states, err.decode()
+
+    states, err = arun(scenario(), timeout=400)
+
+    for run_id, steps in (("r1", 2), ("r2", 1)):
+        assert states[run_id][:2] == (orchestrator_pb2_state_completed(), steps), (states, err[-3000:])
+        result = json.loads((tmp_path / "runs" / run_id / "result.json").read_text())
+        assert result["trainer_processes"] == 2 and result["steps_done"] == steps
+
+
+def orchestrator_pb2_state_completed() -> int:
+    from services.common.wire import orchestrator_pb2
+
+    return orchestrator_pb2.RUN_STATE_COMPLETED
