@@ -34,7 +34,7 @@ from PIL import Image
 from services.common.config.run import GRPOSection
 from services.common.models.vlm import VLM, base_model
 from services.orchestrator.grpo import shard
-from services.orchestrator.grpo.trainer import GRPOTrainer, RolloutBatch, TrainStats, _Micro
+from services.orchestrator.grpo.trainer import ADAPTER_NAME, GRPOTrainer, RolloutBatch, TrainStats, _Micro
 from services.orchestrator.parallel import ParallelContext
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class DistributedGRPOTrainer(GRPOTrainer):
         if not self.ctx.is_main:
             return None
         if self.kind == "lora":
-            payload, config_json = encode_lora_adapter(self.policy.model, "default", state_dict=full)
+            payload, config_json = encode_lora_adapter(self.policy.model, ADAPTER_NAME, state_dict=full)
             return "lora", payload, config_json
         return "full", encode_full_weights(self.policy.model, state_dict=full), ""
 
@@ -195,7 +195,7 @@ class DistributedGRPOTrainer(GRPOTrainer):
         if self.kind == "lora":
             from peft import get_peft_model
 
-            model = get_peft_model(model, self.policy.model.peft_config["default"], adapter_name="default")
+            model = get_peft_model(model, self.policy.model.peft_config[ADAPTER_NAME], adapter_name=ADAPTER_NAME)
         missing, unexpected = model.load_state_dict(full, strict=False)
         if unexpected or [k for k in missing if k in dict(model.named_parameters())]:
             raise RuntimeError(f"export: state does not fit the policy ({len(missing)} missing, {len(unexpected)} unexpected)")
