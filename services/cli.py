@@ -439,6 +439,22 @@ def orchestrator_run(
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
     _logging(logging.WARNING)
+    from services.orchestrator import parallel
+
+    # Under torchrun (WORLD_SIZE > 1) every rank runs this command: rank 0 the run, the others host
+    # their share of the trainer until rank 0 releases them.
+    try:
+        ctx = parallel.init_from_env(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    if ctx is not None and not ctx.is_main:
+        from services.orchestrator.worker import serve_runs
+
+        try:
+            serve_runs(ctx)
+        finally:
+            parallel.shutdown()
+        return
     from services.orchestrator.run import MoRRun
 
     out = Console(stderr=True)
@@ -454,7 +470,7 @@ def orchestrator_run(
         if not quiet:
             bar.console.print(f"[green]orchestrator[/] {msg}", highlight=False)
 
-    run = MoRRun(cfg, resume=resume, on_step=on_step, on_status=on_status)
+    run = MoRRun(cfg, resume=resume, on_step=on_step, on_status=on_status, parallel=ctx)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -478,12 +494,20 @@ def orchestrator_run(
         fail(str(exc), EXIT_DATA)
     except (MorError, OSError, CheckpointError) as exc:
         fail(f"run failed at step {run.step + 1}: {exc}", EXIT_RUN)
+    # Released on success only: after a failure rank 0 exits non-zero and torchrun stops the others,
+    # which may be inside a collective rank 0 will never join.
+    if ctx is not None:
+        from services.orchestrator.worker import release_workers
+
+        release_workers()
+        parallel.shutdown()
     if not quiet:
         out.print(view.summary(run.records, title=f"MoR run ({cfg.router.kind} router)"))
     typer.echo(json.dumps({"steps_done": result.steps_done, "policy_version": result.policy_version,
                            "stopped": result.stopped, "seconds": round(result.seconds, 2),
                            "output_dir": str(result.output_dir),
-                           "final_policy": str(result.final_policy) if result.final_policy else None}))
+                           "final_policy": str(result.final_policy) if result.final_policy else None,
+                           "trainer_processes": result.trainer_processes}))
 
 
 @orchestrator_app.command("serve")
@@ -502,12 +526,35 @@ def orchestrator_serve(
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
     _logging(logging.INFO)
+    from services.orchestrator import parallel
+
+    # Under torchrun rank 0 serves the API and drives each run's trainer; the other ranks host theirs.
+    try:
+        t = settings.trainer
+        ctx = parallel.init_from_env(t.device, t.backend, t.timeout_s)
+        if ctx is not None and settings.max_concurrent_runs != 1:
+            raise ConfigError("max_concurrent_runs: must be 1 under torchrun (every rank follows one trainer)")
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    if ctx is not None and not ctx.is_main:
+        from services.orchestrator.worker import serve_runs
+
+        try:
+            serve_runs(ctx)
+        finally:
+            parallel.shutdown()
+        return
     from services.orchestrator.app import OrchestratorApp
 
     try:
-        asyncio.run(OrchestratorApp(settings).run())
+        asyncio.run(OrchestratorApp(settings, parallel=ctx).run())
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
+    if ctx is not None:
+        from services.orchestrator.worker import release_workers
+
+        release_workers()
+        parallel.shutdown()
 
 
 @app.command("eval")

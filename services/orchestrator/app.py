@@ -7,6 +7,7 @@ import logging
 from services.common.config import OrchestratorSettings
 from services.common.grpc import GrpcService, service_name
 from services.common.wire import orchestrator_pb2, orchestrator_pb2_grpc
+from services.orchestrator.parallel import ParallelContext
 from services.orchestrator.runs import RunManager
 from services.orchestrator.servicer import OrchestratorServicer
 
@@ -16,9 +17,9 @@ SERVICE_NAME = service_name(orchestrator_pb2, "Orchestrator")
 
 
 class OrchestratorApp:
-    def __init__(self, settings: OrchestratorSettings) -> None:
+    def __init__(self, settings: OrchestratorSettings, parallel: ParallelContext | None = None) -> None:
         self.settings = settings
-        self.manager = RunManager(settings)
+        self.manager = RunManager(settings, parallel=parallel)
         self.service = GrpcService("orchestrator", server=settings.server, tls=settings.tls, auth=settings.auth,
                                    metrics=settings.metrics if settings.metrics.enabled else None)
         self.service.add_servicer(orchestrator_pb2_grpc.add_OrchestratorServicer_to_server,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import logging
 import time
@@ -37,6 +36,7 @@ from services.common.data.sources import DatasetError, ImageSource, read_prefs, 
 from services.common.data.world import World, load_world
 from services.common.errors import VersionMismatch
 from services.orchestrator import checkpoint as ckpt_io
+from services.orchestrator.parallel import ParallelContext
 from services.orchestrator.prompts import Prompt, PromptStream
 from services.orchestrator.records import PHASES, NodeStep, StepRecord
 from services.orchestrator.rollouts import LocalSampler, RemoteSampler, Rollouts, RolloutSource
@@ -62,6 +62,7 @@ class RunResult:
     seconds: float
     output_dir: Path
     final_policy: Path | None
+    trainer_processes: int = 1  # the torchrun world the trainer spanned
 
 
 def generation_seed(run_seed: int, step: int) -> int:
@@ -85,8 +86,10 @@ class MoRRun:
 
     def __init__(self, cfg: RunConfig, *, resume: bool = False,
                  on_step: Callable[[StepRecord], None] | None = None,
-                 on_status: Callable[[str], None] | None = None) -> None:
+                 on_status: Callable[[str], None] | None = None,
+                 parallel: ParallelContext | None = None) -> None:
         self.cfg = cfg
+        self.parallel = parallel  # rank 0 of a torchrun world: the trainer spans every rank
         self.resume = resume
         self.world: World | None = None
         self.on_step = on_step
@@ -131,10 +134,26 @@ class MoRRun:
         self.on_status(f"policy: loading {cfg.policy.path or f'{cfg.policy.arch}/{cfg.policy.preset}'}")
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device: {cfg.device} asked for, but torch sees no CUDA GPU")
-        vlm = await self._in_worker(lambda: build_vlm(cfg.policy).to(cfg.device))
-        self.trainer = await self._in_worker(lambda: GRPOTrainer(vlm, cfg.grpo, seed=cfg.seed))
-        self.source = RemoteSampler(cfg.sampler) if cfg.sampler is not None else LocalSampler(
-            self.trainer.policy, self._executor)
+        if self.parallel is not None:
+            from services.orchestrator import worker
+
+            worker.check_run(cfg, self.parallel)
+            ctx = self.parallel
+            self.on_status(f"trainer: {cfg.distributed.strategy} over {ctx.world_size} processes ({ctx.backend})")
+            await self._in_worker(worker.announce_run, cfg)
+            self.trainer = await self._in_worker(worker.build_trainer, cfg, ctx)
+        else:
+            vlm = await self._in_worker(lambda: build_vlm(cfg.policy).to(cfg.device))
+            self.trainer = await self._in_worker(lambda: GRPOTrainer(vlm, cfg.grpo, seed=cfg.seed))
+        endpoints = cfg.sampler_endpoints
+        if len(endpoints) > 1:
+            from services.orchestrator.sampler_pool import SamplerPool
+
+            self.source = SamplerPool(endpoints)
+        elif endpoints:
+            self.source = RemoteSampler(endpoints[0])
+        else:
+            self.source = LocalSampler(self.trainer.policy, self._executor)
         sampler_version = await self.source.start()
 
         self.fanout = RewardFanout(cfg.nodes, cfg.fanout)
@@ -408,24 +427,20 @@ class MoRRun:
                 await self._in_worker(self._save)
             final = await self._in_worker(self._save_policy) if self.step == g.steps else None
             result = RunResult(self.step, self.policy_version, self._stop.is_set(), time.perf_counter() - t0,
-                               self.output_dir, final)
+                               self.output_dir, final,
+                               self.parallel.world_size if self.parallel is not None else 1)
             (self.output_dir / "result.json").write_text(json.dumps(
                 {"steps_done": result.steps_done, "policy_version": result.policy_version,
                  "stopped": result.stopped, "seconds": result.seconds,
-                 "final_policy": str(final) if final else None}, indent=2))
+                 "final_policy": str(final) if final else None,
+                 "trainer_processes": result.trainer_processes}, indent=2))
             return result
         finally:
             await self.close()
 
     def _save_policy(self) -> Path:
         """The trained policy as a plain HF checkpoint (adapter merged into a copy), for evaluation."""
-        from services.common.models.vlm import VLM
-
-        policy = self.trainer.policy
-        model = copy.deepcopy(policy.model)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        return VLM(model, policy.tokenizer, policy.image_processor).save(self.output_dir / "policy")
+        return self.trainer.export_policy().save(self.output_dir / "policy")
 
     async def close(self) -> None:
         if self._prefetch is not None:
@@ -436,6 +451,8 @@ class MoRRun:
             await self.fanout.close()
         if self.source is not None:
             await self.source.close()
+        if self.parallel is not None and self.trainer is not None:
+            await self._in_worker(self.trainer.close)  # the other ranks leave the trainer's command loop
         self._executor.shutdown(wait=True)
 
 

@@ -161,8 +161,9 @@ class NodeRecord:
 class RunManager:
     """All runs of one orchestrator process and its node registry."""
 
-    def __init__(self, settings: OrchestratorSettings) -> None:
+    def __init__(self, settings: OrchestratorSettings, parallel: Any = None) -> None:
         self.settings = settings
+        self.parallel = parallel  # a ParallelContext under torchrun: every run's trainer spans the ranks
         self.runs: dict[str, RunHandle] = {}
         self.nodes: dict[str, NodeRecord] = {}
 
@@ -198,7 +199,7 @@ class RunManager:
         handle = RunHandle(run_id, cfg, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         self.runs[run_id] = handle
         await self._emit(handle, StateChange(None, RunState.PENDING, "accepted"))
-        handle.run = MoRRun(cfg, on_step=lambda r: self._on_step(handle, r))
+        handle.run = MoRRun(cfg, on_step=lambda r: self._on_step(handle, r), parallel=self.parallel)
         handle.task = asyncio.create_task(self._drive(handle), name=f"run-{run_id}")
         return handle
 

@@ -469,22 +469,31 @@ class VersionGate:
 # --- building payloads (trainer and client side) -------------------------------------------------
 
 
-def encode_lora_adapter(peft_model: Any, adapter_name: str = "default") -> tuple[bytes, str]:
-    """(safetensors payload, adapter_config.json text) of a peft model's adapter, as the sampler takes it."""
+def encode_lora_adapter(peft_model: Any, adapter_name: str = "default",
+                        state_dict: dict[str, torch.Tensor] | None = None) -> tuple[bytes, str]:
+    """(safetensors payload, adapter_config.json text) of a peft model's adapter, as the sampler takes it.
+
+    ``state_dict``: the model's full state when its own tensors are shards (FSDP gathers it first).
+    """
     from peft import get_peft_model_state_dict
     from safetensors.torch import save
 
-    state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+    state = get_peft_model_state_dict(peft_model, state_dict=state_dict, adapter_name=adapter_name)
     payload = save({k: v.detach().contiguous().cpu() for k, v in state.items()})
     config = peft_model.peft_config[adapter_name]
     return payload, config.to_json_string() if hasattr(config, "to_json_string") else json.dumps(
         config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set | frozenset) else str(v))
 
 
-def encode_full_weights(model: torch.nn.Module) -> bytes:
-    """safetensors payload of every parameter of `model` (tied tensors once), as the sampler takes it."""
+def encode_full_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> bytes:
+    """safetensors payload of every parameter of `model` (tied tensors once), as the sampler takes it.
+
+    ``state_dict``: the model's full state when its own tensors are shards (FSDP gathers it first).
+    """
     from safetensors.torch import save
 
+    if state_dict is not None:
+        return save({name: state_dict[name].detach().contiguous().cpu() for name, _ in model.named_parameters()})
     return save({name: p.detach().contiguous().cpu() for name, p in model.named_parameters()})
 
 

@@ -13,6 +13,7 @@ factory. Results are plain dataclasses; callers never see protobuf.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,17 @@ def _group_scores(scores: Sequence[reward_node_pb2.Score], group_id: str = "") -
     return GroupScores([s.overall for s in scores], [dict(s.parts) for s in scores], group_id)
 
 
+# Channel-level retry of UNAVAILABLE only, a few times and quickly: behind one address with several
+# replicas (round_robin), a call that met a replica going away is sent again to another one, so a
+# dying replica costs no scores. Overload (RESOURCE_EXHAUSTED) is not retried here, and against a
+# single node that is down the retries fail at once, well inside the fan-out's deadline.
+REPLICA_RETRY_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "mor.v1.RewardNode"}],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
+
+
 class RewardNodeClient:
     """Async client of one reward node; see the module docstring. Close it (or use ``async with``)."""
 
@@ -132,7 +144,8 @@ class RewardNodeClient:
         self.endpoint = endpoint
         self.retries = retries
         self._retry = {"backoff": backoff_s, "max_backoff": max_backoff_s, "jitter": jitter}
-        self._channel = create_channel(endpoint, max_message_bytes=max_message_bytes, server_name=server_name)
+        self._channel = create_channel(endpoint, max_message_bytes=max_message_bytes, server_name=server_name,
+                                       extra_options=[("grpc.service_config", REPLICA_RETRY_CONFIG)])
         self._stub = reward_node_pb2_grpc.RewardNodeStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -32,7 +32,8 @@ NODE_CUSTOM: dict[str, Any] = {
     "tls": {"secretName": "bank-tls"},
     "auth": {"tokensSecretName": "bank-tokens", "allowedCallers": ["orchestrator", "auditor"]},
     "probes": {"kind": "http"},
-    "service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["203.0.113.10/32"]},
+    "replicaCount": 2,
+    "service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["203.0.113.10/32"], "headless": True},
     "networkPolicy": {"orchestrator": {"namespaceSelector": {}, "ipBlocks": ["203.0.113.10/32"]}},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
     "nodeSelector": {"org": "bank"},
@@ -43,6 +44,7 @@ SERVER_CUSTOM: dict[str, Any] = {
     "rewardNodes": [
         {"nodeId": "clinic", "address": "rm.clinic.example:443", "tokenSecret": "tok-clinic", "timeoutSeconds": 10},
         {"nodeId": "bank", "address": "10.1.2.3:50051", "tokenSecret": "tok-bank"},
+        {"nodeId": "school", "address": "dns:///rm-school-headless.school.svc:50051", "tokenSecret": "tok-school"},
     ],
     "sampler": {"backend": "hf", "image": {"repository": "mor-sampler", "tag": "dev"},
                 "resources": {"requests": {"cpu": "2", "memory": "4Gi"}}, "nodeSelector": {}, "tolerations": [],
@@ -53,8 +55,17 @@ SERVER_CUSTOM: dict[str, Any] = {
     "networkPolicy": {"enabled": False},
 }
 
+TRAINER_INDEXED: dict[str, Any] = {"orchestrator": {
+    "mode": "run", "trainer": {"nodes": 2, "nprocPerNode": 4},
+    "storage": {"accessModes": ["ReadWriteMany"]}, "run": {"device": "cuda", "distributed": {"strategy": "fsdp"}}}}
+TRAINER_PYTORCHJOB: dict[str, Any] = {"orchestrator": {
+    "mode": "run", "trainer": {"nodes": 3, "nprocPerNode": 2, "launcher": "pytorchJob"},
+    "storage": {"existingClaim": "runs-rwx"}, "run": {"device": "cuda", "distributed": {"strategy": "ddp"}}}}
+
 CASES = {
     "reward-node-default": ("mor-reward-node", {}),
+    "server-trainer-indexed": ("mor-server", TRAINER_INDEXED),
+    "server-trainer-pytorchjob": ("mor-server", TRAINER_PYTORCHJOB),
     "reward-node-custom": ("mor-reward-node", NODE_CUSTOM),
     "server-default": ("mor-server", {}),
     "server-custom": ("mor-server", SERVER_CUSTOM),
@@ -82,6 +93,30 @@ SERVICE_MONITOR_SCHEMA = {
 }
 
 
+# The Kubeflow training operator's CRD is not in the Kubernetes schemas either: the part the chart uses.
+PYTORCHJOB_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "kubeflow.org/v1"},
+        "spec": {
+            "type": "object",
+            "required": ["pytorchReplicaSpecs"],
+            "properties": {
+                "runPolicy": {"type": "object", "properties": {"backoffLimit": {"type": "integer", "minimum": 0}}},
+                "pytorchReplicaSpecs": {
+                    "type": "object", "required": ["Master"], "additionalProperties": False,
+                    "properties": {k: {"type": "object", "required": ["replicas", "template"], "properties": {
+                        "replicas": {"type": "integer", "minimum": 0},
+                        "restartPolicy": {"enum": ["Always", "OnFailure", "Never", "ExitCode"]},
+                        "template": {"type": "object", "required": ["spec"]}}} for k in ("Master", "Worker")},
+                },
+            },
+        },
+    },
+}
+
+
 def config_of(docs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     maps = [d for d in by_kind(docs, "ConfigMap") if key in d.get("data", {})]
     assert len(maps) == 1, f"one ConfigMap should carry {key}"
@@ -94,6 +129,9 @@ def containers(docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[st
     for d in by_kind(docs, "Deployment") + by_kind(docs, "Job"):
         spec = d["spec"]["template"]["spec"]
         out.extend((spec, c) for c in spec["containers"])
+    for d in by_kind(docs, "PyTorchJob"):
+        for replica in d["spec"]["pytorchReplicaSpecs"].values():
+            out.extend((replica["template"]["spec"], c) for c in replica["template"]["spec"]["containers"])
     return out
 
 
@@ -107,6 +145,12 @@ def test_every_manifest_is_valid_kubernetes(case: str) -> None:
     for doc in docs:
         if doc["kind"] == "ServiceMonitor":
             jsonschema.validate(doc, SERVICE_MONITOR_SCHEMA)
+        elif doc["kind"] == "PyTorchJob":
+            jsonschema.validate(doc, PYTORCHJOB_SCHEMA)
+            for replica in doc["spec"]["pytorchReplicaSpecs"].values():  # each pod template as a Pod
+                pod = {"apiVersion": "v1", "kind": "Pod", **replica["template"]}
+                pod["metadata"] = {"name": "x", **pod["metadata"]}
+                kubernetes_validate.validate(pod, KUBE_VERSION, strict=True)
         else:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
 
@@ -237,6 +281,18 @@ def test_reward_node_schema_rejects_bad_values(bad: dict[str, Any], message: str
         render("mor-reward-node", bad)
 
 
+def test_reward_node_replicas_get_a_headless_service_over_the_same_pods() -> None:
+    docs = render("mor-reward-node", NODE_CUSTOM, name="rm-bank")
+
+    headless = one(docs, "Service", "rm-bank-headless")
+    main = one(docs, "Service", "rm-bank")
+    assert headless["spec"]["clusterIP"] == "None" and "clusterIP" not in main["spec"]
+    assert headless["spec"]["selector"] == main["spec"]["selector"]
+    assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
+    assert one(docs, "Deployment")["spec"]["replicas"] == 2
+    assert len(by_kind(render("mor-reward-node", {}), "Service")) == 1  # off by default
+
+
 def test_reward_node_notes_name_the_address_and_secrets() -> None:
     text = notes("mor-reward-node", {"nodeId": "bank"}, name="rm-bank")
     assert "rm-bank.mor.svc:50051" in text and "rm-bank-tls" in text and "rm-bank-tokens" in text
@@ -279,6 +335,46 @@ def test_reward_node_binds_certificate_and_token_to_the_allowed_callers() -> Non
     assert settings.auth.cert_identity == "dns_san" and settings.auth.allowed_callers == ("orchestrator",)
 
 
+def test_trainer_as_an_indexed_job_of_pods_under_torchrun() -> None:
+    docs = render("mor-server", TRAINER_INDEXED, name="rel")
+
+    job = one(docs, "Job")
+    svc = one(docs, "Service", "rel-orchestrator-trainer")
+    pod = job["spec"]["template"]["spec"]
+    script = pod["containers"][0]["command"]
+    assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 2, 2)
+    assert svc["spec"]["clusterIP"] == "None" and pod["subdomain"] == svc["metadata"]["name"]
+    assert script[:2] == ["sh", "-c"] and pod["containers"][0]["args"] == []
+    assert ("--nnodes 2 --nproc-per-node 4 --node-rank \"$JOB_COMPLETION_INDEX\" "
+            f"--master-addr {job['metadata']['name']}-0.{svc['metadata']['name']} --master-port 29400") in script[2]
+    assert script[2].endswith("-m services.cli orchestrator run --config /etc/mor/run.yaml --resume --quiet")
+    run = build(RunConfig, config_of(docs, "run.yaml"), "run.yaml")
+    assert run.device == "cuda" and run.distributed.strategy == "fsdp"
+    policy = one(docs, "NetworkPolicy", "rel-orchestrator")
+    assert {"from": [{"podSelector": {"matchLabels": svc["spec"]["selector"]}}]} in policy["spec"]["ingress"]
+
+
+def test_trainer_as_a_pytorchjob_has_one_master_and_the_other_pods_as_workers() -> None:
+    docs = render("mor-server", TRAINER_PYTORCHJOB)
+
+    job = one(docs, "PyTorchJob")
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert (specs["Master"]["replicas"], specs["Worker"]["replicas"]) == (1, 2)
+    container = specs["Master"]["template"]["spec"]["containers"][0]
+    assert container["name"] == "pytorch"  # the operator injects MASTER_ADDR/RANK into this container
+    assert '--node-rank "$RANK" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT"' in container["command"][2]
+    assert not by_kind(docs, "Job")
+
+
+def test_one_process_trainer_keeps_the_plain_job_and_several_pods_need_a_shared_volume() -> None:
+    plain = one(render("mor-server", {"orchestrator": {"mode": "run"}}), "Job")
+    assert "completionMode" not in plain["spec"] and "command" not in plain["spec"]["template"]["spec"]["containers"][0]
+    one_pod = one(render("mor-server", {"orchestrator": {"mode": "run", "trainer": {"nprocPerNode": 2}}}), "Job")
+    assert "--standalone --nproc-per-node 2" in one_pod["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    with pytest.raises(HelmRenderError, match="ReadWriteMany"):
+        render("mor-server", {"orchestrator": {"mode": "run", "trainer": {"nodes": 2}}})
+
+
 def test_node_tokens_are_projected_where_the_run_config_reads_them() -> None:
     docs = render("mor-server", SERVER_CUSTOM)
     run = config_of(docs, "run.yaml")
@@ -288,7 +384,8 @@ def test_node_tokens_are_projected_where_the_run_config_reads_them() -> None:
     mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "node-tokens")
     projected = {f"{mount['mountPath']}/{s['secret']['items'][0]['path']}": s["secret"]["name"]
                  for s in volume["projected"]["sources"]}
-    assert projected == {"/etc/mor/node-tokens/clinic.token": "tok-clinic", "/etc/mor/node-tokens/bank.token": "tok-bank"}
+    assert projected == {"/etc/mor/node-tokens/clinic.token": "tok-clinic", "/etc/mor/node-tokens/bank.token": "tok-bank",
+                         "/etc/mor/node-tokens/school.token": "tok-school"}
     assert sorted(n["auth"]["token_file"] for n in run["nodes"]) == sorted(projected)
     assert spec["containers"][0]["args"][:4] == ["orchestrator", "run", "--config", "/etc/mor/run.yaml"]
     assert spec["restartPolicy"] == "Never"

@@ -14,6 +14,7 @@ from services.common.config.base import (
     redacted_dump,
 )
 from services.common.config.run import (
+    DistributedSection,
     FanoutSection,
     GRPOSection,
     HybridSection,
@@ -48,6 +49,7 @@ __all__ = [
     "BatchingSection",
     "ConfigError",
     "EndpointSection",
+    "DistributedSection",
     "FanoutSection",
     "GRPOSection",
     "HybridSection",

@@ -67,6 +67,28 @@ class GRPOSection(Section):
         return v
 
 
+class DistributedSection(Section):
+    """The trainer under torchrun (WORLD_SIZE > 1): how the policy is spread over the processes.
+
+    The world size, ranks and rendezvous come from torchrun's environment, not from here; in one
+    process (no torchrun) this section is ignored and the trainer is the plain one. ``backend`` and
+    ``timeout_s`` apply to `mor orchestrator run`; under `mor orchestrator serve` the process group
+    exists before any run, and the server's ``trainer`` section sets them.
+    """
+
+    strategy: Literal["fsdp", "ddp"] = Field(
+        "fsdp", description="fsdp: FSDP2 (fully_shard per decoder block, parameters and optimizer state sharded); "
+        "ddp: DistributedDataParallel (a full replica per process, gradients all-reduced).",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend; auto: nccl when the trainer's device is cuda, else gloo.",
+    )
+    timeout_s: float = Field(
+        1800.0, gt=0, description="Timeout of a collective: how long a worker rank waits for rank 0's next "
+        "command (rank 0 spends scoring and pushing time between steps).",
+    )
+
+
 class RouterSection(Section):
     """How node rewards are fused."""
 
@@ -160,7 +182,11 @@ class RunConfig(Section):
                                            "instead of the world's calibration pairs (mor and static routers).")
     output_dir: Path = Field(Path("runs/mor"), description="Checkpoints, metrics and results go here.")
     policy: ModelConfig = Field(default_factory=ModelConfig, description="Policy to train (usually the SFT checkpoint).")
-    sampler: EndpointSection | None = Field(None, description="Remote sampler; none means sample in process.")
+    sampler: EndpointSection | None = Field(None, description="Remote sampler; none (and no samplers) means sample in process.")
+    samplers: list[EndpointSection] = Field(
+        default_factory=list, description="Several sampler replicas instead of one sampler: a step's prompts are split "
+        "across the replicas that serve the latest version, weights are pushed to all, a failed replica is "
+        "dropped and re-admitted (re-pushed) when it answers again.")
     nodes: list[NodeEndpoint] = Field(default_factory=list, description="Reward nodes to fan out to.")
     grpo: GRPOSection = Field(default_factory=GRPOSection, description="GRPO settings.")
     router: RouterSection = Field(default_factory=RouterSection, description="Reward fusion.")
@@ -169,6 +195,22 @@ class RunConfig(Section):
     checkpoint_every: int = Field(10, ge=1, description="Write a resumable checkpoint every N steps.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of the trainer; None keeps torch's default (all cores).")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch device of the trainer's policy (and of in-process sampling): cpu, cuda or cuda:N.")
+    distributed: DistributedSection = Field(default_factory=DistributedSection, description="The trainer under torchrun (used only when WORLD_SIZE > 1).")
+
+    @property
+    def sampler_endpoints(self) -> list[EndpointSection]:
+        """Every remote sampler of the run (empty: sample in process)."""
+        return [self.sampler] if self.sampler is not None else list(self.samplers)
+
+    @model_validator(mode="after")
+    def _samplers_agree(self) -> RunConfig:
+        if self.sampler is not None and self.samplers:
+            raise ValueError("sampler and samplers: give one sampler or a list of replicas, not both")
+        addresses = [s.address for s in self.samplers]
+        dup = sorted({a for a in addresses if addresses.count(a) > 1})
+        if dup:
+            raise ValueError(f"samplers: duplicate address {', '.join(dup)}")
+        return self
 
     @model_validator(mode="after")
     def _nodes_agree(self) -> RunConfig:

@@ -208,7 +208,9 @@ class BatchingSection(Section):
 class EndpointSection(Section):
     """A gRPC peer this service calls."""
 
-    address: str = Field(..., description="host:port of the peer.")
+    address: str = Field(..., description="host:port of the peer, or a gRPC target naming several replicas: "
+                         "dns:///host:port (every address the name resolves to, e.g. a headless Service) or "
+                         "ipv4:h1:p1,h2:p2; calls are spread over the replicas round-robin.")
     tls: TLSSection = Field(default_factory=TLSSection, description="How to secure the channel.")
     auth: AuthSection = Field(default_factory=AuthSection, description="Token to present.")
     timeout_s: float = Field(30.0, gt=0, description="Per-call deadline in seconds.")
@@ -216,8 +218,10 @@ class EndpointSection(Section):
     @field_validator("address")
     @classmethod
     def _host_port(cls, v: str) -> str:
-        if not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", v):
-            raise ValueError("must be host:port")
+        host_port = r"[\w.\-\[\]:]+:\d{1,5}"
+        if not (re.fullmatch(rf"(dns:(//[\w.\-:]*/)?)?{host_port}", v)
+                or re.fullmatch(rf"(ipv4|ipv6):{host_port}(,{host_port})*", v)):
+            raise ValueError("must be host:port, dns:///host:port or ipv4:host:port,host:port")
         return v
 
 

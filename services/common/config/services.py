@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -161,6 +161,18 @@ class SamplerSettings(ServiceSettings):
         return self.max_weights_mb * MiB
 
 
+class OrchestratorTrainerSection(Section):
+    """`mor orchestrator serve` under torchrun: the process group is made once, before any run exists.
+
+    Each run still picks its strategy (``distributed.strategy`` of its RunConfig); its ``device`` must be
+    of this type. Runs execute one at a time (max_concurrent_runs 1): all ranks follow one trainer.
+    """
+
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Device type of every rank (cuda: cuda:LOCAL_RANK).")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on cuda, else gloo.")
+    timeout_s: float = Field(1800.0, gt=0, description="Timeout of a collective (workers wait this long for rank 0).")
+
+
 class OrchestratorSettings(ServiceSettings):
     """`mor orchestrator serve`: the run-control API."""
 
@@ -174,3 +186,6 @@ class OrchestratorSettings(ServiceSettings):
     tls: TLSSection = Field(default_factory=TLSSection, description="Transport security.")
     auth: OrchestratorAuthSection = Field(default_factory=OrchestratorAuthSection, description="Accepted tokens, caller identities and what each may call (default: run control for operators; each organisation registers and removes only its own node).")
     metrics: MetricsSection = Field(default_factory=MetricsSection, description="Prometheus endpoint.")
+    trainer: OrchestratorTrainerSection = Field(
+        default_factory=OrchestratorTrainerSection,
+        description="Under torchrun (WORLD_SIZE > 1): the process group every run's trainer spans.")

@@ -110,14 +110,16 @@ def create_channel(
     server_name: str | None = None,
     interceptors: Sequence[aio.ClientInterceptor] = (),
     prefix: str = "",
+    extra_options: Sequence[tuple[str, Any]] = (),
 ) -> aio.Channel:
     """An aio channel to `endpoint.address`: TLS (mTLS with tls.cert/key) or, only when
     tls.insecure, plaintext with a loud warning; the token from auth.token / auth.token_file is
     sent with every call. `server_name` overrides the name checked against the server
-    certificate. `prefix` (e.g. "nodes.0.") is put before field names in errors.
+    certificate. `prefix` (e.g. "nodes.0.") is put before field names in errors. `extra_options`
+    are appended to the shared channel options (e.g. a grpc.service_config).
     Close it with `await channel.close()`."""
     token = read_token(endpoint.auth, prefix=f"{prefix}auth.")
-    options = channel_options(max_message_bytes, server_name=server_name)
+    options = channel_options(max_message_bytes, server_name=server_name) + list(extra_options)
     creds = channel_credentials(endpoint.tls, prefix=f"{prefix}tls.")
     chain = list(interceptors)
     if creds is None:

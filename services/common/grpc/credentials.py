@@ -133,6 +133,9 @@ def channel_options(max_message_bytes: int, *, server_name: str | None = None) -
         # Each channel owns its subchannels: otherwise a closed channel's subchannel to a peer that
         # was down (with its reconnect back-off) is shared with a new channel to the restarted peer.
         ("grpc.use_local_subchannel_pool", 1),
+        # A target naming several replicas (dns:/// of a headless Service, an ipv4: list) gets calls
+        # spread over all of them; gRPC's default pick_first would send everything to the first.
+        ("grpc.lb_policy_name", "round_robin"),
     ]
     if server_name:
         opts.append(("grpc.ssl_target_name_override", server_name))

@@ -30,7 +30,7 @@ from services.common.config.run import GRPOSection
 from services.common.models.lora import add_lora
 from services.common.models.processor import VLMBatch
 from services.common.models.vlm import VLM, base_model
-from services.orchestrator.grpo import ops
+from services.orchestrator.grpo import ops, shard
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ class _Micro:
     old: torch.Tensor  # [b, T] sampler log-probs, 0 on padding
     adv: torch.Tensor  # [b]
     mask: torch.Tensor  # [b, T] float
+    weight: float  # factor on the micro-batch's loss (shard.micro_slices): sums to the whole batch's loss
     ref: torch.Tensor | None = None  # [b, T] reference log-probs
+    counted: bool = True  # False for a distributed rank's padding micro-batch (weight 0, not in the stats)
 
 
 class GRPOTrainer:
@@ -150,7 +152,7 @@ class GRPOTrainer:
             totals = {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "ratio_mean": 0.0, "grad_norm": 0.0}
             skipped = 0
             for _ in range(cfg.epochs):
-                pass_stats, finite = self._pass(micros, len(batch.completion_ids), n_items)
+                pass_stats, finite = self._pass(micros, n_items)
                 skipped += not finite
                 for k, v in pass_stats.items():
                     totals[k] += v / cfg.epochs
@@ -169,29 +171,33 @@ class GRPOTrainer:
             skipped_passes=skipped,
         )
 
-    def _pass(self, micros: list[_Micro], total_rows: int, n_items: float) -> tuple[dict[str, float], bool]:
+    def _pass(self, micros: list[_Micro], n_items: float) -> tuple[dict[str, float], bool]:
         """One pass over all micro-batches with gradient accumulation, then one optimizer step."""
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         out = {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "ratio_mean": 0.0}
-        for mb in micros:
-            logp = self.policy.completion_logprobs(mb.batch, cfg.temperature)
-            loss, stats = ops.grpo_loss(
-                logp, mb.old, mb.ref, mb.adv, mb.mask,
-                beta=self.beta,
-                epsilon_low=cfg.epsilon_low,
-                epsilon_high=cfg.epsilon_high,
-                loss_type=cfg.loss_type,
-                max_completion_length=cfg.max_new_tokens,
-                num_items_in_batch=n_items,
-            )
-            weight = ops.accumulation_weight(cfg.loss_type, mb.adv.shape[0], total_rows)
-            (loss * weight).backward()
-            out["loss"] += float(loss.detach()) * weight
+        train_vlm = self._train_vlm()
+        for i, mb in enumerate(micros):
+            with self._grad_sync(last=i == len(micros) - 1):
+                logp = train_vlm.completion_logprobs(mb.batch, cfg.temperature)
+                loss, stats = ops.grpo_loss(
+                    logp, mb.old, mb.ref, mb.adv, mb.mask,
+                    beta=self.beta,
+                    epsilon_low=cfg.epsilon_low,
+                    epsilon_high=cfg.epsilon_high,
+                    loss_type=cfg.loss_type,
+                    max_completion_length=cfg.max_new_tokens,
+                    num_items_in_batch=n_items,
+                )
+                (loss * (mb.weight * self._loss_scale)).backward()
+            if not mb.counted:
+                continue
+            out["loss"] += float(loss.detach()) * mb.weight
             share = float(mb.mask.sum()) / n_items  # stats are token means: weigh by tokens
             for k in ("kl", "clip_low", "clip_high", "ratio_mean"):
                 out[k] += stats[k] * share
-        norm = float(torch.nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm))
+        out = self._reduce_stats(out)
+        norm = self._clip_gradients()
         out["grad_norm"] = norm
         finite = math.isfinite(norm)
         if finite:
@@ -202,13 +208,34 @@ class GRPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         return out, finite
 
+    # Hooks a data-parallel trainer (grpo/distributed.py) overrides; in one process they do nothing.
+    _loss_scale = 1.0  # the engines average gradients over ranks: a world of W scales each loss by W
+
+    def _train_vlm(self) -> VLM:
+        """The policy as the gradient pass calls it (a DDP wrapper under DDP)."""
+        return self.policy
+
+    def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """Context of one micro-batch's forward/backward (DDP and FSDP skip the reduction until ``last``)."""
+        return contextlib.nullcontext()
+
+    def _reduce_stats(self, out: dict[str, float]) -> dict[str, float]:
+        """This process's share of a pass's statistics -> the whole batch's."""
+        return out
+
+    def _clip_gradients(self) -> float:
+        return float(torch.nn.utils.clip_grad_norm_(self._params, self.cfg.max_grad_norm))
+
+    def _micro_slices(self, batch: RolloutBatch) -> list[shard.MicroSlice]:
+        """The micro-batches this process trains (one process: all of them)."""
+        lengths = [len(c) for c in batch.completion_ids]
+        return shard.micro_slices(lengths, self.cfg.micro_batch_size, self.cfg.loss_type)
+
     def _encode(self, batch: RolloutBatch) -> list[_Micro]:
-        n = len(batch.completion_ids)
-        size = self.cfg.micro_batch_size or n
         device, dtype = self.policy.device, self.policy.dtype
         micros = []
-        for s in range(0, n, size):
-            e = min(s + size, n)
+        for sl in self._micro_slices(batch):
+            s, e = sl.start, sl.end
             vb = self.policy.processor.completion_batch(
                 list(batch.questions[s:e]), list(batch.images[s:e]), [list(c) for c in batch.completion_ids[s:e]]
             ).to(device, dtype)
@@ -221,6 +248,7 @@ class GRPOTrainer:
                     old=old.to(device),
                     adv=batch.advantages[s:e].detach().float().to(device),
                     mask=vb.completion_mask.float(),
+                    weight=sl.weight,
                 )
             )
         return micros
@@ -265,9 +293,33 @@ class GRPOTrainer:
             "kind": self.kind,
             "steps_done": self.steps_done,
             "beta": self.beta,
-            "params": {n: p.detach().clone() for n, p in self._named_trainable().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "params": {n: self._full_copy(p) for n, p in self._named_trainable().items()},
+            "optimizer": self._full_optimizer_state(),
         }
+
+    # How full (unsharded) tensors come out of and go back into the trainer; FSDP overrides these,
+    # so that a checkpoint has the same layout whatever the world size that wrote or reads it.
+    def _full_copy(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().clone()
+
+    def _full_optimizer_state(self) -> dict[str, Any]:
+        return copy.deepcopy(self.optimizer.state_dict())
+
+    def _load_params(self, params: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n])
+
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        # The optimizer keeps the tensors it is given; a copy keeps the caller's state unchanged.
+        self.optimizer.load_state_dict(copy.deepcopy(state))
+
+    def export_policy(self) -> VLM:
+        """The trained policy as a plain model (adapter merged into a copy), for saving and evaluation."""
+        model = copy.deepcopy(self.policy.model)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        return VLM(model, self.policy.tokenizer, self.policy.image_processor)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != _STATE_FORMAT:
@@ -282,11 +334,8 @@ class GRPOTrainer:
         wrong = [n for n, p in params.items() if tuple(saved[n].shape) != tuple(p.shape)]
         if wrong:
             raise ValueError(f"trainer state has {len(wrong)} parameter(s) of the wrong shape, e.g. {wrong[0]}")
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(saved[n])
-        # The optimizer keeps the tensors it is given; a copy keeps the caller's state unchanged.
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self._load_params(params, saved)
+        self._load_optimizer_state(state["optimizer"])
         self.steps_done = int(state["steps_done"])
         self.beta = float(state.get("beta", self.cfg.beta))
 

@@ -139,13 +139,19 @@ spec:
   restartPolicy: Never
   {{- end }}
   automountServiceAccountToken: false
+  {{- with .subdomain }}
+  subdomain: {{ . }}   # pods <job>-<index>.<subdomain> resolve: the trainer's rendezvous address
+  {{- end }}
   terminationGracePeriodSeconds: {{ add $o.graceSeconds 5 }}
   securityContext:
     {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
   containers:
-    - name: orchestrator
+    - name: {{ .container | default "orchestrator" }}
       image: {{ include "mor-server.image" (dict "image" $o.image "appVersion" $root.Chart.AppVersion) | quote }}
       imagePullPolicy: {{ $o.image.pullPolicy }}
+      {{- with .command }}
+      command: {{ toJson . }}
+      {{- end }}
       args: {{ toJson .args }}
       env:
         - name: MOR_CONFIG
@@ -257,4 +263,16 @@ spec:
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/* The trainer under torchrun: `sh -c` so that the rank variable the launcher sets (JOB_COMPLETION_INDEX
+     of an indexed Job, RANK of a PyTorchJob) and MASTER_ADDR are read at start. */}}
+{{- define "mor-server.orchestrator.torchrun" -}}
+{{- $t := .root.Values.orchestrator.trainer -}}
+{{- $run := "-m services.cli orchestrator run --config /etc/mor/run.yaml --resume --quiet" -}}
+{{- if le (int $t.nodes) 1 -}}
+exec python -m torch.distributed.run --standalone --nproc-per-node {{ $t.nprocPerNode }} {{ $run }}
+{{- else -}}
+exec python -m torch.distributed.run --nnodes {{ $t.nodes }} --nproc-per-node {{ $t.nprocPerNode }} --node-rank "${{ .rankVar }}" --master-addr {{ .masterAddr }} --master-port {{ .masterPort | default $t.rendezvousPort }} {{ $run }}
+{{- end -}}
 {{- end }}
