@@ -39,7 +39,7 @@ from services.orchestrator import checkpoint as ckpt_io
 from services.orchestrator.parallel import ParallelContext
 from services.orchestrator.prompts import Prompt, PromptStream
 from services.orchestrator.records import PHASES, NodeStep, StepRecord
-from services.orchestrator.rollouts import LocalSampler, RemoteSampler, Rollouts, RolloutSource
+from services.orchestrator.rollouts import LocalSampler, Rollouts, RolloutSource
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,10 @@ class MoRRun:
             vlm = await self._in_worker(lambda: build_vlm(cfg.policy).to(cfg.device))
             self.trainer = await self._in_worker(lambda: GRPOTrainer(vlm, cfg.grpo, seed=cfg.seed))
         endpoints = cfg.sampler_endpoints
-        if len(endpoints) > 1:
+        if endpoints:  # one sampler is a pool of one: the same waiting and re-push when it restarts
             from services.orchestrator.sampler_pool import SamplerPool
 
-            self.source = SamplerPool(endpoints)
-        elif endpoints:
-            self.source = RemoteSampler(endpoints[0])
+            self.source = SamplerPool(endpoints, wait_s=cfg.sampler_wait_s)
         else:
             self.source = LocalSampler(self.trainer.policy, self._executor)
         sampler_version = await self.source.start()

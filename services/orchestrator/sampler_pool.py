@@ -9,6 +9,9 @@ Rules, like the reward nodes' fan-out:
 - A replica that fails a Generate is dropped for the step and its chunk is generated again by the
   others. Before each step, replicas that are not current are probed (GetInfo): one that answers at
   an older version gets the latest weights pushed again (kept in memory) and rejoins.
+- When no replica is current (the only sampler was killed and is restarting), the step probes
+  again with a growing pause for up to ``wait_s`` and fails only after that; a push that no
+  replica took is kept and re-pushed on re-admission, so no rollout comes from stale weights.
 
 Which replica samples which prompt changes the random streams, so a run's samples depend on the
 number of current replicas; one replica behaves exactly like ``RemoteSampler``.
@@ -39,7 +42,7 @@ def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
 class SamplerPool(RolloutSource):
     """Rollouts from several samplers; see the module docstring."""
 
-    def __init__(self, endpoints: Sequence[EndpointSection]) -> None:
+    def __init__(self, endpoints: Sequence[EndpointSection], wait_s: float = 0.0) -> None:
         if not endpoints:
             raise ValueError("a sampler pool needs at least one endpoint")
         self.endpoints = {ep.address: ep for ep in endpoints}
@@ -48,6 +51,7 @@ class SamplerPool(RolloutSource):
         self.serving: dict[str, int | None] = dict.fromkeys(self.replicas)  # None: not reachable
         self._latest: tuple[int, str, bytes, str] | None = None  # the last push, to re-push on re-admission
         self.last_split: dict[str, int] = {}  # prompts per replica in the last step (observability, tests)
+        self.wait_s = wait_s
 
     @property
     def current(self) -> list[str]:
@@ -95,9 +99,7 @@ class SamplerPool(RolloutSource):
         self.last_split = {}
         attempt = 0
         while todo:
-            live = self.current
-            if not live:
-                raise NotReady(f"no sampler serves version {self.version} ({', '.join(self.replicas)})")
+            live = self.current or await self._wait_for_a_replica()
             chunks = split_evenly(len(todo), len(live))
             calls = []
             for k, (s, e) in enumerate(chunks):
@@ -117,6 +119,22 @@ class SamplerPool(RolloutSource):
                     groups[i] = grp
             todo, attempt = left, attempt + 1
         return Rollouts([g for g in groups if g is not None], self.version)
+
+    async def _wait_for_a_replica(self) -> list[str]:
+        """Probe (and re-push to) the replicas until one is current, for up to ``wait_s``."""
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + self.wait_s, 0.25
+        while True:
+            await self._readmit()
+            if self.current:
+                return self.current
+            left = deadline - loop.time()
+            if left <= 0:
+                raise NotReady(f"no sampler serves version {self.version} ({', '.join(self.replicas)}); "
+                               f"waited {self.wait_s:.0f}s (sampler_wait_s)")
+            log.warning("no sampler serves version %d; probing again in %.1fs", self.version, min(pause, left))
+            await asyncio.sleep(min(pause, left))
+            pause = min(2 * pause, 5.0)
 
     async def _generate_one(self, address: str, prompts: list[Prompt], group_size: int, temperature: float,
                             max_new_tokens: int, seed: int) -> Rollouts | None:
@@ -148,8 +166,9 @@ class SamplerPool(RolloutSource):
         self._latest = (version, kind, payload, config_json)
         await asyncio.gather(*(self._push_one(a, version, kind, payload, config_json) for a in self.replicas))
         self.version = version
-        if not self.current:
+        if not self.current and not self.wait_s:
             raise NotReady(f"no sampler took version {version} ({', '.join(self.replicas)})")
+        # else: kept in _latest; the next step waits for a replica and re-pushes it first
 
     async def close(self) -> None:
         await asyncio.gather(*(r.close() for r in self.replicas.values()), return_exceptions=True)

@@ -27,20 +27,21 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-class NodeProcess:
-    """`mor reward-node serve` in its own process, restartable on the same port."""
+class ServiceProcess:
+    """`mor reward-node serve` or `mor sampler serve` in its own process, restartable on the same port."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, service: str = "reward-node") -> None:
         self.config = config
+        self.service = service
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.log: list[str] = []
 
-    def start(self, timeout: float = 120) -> NodeProcess:
+    def start(self, timeout: float = 120) -> ServiceProcess:
         cfg = yaml.safe_load(self.config.read_text())
         cfg["server"]["port"] = self.port  # 0 the first time; the same port on a restart
         self.config.write_text(yaml.safe_dump(cfg))
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "reward-node", "serve", "-c", str(self.config)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", self.service, "serve", "-c", str(self.config)],
                                      cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -48,8 +49,9 @@ class NodeProcess:
             if not line and self.proc.poll() is not None:
                 break
             self.log.append(line)
-            if "serving on" in line:
-                self.port = int(re.search(r":(\d+)\s*$", line).group(1))
+            ready = re.search(r"serving (?:on \S+:|.* on port )(\d+)\s*$", line)  # node / sampler start line
+            if ready:
+                self.port = int(ready.group(1))
                 threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
                 return self
         raise AssertionError("node did not start:\n" + "".join(self.log[-30:]))
@@ -81,12 +83,22 @@ def node_config(tmp_path: Path, node_id: str, checkpoint: Path) -> Path:
     return path
 
 
+def sampler_config(tmp_path: Path) -> Path:
+    path = tmp_path / "sampler.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"arch": "qwen2_vl", "preset": "tiny", "seed": 0}, "hf": {"torch_threads": 1},
+        "server": {"host": "127.0.0.1", "port": 0, "grace_s": 1.0}, "tls": {"insecure": True},
+        "metrics": {"enabled": False},
+    }))
+    return path
+
+
 def responded(steps, node_id: str) -> dict[int, bool]:
     return {r.step: next(n.responded for n in r.nodes if n.node_id == node_id) for r in steps}
 
 
 def test_a_node_killed_with_sigkill_at_step_5_and_restarted_is_readmitted(stack, world_dir, rm_checkpoints, tmp_path, arun):
-    school = NodeProcess(node_config(tmp_path, "school", rm_checkpoints["school"])).start()
+    school = ServiceProcess(node_config(tmp_path, "school", rm_checkpoints["school"])).start()
 
     async def scenario():
         async with stack() as s:
@@ -120,8 +132,48 @@ def test_a_node_killed_with_sigkill_at_step_5_and_restarted_is_readmitted(stack,
 
 
 @pytest.mark.slow
+def test_the_sampler_killed_mid_generate_and_restarted_gets_the_current_weights_first(stack, world_dir, tmp_path, arun):
+    sampler = ServiceProcess(sampler_config(tmp_path), "sampler").start()
+    versions: dict[int, int] = {}
+
+    async def scenario():
+        async with stack() as s:
+            cfg = s.run_config(world_dir, tmp_path / "run", sampler={"address": f"127.0.0.1:{sampler.port}",
+                                                                     "tls": {"insecure": True}, "timeout_s": 60},
+                               grpo={"steps": 8, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 16},
+                               sampler_wait_s=120, checkpoint_every=100)
+            restart = threading.Thread(target=sampler.start)
+
+            def kill_during_the_next_generate():
+                time.sleep(0.1)
+                sampler.signal(signal.SIGKILL)
+                restart.start()
+
+            def on_step(record):
+                versions[record.step] = record.policy_version
+                if record.step == 3:
+                    threading.Thread(target=kill_during_the_next_generate).start()
+
+            result = await MoRRun(cfg, on_step=on_step).run()
+            restart.join(60)
+            return result
+
+    try:
+        result = arun(scenario(), timeout=600)
+    finally:
+        sampler.stop()
+
+    assert result.steps_done == 8
+    assert sum(" on port " in line for line in sampler.log) == 2  # killed once, started again
+    steps = read_steps(tmp_path / "run" / "steps.jsonl")
+    # every step sampled with the weights of the step before it: the restarted sampler (version 0)
+    # got the latest push again before it generated anything
+    assert [r.policy_version for r in steps] == list(range(8)) and all(r.staleness == 0 for r in steps)
+
+
+@pytest.mark.slow
 def test_a_node_frozen_past_the_deadline_is_dropped_per_step_and_never_stalls_one(stack, world_dir, rm_checkpoints, tmp_path, arun):
-    school = NodeProcess(node_config(tmp_path, "school", rm_checkpoints["school"])).start()
+    school = ServiceProcess(node_config(tmp_path, "school", rm_checkpoints["school"])).start()
     deadline_s = 3.0
     times: dict[int, float] = {}
 
@@ -161,7 +213,7 @@ def test_a_node_frozen_past_the_deadline_is_dropped_per_step_and_never_stalls_on
 @pytest.mark.slow
 @pytest.mark.skipif(DEVICE != "cpu", reason="bit-identical resume is promised on CPU")
 def test_the_orchestrator_killed_with_sigkill_resumes_to_bit_identical_parameters(world_dir, rm_checkpoints, tmp_path):
-    nodes = {n: NodeProcess(node_config(tmp_path, n, rm_checkpoints[n])).start() for n in NODES}
+    nodes = {n: ServiceProcess(node_config(tmp_path, n, rm_checkpoints[n])).start() for n in NODES}
 
     def run_config(out: Path) -> Path:
         path = tmp_path / f"{out.name}.yaml"

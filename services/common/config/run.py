@@ -187,6 +187,10 @@ class RunConfig(Section):
         default_factory=list, description="Several sampler replicas instead of one sampler: a step's prompts are split "
         "across the replicas that serve the latest version, weights are pushed to all, a failed replica is "
         "dropped and re-admitted (re-pushed) when it answers again.")
+    sampler_wait_s: float = Field(
+        120.0, ge=0, description="How long a step waits for a sampler that went away (killed, restarting) to serve "
+        "again before the run fails; a sampler that comes back gets the latest weights pushed before it generates.",
+    )
     nodes: list[NodeEndpoint] = Field(default_factory=list, description="Reward nodes to fan out to.")
     grpo: GRPOSection = Field(default_factory=GRPOSection, description="GRPO settings.")
     router: RouterSection = Field(default_factory=RouterSection, description="Reward fusion.")
