@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "overload.py"
 
 @pytest.mark.slow
 def test_quick_run_prints_its_headline_last():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--unloaded-s", "1", "--capacity-s", "2",
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--unloaded-s", "1", "--capacity-s", "2", "--concurrency", "4,16",
                            "--overload-s", "3"], capture_output=True, text=True, timeout=240)
 
     assert proc.returncode == 0, proc.stderr[-3000:]
