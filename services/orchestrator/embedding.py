@@ -71,7 +71,7 @@ class PromptEmbedder:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         if text_dim is None:
-            from services.reward_node.rm.text_encoder import EMBED_DIM
+            from services.common.text_encoder import EMBED_DIM
 
             text_dim = encoder.dim if encoder is not None else EMBED_DIM
         self.text_dim = int(text_dim)
@@ -84,7 +84,7 @@ class PromptEmbedder:
     @property
     def encoder(self) -> TextEncoder:
         if self._encoder is None:
-            from services.reward_node.rm.text_encoder import get_encoder
+            from services.common.text_encoder import get_encoder
 
             self._encoder = get_encoder()
         return self._encoder

@@ -14,17 +14,17 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.completions import Completion
 from services.common.config import EndpointSection
 from services.common.errors import NotReady
 from services.orchestrator.prompts import Prompt
-from services.policy_sampler.backends.base import Sample
 
 
 @dataclass(frozen=True)
 class Rollouts:
     """One step's completions: ``groups[i]`` holds the G samples of prompt i; all made by ``policy_version``."""
 
-    groups: list[list[Sample]]
+    groups: list[list[Completion]]
     policy_version: int
 
 
@@ -117,7 +117,7 @@ class LocalSampler(RolloutSource):
         groups = await loop.run_in_executor(self._executor, lambda: self._policy.generate(
             [p.question for p in prompts], [p.image for p in prompts], num_return_sequences=group_size,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
-        samples = [[Sample(g.text, tuple(g.token_ids), tuple(g.logprobs), g.finish_reason) for g in grp]
+        samples = [[Completion(g.text, tuple(g.token_ids), tuple(g.logprobs), g.finish_reason) for g in grp]
                    for grp in groups]
         return Rollouts(samples, version)
 

@@ -19,18 +19,18 @@ from typing import Any
 
 from PIL import Image
 
+from services.common.completions import Completion
 from services.common.config import EndpointSection
 from services.common.config.variants import SAMPLER_BACKENDS
 from services.common.grpc import call_with_retry, create_channel
 from services.common.grpc.client import DEFAULT_MAX_MESSAGE_BYTES
-from services.common.wire import common_pb2, policy_sampler_pb2, policy_sampler_pb2_grpc
-from services.policy_sampler.backends.base import Sample
-from services.policy_sampler.weights import (
+from services.common.weights_codec import (
     WeightsKind,
     encode_full_weights,
     encode_lora_adapter,
     sha256_hex,
 )
+from services.common.wire import common_pb2, policy_sampler_pb2, policy_sampler_pb2_grpc
 
 DEFAULT_CHUNK_BYTES = 1024 * 1024
 _FINISH = {policy_sampler_pb2.FINISH_REASON_STOP: "stop", policy_sampler_pb2.FINISH_REASON_LENGTH: "length"}
@@ -69,11 +69,11 @@ class Generated:
     """A Generate answer: groups in request order, keyed by prompt id too."""
 
     prompt_ids: tuple[str, ...]
-    groups: tuple[tuple[Sample, ...], ...]
+    groups: tuple[tuple[Completion, ...], ...]
     policy_version: int
     request_id: str
 
-    def group(self, prompt_id: str) -> tuple[Sample, ...]:
+    def group(self, prompt_id: str) -> tuple[Completion, ...]:
         return self.groups[self.prompt_ids.index(prompt_id)]
 
 
@@ -104,7 +104,7 @@ class RemoteSamplerInfo:
 def to_generated(response: Any) -> Generated:
     groups = tuple(
         tuple(
-            Sample(c.text, tuple(c.token_ids), tuple(c.logprobs), _FINISH.get(c.finish_reason, "length"))  # type: ignore[arg-type]
+            Completion(c.text, tuple(c.token_ids), tuple(c.logprobs), _FINISH.get(c.finish_reason, "length"))  # type: ignore[arg-type]
             for c in g.completions
         )
         for g in response.groups

@@ -19,14 +19,15 @@ from typing import Literal
 
 from services.common import metrics
 from services.common.admission import Budget
+from services.common.completions import Completion
 from services.common.config import SamplerSettings
 from services.common.config.variants import SamplerBackendName
 from services.common.errors import NotReady, Overloaded, StalePolicy, VersionMismatch, status_for
-from services.policy_sampler.backends.base import ModelFacts, Sample, SamplerBackend
+from services.common.weights_codec import WeightsHeader
+from services.policy_sampler.backends.base import ModelFacts, SamplerBackend
 from services.policy_sampler.requests import GenerateCall, SamplerLimits, check_generate, decode_prompts
+from services.policy_sampler.version_gate import VersionGate
 from services.policy_sampler.weights import (
-    VersionGate,
-    WeightsHeader,
     check_header,
     check_version,
     receive_payload,
@@ -42,7 +43,7 @@ class GenerationResult:
     """Groups in request order (prompt_ids alongside) and the one version that produced them."""
 
     prompt_ids: tuple[str, ...]
-    groups: tuple[tuple[Sample, ...], ...]
+    groups: tuple[tuple[Completion, ...], ...]
     policy_version: int
     request_id: str
 

@@ -1,4 +1,6 @@
-"""Versioned weight updates: receive, verify, validate, and the gate that makes the swap atomic.
+"""Versioned weight updates on the sampler: receive, verify and validate (the payload format and its
+encoders, shared with the trainer, are in services/common/weights_codec.py; the gate that makes the
+swap atomic is version_gate.py).
 
 An update is a header (version, kind, size, sha256, adapter config) plus a payload: a safetensors
 file holding either a PEFT LoRA adapter (keys as `peft_model.save_pretrained` writes them,
@@ -13,7 +15,7 @@ file holding either a PEFT LoRA adapter (keys as `peft_model.save_pretrained` wr
    config is untrusted JSON: bounded in size and depth, known LoRA keys only, regexes compiled,
    and its ranks checked against the payload's tensors before anything is built from it (the
    expected shapes come from a weightless meta-device copy, adapter included);
-4. the backend applies the prepared weights while holding `VersionGate.writing()`, which waits
+4. the backend applies the prepared weights while holding `VersionGate.writing()` (version_gate.py), which waits
    for running generations to finish and holds new ones back: a request sees the old weights or
    the new ones, never a mix, and learns which version it ran under.
 
@@ -25,7 +27,6 @@ not fit the served model).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -36,7 +37,7 @@ import warnings
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,6 +50,12 @@ from services.common.errors import (
     VersionMismatch,
     shown,
 )
+from services.common.weights_codec import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    FORMAT,
+    WeightsHeader,
+)
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -58,10 +65,6 @@ if TYPE_CHECKING:
 # the answer is right, the FutureWarning is noise in the sampler's log.
 warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
 
-WeightsKind = Literal["lora", "full"]
-FORMAT = "safetensors"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 # Fields of a PEFT config that describe where it came from, not what it computes.
 _VOLATILE_CONFIG_KEYS = ("base_model_name_or_path", "revision", "peft_version", "inference_mode", "auto_mapping")
@@ -72,18 +75,6 @@ MAX_ADAPTER_CONFIG_DEPTH = 4
 # Config values peft reads as regular expressions (full-match module names).
 _REGEX_KEYS = ("target_modules", "exclude_modules", "layers_pattern")
 _PATTERN_DICT_KEYS = ("rank_pattern", "alpha_pattern")
-
-
-@dataclass(frozen=True)
-class WeightsHeader:
-    """The first message of an update (see WeightsHeader in policy_sampler.proto)."""
-
-    version: int
-    kind: WeightsKind | None  # None: the sender left it unspecified
-    total_bytes: int
-    sha256: str
-    format: str = FORMAT
-    adapter_config_json: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,11 +102,6 @@ class FullUpdate:
 
 
 PreparedWeights = LoraUpdate | FullUpdate
-
-
-def sha256_hex(data: bytes) -> str:
-    """Lower-case hex sha256 of `data`."""
-    return hashlib.sha256(data).hexdigest()
 
 
 # --- header and version rules ------------------------------------------------------------------
@@ -419,94 +405,6 @@ def prepare_full(header: WeightsHeader, payload: bytes, model: torch.nn.Module, 
 # --- the swap gate -------------------------------------------------------------------------------
 
 
-class VersionGate:
-    """A writer-preferring readers-writer lock for asyncio.
-
-    Generations hold `reading()` (many at once); a weight swap holds `writing()`, which waits for the
-    running readers and keeps new readers out until it is done. A waiting writer blocks new readers,
-    so a steady stream of Generate calls cannot starve an update.
-    """
-
-    def __init__(self) -> None:
-        self._cond = asyncio.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @property
-    def readers(self) -> int:
-        return self._readers
-
-    @contextlib.asynccontextmanager
-    async def reading(self) -> AsyncIterator[None]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._writing and self._writers_waiting == 0)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextlib.asynccontextmanager
-    async def writing(self) -> AsyncIterator[None]:
-        async with self._cond:
-            self._writers_waiting += 1
-            try:
-                await self._cond.wait_for(lambda: not self._writing and self._readers == 0)
-            finally:
-                self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._writing = False
-                self._cond.notify_all()
-
-
-# --- building payloads (trainer and client side) -------------------------------------------------
-
-
-def encode_lora_adapter(peft_model: Any, adapter_name: str = "default",
-                        state_dict: dict[str, torch.Tensor] | None = None) -> tuple[bytes, str]:
-    """(safetensors payload, adapter_config.json text) of a peft model's adapter, as the sampler takes it.
-
-    ``state_dict``: the model's full state when its own tensors are shards (FSDP gathers it first).
-    """
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save
-
-    state = get_peft_model_state_dict(peft_model, state_dict=state_dict, adapter_name=adapter_name)
-    payload = save({k: v.detach().contiguous().cpu() for k, v in state.items()})
-    config = peft_model.peft_config[adapter_name]
-    return payload, config.to_json_string() if hasattr(config, "to_json_string") else json.dumps(
-        config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set | frozenset) else str(v))
-
-
-def encode_full_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> bytes:
-    """safetensors payload of every parameter of `model` (tied tensors once), as the sampler takes it.
-
-    ``state_dict``: the model's full state when its own tensors are shards (FSDP gathers it first).
-    """
-    from safetensors.torch import save
-
-    if state_dict is not None:
-        return save({name: state_dict[name].detach().contiguous().cpu() for name, _ in model.named_parameters()})
-    return save({name: p.detach().contiguous().cpu() for name, p in model.named_parameters()})
-
-
-def read_adapter_dir(path: str | Path) -> tuple[bytes, str]:
-    """(payload, adapter_config.json text) of an adapter folder written by `save_pretrained`."""
-    folder = Path(path)
-    weights, config = folder / ADAPTER_WEIGHTS_FILE, folder / ADAPTER_CONFIG_FILE
-    for f in (weights, config):
-        if not f.is_file():
-            raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: {f.name} is missing")
-    return weights.read_bytes(), config.read_text()
-
-
 def write_adapter_dir(update: LoraUpdate, folder: str | Path) -> Path:
     """Write a validated adapter as a PEFT folder (adapter_config.json + adapter_model.safetensors)."""
     out = Path(folder)
@@ -517,28 +415,18 @@ def write_adapter_dir(update: LoraUpdate, folder: str | Path) -> Path:
 
 
 __all__ = [
-    "ADAPTER_CONFIG_FILE",
-    "ADAPTER_WEIGHTS_FILE",
-    "FORMAT",
     "FullUpdate",
     "LoraUpdate",
     "PreparedWeights",
-    "VersionGate",
-    "WeightsHeader",
-    "WeightsKind",
     "canonical_config_key",
     "check_header",
     "check_version",
-    "encode_full_weights",
-    "encode_lora_adapter",
     "expected_lora_shapes",
     "parameter_aliases",
     "parse_lora_config",
     "parse_safetensors",
     "prepare_full",
     "prepare_lora",
-    "read_adapter_dir",
     "receive_payload",
-    "sha256_hex",
     "write_adapter_dir",
 ]

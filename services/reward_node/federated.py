@@ -31,12 +31,12 @@ import torch
 
 from services.common.config import ConfigError
 from services.common.config.services import RewardNodeSettings
+from services.common.text_encoder import get_encoder
 from services.reward_node.checkpoint import save_checkpoint
 from services.reward_node.data import SPLITS, NodeData, load_node_data
 from services.reward_node.grounding import candidate_set, ground
 from services.reward_node.hybrid import parts_matrix
 from services.reward_node.rm import RewardModel, build_rm
-from services.reward_node.rm.text_encoder import get_encoder
 from services.reward_node.train import (
     TrainResult,
     fit,

@@ -23,13 +23,13 @@ import torch
 from services.common.config import ConfigError
 from services.common.config.services import RewardNodeSettings
 from services.common.data.records import PreferencePair
+from services.common.text_encoder import EMBEDDER, get_encoder
 from services.reward_node.checkpoint import save_checkpoint
 from services.reward_node.data import NodeData, load_node_data
 from services.reward_node.grounding import candidate_set, ground
 from services.reward_node.hybrid import PART_NAMES, part_stats, parts_matrix
 from services.reward_node.optim import train_loop
 from services.reward_node.rm import Prepared, RewardModel, build_rm
-from services.reward_node.rm.text_encoder import EMBEDDER, get_encoder
 
 EVAL_BATCH = 64
 

@@ -29,7 +29,7 @@ def adapter() -> tuple[bytes, str]:
     from peft import LoraConfig, get_peft_model
 
     from services.common.models import ModelConfig, build_vlm
-    from services.policy_sampler.weights import encode_lora_adapter
+    from services.common.weights_codec import encode_lora_adapter
 
     base = build_vlm(ModelConfig(arch="qwen2_vl", preset="tiny", seed=0))
     model = get_peft_model(base.model, LoraConfig(r=2, lora_alpha=4, target_modules=LORA_TARGETS))
@@ -113,7 +113,7 @@ def _json_values():
 
 def _update_streams(wf, adapter):
     """Lists of serialized UpdateWeightsRequest chunks."""
-    from services.policy_sampler.weights import sha256_hex
+    from services.common.weights_codec import sha256_hex
 
     payload, config = adapter
     f = fuzzer(wf)

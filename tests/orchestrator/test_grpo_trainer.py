@@ -171,7 +171,8 @@ def test_several_epochs_step_several_times(rollouts):
 
 
 def test_full_finetuning_trains_all_weights_against_a_frozen_copy(rollouts):
-    from services.policy_sampler.weights import WeightsHeader, prepare_full, sha256_hex
+    from services.common.weights_codec import WeightsHeader, sha256_hex
+    from services.policy_sampler.weights import prepare_full
 
     trainer = GRPOTrainer(fresh_vlm(), grpo_cfg(lora=False, lr=1e-3))
     before = params_of(trainer)
@@ -247,7 +248,8 @@ def test_state_of_another_layout_is_refused():
 def test_lora_payload_rebuilds_the_policy_on_a_fresh_model(rollouts):
     from peft import get_peft_model, set_peft_model_state_dict
 
-    from services.policy_sampler.weights import WeightsHeader, parse_lora_config, prepare_lora, sha256_hex
+    from services.common.weights_codec import WeightsHeader, sha256_hex
+    from services.policy_sampler.weights import parse_lora_config, prepare_lora
 
     trainer = GRPOTrainer(fresh_vlm(), grpo_cfg())
     for _ in range(2):

@@ -14,13 +14,13 @@ from torch.testing import assert_close
 from services.common.config.run import ROUTER_KINDS, FanoutSection, RouterSection
 from services.common.config.variants import ROUTERS
 from services.common.data import PreferencePair
+from services.common.text_encoder import EMBEDDER
 from services.orchestrator.calibration import NodeCalibration
 from services.orchestrator.embedding import PromptEmbedder
 from services.orchestrator.fanout import RewardFanout
 from services.orchestrator.fusion import CalibrationData, UnknownRouter, build_router
 from services.orchestrator.fusion.trainer import calibration_data, fused_pair_margin, router_margin
 from services.reward_node.client import NodeInfo, NodeLimitsInfo
-from services.reward_node.rm.text_encoder import EMBEDDER
 
 NAN = float("nan")
 T, F = True, False

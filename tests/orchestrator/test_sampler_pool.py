@@ -43,7 +43,7 @@ async def _lora_payload() -> tuple[bytes, str]:
 
     from services.common.models.config import ModelConfig
     from services.common.models.factory import build_vlm
-    from services.policy_sampler.weights import encode_lora_adapter
+    from services.common.weights_codec import encode_lora_adapter
 
     model = get_peft_model(build_vlm(ModelConfig(**POLICY)).model,
                            LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))

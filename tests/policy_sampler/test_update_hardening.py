@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 from services.common.grpc import error_reason
+from services.common.weights_codec import encode_lora_adapter
 from services.policy_sampler.client import weight_chunks
-from services.policy_sampler.weights import encode_lora_adapter
 
 
 @pytest.fixture(scope="module")

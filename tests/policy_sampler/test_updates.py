@@ -11,9 +11,9 @@ import pytest
 from safetensors.torch import load, save
 
 from services.common.grpc import error_reason
+from services.common.weights_codec import encode_full_weights, encode_lora_adapter
 from services.common.wire import policy_sampler_pb2
 from services.policy_sampler.client import SamplerPrompt, weight_chunks
-from services.policy_sampler.weights import encode_full_weights, encode_lora_adapter
 
 
 def _prompts(red, chart) -> list[SamplerPrompt]:

@@ -10,19 +10,16 @@ import pytest
 import torch
 
 from services.common.errors import ChecksumMismatch, InvalidInput, Overloaded, StalePolicy, VersionMismatch
+from services.common.weights_codec import WeightsHeader, encode_lora_adapter, read_adapter_dir, sha256_hex
+from services.policy_sampler.version_gate import VersionGate
 from services.policy_sampler.weights import (
-    VersionGate,
-    WeightsHeader,
     check_header,
     check_version,
-    encode_lora_adapter,
     expected_lora_shapes,
     parse_lora_config,
     prepare_full,
     prepare_lora,
-    read_adapter_dir,
     receive_payload,
-    sha256_hex,
 )
 
 SHA = "a" * 64

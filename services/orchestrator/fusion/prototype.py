@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from services.common.text_encoder import EMBEDDER
 from services.orchestrator.fusion import ops
 from services.orchestrator.fusion.base import Router
-from services.reward_node.rm.text_encoder import EMBEDDER
 
 if TYPE_CHECKING:
     from services.common.config.run import RouterSection

@@ -173,7 +173,7 @@ class DistributedGRPOTrainer(GRPOTrainer):
         return GRPOTrainer.weights_payload(self) if self._ddp is not None else self._command("weights_payload")
 
     def _do_weights_payload(self) -> tuple[str, bytes, str] | None:
-        from services.policy_sampler.weights import encode_full_weights, encode_lora_adapter
+        from services.common.weights_codec import encode_full_weights, encode_lora_adapter
 
         full = self._full_model_state()
         if not self.ctx.is_main:

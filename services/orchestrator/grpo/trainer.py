@@ -272,7 +272,7 @@ class GRPOTrainer:
     def weights_payload(self) -> tuple[str, bytes, str]:
         """(kind "lora" | "full", safetensors payload, adapter_config.json text or "") for UpdateWeights."""
         # Imported here: the encoders' module pulls in the gRPC error table, which training does not need.
-        from services.policy_sampler.weights import encode_full_weights, encode_lora_adapter
+        from services.common.weights_codec import encode_full_weights, encode_lora_adapter
 
         if self.kind == "lora":
             payload, config_json = encode_lora_adapter(self.policy.model, ADAPTER_NAME)

@@ -11,26 +11,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
+from services.common.completions import Completion
 from services.common.config.variants import SamplerBackendName
 from services.policy_sampler.requests import PromptInput, PromptRules, SamplingOptions
 from services.policy_sampler.weights import PreparedWeights, WeightsHeader
 
 if TYPE_CHECKING:
     from services.common.config.services import SamplerSettings
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One completion. `token_ids` exclude the prompt and include the final end-of-turn token when
-    finish_reason is "stop"; `logprobs[i]` is the log-probability of token_ids[i] under the
-    distribution it was sampled from (after suppression, temperature and top-k/top-p)."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    logprobs: tuple[float, ...]
-    finish_reason: Literal["stop", "length"]
 
 
 class GenerationCancelled(Exception):
@@ -64,7 +53,7 @@ class SamplerBackend(abc.ABC):
     @abc.abstractmethod
     async def generate(
         self, prompts: Sequence[PromptInput], group_size: int, sampling: SamplingOptions
-    ) -> list[list[Sample]]:
+    ) -> list[list[Completion]]:
         """`group_size` completions per prompt, one list per prompt in input order. The same
         inputs, weights and seed give the same completions."""
 
@@ -87,4 +76,4 @@ class SamplerBackend(abc.ABC):
         """Release the engine (threads, GPU memory)."""
 
 
-__all__ = ["GenerationCancelled", "ModelFacts", "Sample", "SamplerBackend"]
+__all__ = ["GenerationCancelled", "ModelFacts", "SamplerBackend"]

@@ -24,10 +24,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from services.common.completions import Completion
 from services.common.config.services import HFBackendSection, SamplerSettings
 from services.common.config.variants import SamplerBackendName
 from services.common.models import ModelConfig
-from services.policy_sampler.backends.base import GenerationCancelled, ModelFacts, Sample, SamplerBackend
+from services.policy_sampler.backends.base import GenerationCancelled, ModelFacts, SamplerBackend
 from services.policy_sampler.requests import SEED_MODULUS, PromptInput, PromptRules, SamplingOptions
 from services.policy_sampler.weights import (
     FullUpdate,
@@ -133,7 +134,7 @@ class HFBackend(SamplerBackend):
 
     async def generate(
         self, prompts: Sequence[PromptInput], group_size: int, sampling: SamplingOptions
-    ) -> list[list[Sample]]:
+    ) -> list[list[Completion]]:
         stop = threading.Event()
         try:
             return await self._run(self._generate_sync, list(prompts), group_size, sampling, stop)
@@ -145,9 +146,9 @@ class HFBackend(SamplerBackend):
             raise
 
     def _generate_sync(self, prompts: list[PromptInput], group_size: int, sampling: SamplingOptions,
-                       stop: threading.Event | None = None) -> list[list[Sample]]:
+                       stop: threading.Event | None = None) -> list[list[Completion]]:
         vlm = self.vlm
-        out: list[list[Sample]] = []
+        out: list[list[Completion]] = []
         for i, part in enumerate(slices(len(prompts), group_size, self._hf.max_batch_rows)):
             if stop is not None and stop.is_set():
                 raise GenerationCancelled("the caller went away")
@@ -165,7 +166,7 @@ class HFBackend(SamplerBackend):
                 should_stop=None if stop is None else stop.is_set,
             )
             out.extend(
-                [Sample(g.text, tuple(g.token_ids), tuple(g.logprobs), g.finish_reason) for g in group] for group in groups
+                [Completion(g.text, tuple(g.token_ids), tuple(g.logprobs), g.finish_reason) for g in group] for group in groups
             )
         return out
 

@@ -30,12 +30,13 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from services.common.completions import Completion
 from services.common.config import ConfigError
 from services.common.config.services import SamplerSettings, SamplingDefaultsSection, VLLMBackendSection
 from services.common.config.variants import SamplerBackendName
 from services.common.errors import VersionMismatch
 from services.common.models import ModelConfig
-from services.policy_sampler.backends.base import ModelFacts, Sample, SamplerBackend
+from services.policy_sampler.backends.base import ModelFacts, SamplerBackend
 from services.policy_sampler.backends.hf import model_facts
 from services.policy_sampler.requests import SEED_MODULUS, PromptInput, PromptRules, SamplingOptions
 from services.policy_sampler.weights import (
@@ -94,12 +95,12 @@ def sampling_kwargs(
     }
 
 
-def completion_sample(output: Any) -> Sample:
-    """A vLLM CompletionOutput -> Sample (the log-prob of each sampled token)."""
+def completion_sample(output: Any) -> Completion:
+    """A vLLM CompletionOutput -> Completion (the log-prob of each sampled token)."""
     token_ids = tuple(int(t) for t in output.token_ids)
     logprobs = tuple(float(step[t].logprob) for step, t in zip(output.logprobs or (), token_ids, strict=True))
     reason: Literal["stop", "length"] = "stop" if output.finish_reason == "stop" else "length"
-    return Sample(output.text, token_ids, logprobs, reason)
+    return Completion(output.text, token_ids, logprobs, reason)
 
 
 class VLLMBackend(SamplerBackend):
@@ -201,14 +202,14 @@ class VLLMBackend(SamplerBackend):
 
     async def generate(
         self, prompts: Sequence[PromptInput], group_size: int, sampling: SamplingOptions
-    ) -> list[list[Sample]]:
+    ) -> list[list[Completion]]:
         lora = self._lora  # fixed for the whole request: the gate keeps it from changing meanwhile
         return list(await asyncio.gather(
             *(self._one(p, i, group_size, sampling, lora) for i, p in enumerate(prompts))
         ))
 
     async def _one(self, prompt: PromptInput, index: int, group_size: int, sampling: SamplingOptions,
-                   lora: Any) -> list[Sample]:
+                   lora: Any) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 

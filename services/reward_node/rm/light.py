@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from services.common.text_encoder import EMBED_DIM, EMBEDDER, get_encoder, minilm_version
 from services.reward_node.rm.base import RewardModel, check_lengths
-from services.reward_node.rm.text_encoder import EMBED_DIM, EMBEDDER, get_encoder, minilm_version
 
 IMAGE_SIDE = 64
 
