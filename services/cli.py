@@ -9,7 +9,7 @@ import sys
 # must be set before torch is imported anywhere in the process.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -24,6 +24,9 @@ from services.common.config import (
     load_yaml,
     redacted_dump,
 )
+
+if TYPE_CHECKING:  # the heavy torch.distributed side loads only under `orchestrator run|serve`
+    from services.orchestrator.parallel import ParallelContext
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="MoR: federated alignment of VLMs with a Mixture of Rewards.")
@@ -413,6 +416,20 @@ def _logging(level: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _hosted_as_worker(ctx: ParallelContext | None) -> bool:
+    """Under torchrun, ranks > 0 host their share of the trainer until rank 0 releases them; True then."""
+    if ctx is None or ctx.is_main:
+        return False
+    from services.orchestrator import parallel
+    from services.orchestrator.worker import serve_runs
+
+    try:
+        serve_runs(ctx)
+    finally:
+        parallel.shutdown()
+    return True
+
+
 @orchestrator_app.command("run")
 def orchestrator_run(
     config: Path = typer.Option(..., "--config", "-c", help="Run YAML (see examples/run.yaml; `mor config show run`)."),
@@ -447,13 +464,7 @@ def orchestrator_run(
         ctx = parallel.init_from_env(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_s)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
-    if ctx is not None and not ctx.is_main:
-        from services.orchestrator.worker import serve_runs
-
-        try:
-            serve_runs(ctx)
-        finally:
-            parallel.shutdown()
+    if _hosted_as_worker(ctx):
         return
     from services.orchestrator.run import MoRRun
 
@@ -536,13 +547,7 @@ def orchestrator_serve(
             raise ConfigError("max_concurrent_runs: must be 1 under torchrun (every rank follows one trainer)")
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
-    if ctx is not None and not ctx.is_main:
-        from services.orchestrator.worker import serve_runs
-
-        try:
-            serve_runs(ctx)
-        finally:
-            parallel.shutdown()
+    if _hosted_as_worker(ctx):
         return
     from services.orchestrator.app import OrchestratorApp
 
