@@ -14,6 +14,7 @@ folder. Malformed input raises LoaderError naming the file and, for JSONL, the l
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,20 +79,27 @@ def _world_root(p: Path) -> Path:
     return p.resolve().parent
 
 
+def jsonl_objects(p: Path, lines: Iterable[str], error: type[Exception]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line; ``error`` names ``file:line`` for a line that
+    is not JSON or not an object."""
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{p}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise error(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
 def _load_jsonl(p: Path, text: str, benchmark: str | None, split: str | None) -> list[VQAExample]:
     out: list[VQAExample] = []
     fmt: str | None = None
     base = p.resolve().parent
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, obj in jsonl_objects(p, text.splitlines(), LoaderError):
         where = f"{p}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LoaderError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise LoaderError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         if fmt is None:
             fmt = "ours" if OUR_KEYS <= set(obj) else "plain"
             if fmt == "ours":

@@ -15,12 +15,13 @@ name the file and the record.
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from services.common.data.loaders import jsonl_objects
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _SHARD = re.compile(r"-\d{5}-of-\d{5}$")
@@ -168,15 +169,7 @@ def _read_jsonl(p: Path) -> Part:
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
     with p.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{p}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DatasetError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        for lineno, obj in jsonl_objects(p, fh, DatasetError):
             rows.append(obj)
             lines.append(lineno)
     if not rows:
