@@ -7,6 +7,7 @@ no group and the run is the plain one-process run.
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -74,9 +75,33 @@ def init_from_env(device: str, backend: str = "auto", timeout_s: float = 1800.0)
     return ctx
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def live_group_holders() -> int:
+    """Objects still holding a process group: device meshes (FSDP2) and DDP wrappers, after a collection."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.nn.parallel import DistributedDataParallel
+
+    gc.collect()
+    return sum(isinstance(o, (DeviceMesh, DistributedDataParallel)) for o in gc.get_objects())
 
 
-__all__ = ["ParallelContext", "init_from_env", "launched_world_size", "resolve_device", "shutdown"]
+def shutdown() -> int:
+    """Leave the process group; returns how many of its holders were still alive (0 when the callers
+    dropped their trainers first, as they should).
+
+    ``destroy_process_group`` only unregisters the group: a device mesh or DDP wrapper still alive keeps
+    the gloo backend with it, and when that last reference goes during interpreter exit, gloo's worker
+    threads abort the process ("terminate called without an active exception", SIGABRT) in a share of
+    runs. Trainers sit in reference cycles (FSDP's module hooks), so collect them first.
+    """
+    if not dist.is_initialized():
+        return 0
+    holders = live_group_holders()
+    if holders:
+        log.warning("%d device mesh / DDP object(s) still hold the process group at shutdown; "
+                    "the process may abort at exit", holders)
+    dist.destroy_process_group()
+    return holders
+
+
+__all__ = ["ParallelContext", "init_from_env", "launched_world_size", "live_group_holders", "resolve_device",
+           "shutdown"]

@@ -451,6 +451,7 @@ class MoRRun:
             await self.source.close()
         if self.parallel is not None and self.trainer is not None:
             await self._in_worker(self.trainer.close)  # the other ranks leave the trainer's command loop
+            self.trainer = None  # its device mesh / DDP wrapper must be gone before the process group is
         self._executor.shutdown(wait=True)
 
 

@@ -10,6 +10,7 @@ TOL by orders of magnitude.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
@@ -144,8 +145,6 @@ def test_full_fine_tuning_moves_the_vision_tower_alike(runs, initial):
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_rank_zero_reports_the_whole_batch_statistics(runs, loss_type):
-    import json
-
     one = json.loads((runs / "one" / f"fsdp-{loss_type}" / "stats.json").read_text())["steps"]
     two = json.loads((runs / "two" / f"fsdp-{loss_type}" / "stats.json").read_text())
     assert two["world_size"] == 2
@@ -165,6 +164,13 @@ def test_a_two_process_checkpoint_has_the_one_process_layout(runs):
     for i, s in one["optimizer"]["state"].items():
         assert float((s["exp_avg_sq"] - two["optimizer"]["state"][i]["exp_avg_sq"]).abs().max()) <= TOL
     assert two["steps_done"] == one["steps_done"] == 2
+
+
+def test_every_rank_dropped_its_trainers_before_leaving_the_process_group(runs):
+    # A device mesh or DDP wrapper alive at destroy_process_group keeps the gloo backend until
+    # interpreter exit, where it aborts the process in a share of runs (SIGABRT).
+    for rank in (0, 1):
+        assert json.loads((runs / "two" / f"shutdown-rank{rank}.json").read_text()) == {"live_group_holders": 0}
 
 
 def test_one_process_resumes_a_two_process_checkpoint(runs):
