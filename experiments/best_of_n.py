@@ -72,8 +72,11 @@ def main() -> None:
     console = Console()
     torch.manual_seed(args.seed)
     world = load_world(args.workdir / "world")
-    vlm = load_vlm(args.policy or args.workdir / "policy-sft")
     nodes = list(world.training_clients())
+    missing = [n for n in nodes if not (args.workdir / "rm" / n / "metadata.json").is_file()]
+    if missing:
+        sys.exit(f"no trained RM for {', '.join(missing)} under {args.workdir / 'rm'}: run `make demo` first")
+    vlm = load_vlm(args.policy or args.workdir / "policy-sft")
     rms = {n: load_checkpoint(args.workdir / "rm" / n).model for n in nodes}
     homes: dict[str, str] = {}
     for n in nodes:
