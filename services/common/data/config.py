@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .benchmarks.registry import BENCHMARK_NAMES
+from .records import PAIR_KINDS
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 RESERVED_NAMES = frozenset({"server", "truth"})
@@ -97,11 +98,9 @@ class ClientSpec(_Frozen):
     def _kinds_ok(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         if v is None:
             return v
-        from .prefs import KINDS
-
-        unknown = [k for k in v if k not in KINDS]
+        unknown = [k for k in v if k not in PAIR_KINDS]
         if unknown or not v:
-            raise ValueError(f"unknown pair kind(s) {unknown}; supported: {list(KINDS)}")
+            raise ValueError(f"unknown pair kind(s) {unknown}; supported: {list(PAIR_KINDS)}")
         bad = {k: w for k, w in v.items() if not w > 0}
         if bad:
             raise ValueError(f"weights must be > 0, got {bad}")

@@ -21,9 +21,8 @@ import numpy as np
 from .answers import STYLES, detect_styles, majority_answer, normalize_answer, render_answer
 from .benchmarks.registry import BENCHMARKS, get_benchmark
 from .oracle import PreferenceOracle
-from .records import PreferencePair, VQAExample
+from .records import PAIR_KINDS, PreferencePair, VQAExample
 
-KINDS: tuple[str, ...] = ("correctness", "style", "format")
 KIND_P: tuple[float, ...] = (0.50, 0.35, 0.15)
 MAX_TRIES = 8
 
@@ -86,9 +85,9 @@ def make_pair(
 ) -> PreferencePair:
     """One labelled pair for an example; raises ValueError if no candidate pair clears the margin.
 
-    kind_mix: kind -> weight (default KINDS with KIND_P); kinds left out are never drawn."""
-    # In KINDS order whatever the dict's order: a config read back from a manifest has sorted keys.
-    weights = {k: kind_mix[k] for k in KINDS if k in kind_mix} if kind_mix else dict(zip(KINDS, KIND_P, strict=True))
+    kind_mix: kind -> weight (default PAIR_KINDS with KIND_P); kinds left out are never drawn."""
+    # In PAIR_KINDS order whatever the dict's order: a config read back from a manifest has sorted keys.
+    weights = {k: kind_mix[k] for k in PAIR_KINDS if k in kind_mix} if kind_mix else dict(zip(PAIR_KINDS, KIND_P, strict=True))
     for _ in range(MAX_TRIES):
         if not weights:
             break

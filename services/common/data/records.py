@@ -16,6 +16,8 @@ AnswerType = Literal["number", "word", "yesno"]
 Split = Literal["train", "test"]
 ANSWER_TYPES: tuple[str, ...] = ("number", "word", "yesno")
 SPLITS: tuple[str, ...] = ("train", "test")
+# What the two answers of a preference pair differ in (PreferencePair.kind).
+PAIR_KINDS: tuple[str, ...] = ("correctness", "style", "format")
 
 
 def dumps(obj: Any) -> str:
@@ -127,7 +129,7 @@ class VQAExample(_Record):
 class PreferencePair(_Record):
     """One preference annotation: for (image, question), `chosen` is preferred over `rejected`.
 
-    `kind` says what the two answers differ in (correctness, style, format; prefs.KINDS), as the
+    `kind` says what the two answers differ in (correctness, style, format; PAIR_KINDS), as the
     annotating organisation knows it; "" when the source does not say (external data).
     """
 
