@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 
 from services.common.config import RewardNodeSettings, RunConfig, StackConfig, load_yaml  # noqa: E402
-from services.common.data.world import load_world, make_world  # noqa: E402
+from services.common.data.world import load_world  # noqa: E402
+from services.common.data.world_writer import make_world  # noqa: E402
 from services.common.evaluation import evaluate_policy  # noqa: E402
 from services.common.warm_start import QUICK_POLICY, QUICK_SFT, run_sft, world_config  # noqa: E402
 

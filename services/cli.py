@@ -105,7 +105,7 @@ def data_make(
     force: bool = typer.Option(False, "--force", help="Replace a world already in --out."),
 ) -> None:
     """Generate the seeded, deterministic federated VQA world (benchmarks, clients, server sets)."""
-    from services.common.data.world import make_world
+    from services.common.data.world_writer import make_world
     from services.common.warm_start import world_config
 
     try:

@@ -18,7 +18,8 @@ from rich.table import Table
 from services.common.data.answers import STYLES, render_answer
 from services.common.data.config import WorldConfig
 from services.common.data.sources import ImageSource
-from services.common.data.world import World, WorldFormatError, load_world, make_world
+from services.common.data.world import World, WorldFormatError, load_world
+from services.common.data.world_writer import make_world
 from services.common.models.config import ModelConfig, SFTConfig
 
 QUICK_POLICY = {"preset": "tiny"}

@@ -127,7 +127,8 @@ def test_plan_adds_zero_noise_rows_and_never_repeats_a_job():
 
 
 def test_verifiable_row_runs_in_a_world_with_references_and_the_same_client_data(table, tmp_path):
-    from services.common.data.world import load_world, make_world
+    from services.common.data.world import load_world
+    from services.common.data.world_writer import make_world
     from services.experiments.prepare import scenario_worlds
     from services.reward_node.data import load_node_data
 

@@ -2,7 +2,8 @@
 
 Public entry points (import from the submodules; this package file re-exports the common ones):
   WorldConfig, ClientSpec                  config.py
-  make_world, load_world, World            world.py        (format: FORMAT.md)
+  load_world, World                        world.py        (format: FORMAT.md)
+  make_world                               world_writer.py
   VQAExample, PreferencePair, PoolPrompt   records.py
   normalize_answer, extract_answer, vqa_accuracy, exact_match, format_ok, render_answer   answers.py
   ClientOracle, ServerOracle               oracle.py
@@ -17,7 +18,8 @@ from .config import ClientSpec, WorldConfig
 from .loaders import LoaderError, load_vqa
 from .oracle import ClientOracle, ServerOracle
 from .records import PoolPrompt, PreferencePair, VQAExample
-from .world import World, WorldFormatError, load_world, make_world
+from .world import World, WorldFormatError, load_world
+from .world_writer import make_world
 
 __all__ = [
     "CHANCE",

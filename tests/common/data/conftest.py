@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from services.common.data.config import WorldConfig
-from services.common.data.world import World, load_world, make_world
+from services.common.data.world import World, load_world
+from services.common.data.world_writer import make_world
 
 
 @pytest.fixture(scope="session")

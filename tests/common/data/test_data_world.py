@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from services.common.data.config import WorldConfig
-from services.common.data.world import FORMAT_VERSION, World, WorldFormatError, load_world, make_world
+from services.common.data.world import FORMAT_VERSION, World, WorldFormatError, load_world
+from services.common.data.world_writer import make_world
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
