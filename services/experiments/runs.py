@@ -115,7 +115,7 @@ def router_by_domain(run: Any, world: Any) -> dict[str, dict[str, float]] | None
     """Mean router weight of each node on each benchmark's test prompts (learned routers only)."""
     import torch
 
-    from services.orchestrator.fusion.base import LogitRouter
+    from services.orchestrator.fusion.trainer import LogitRouter
 
     router = run.router
     if not isinstance(router, LogitRouter):

@@ -12,7 +12,7 @@ Kinds (one file each, one table: services/common/config/variants.py ROUTERS):
   mor              gating MLP on the frozen (prompt, image) embedding  learned_router.py
   prototype        similarity to each node's published prototype      prototype.py
   oracle           each benchmark to its home node (evaluation only)  oracle.py
-Shared maths: ops.py. Router training (Bradley-Terry): trainer.py.
+Shared maths: ops.py. Router training (LogitRouter, Bradley-Terry): trainer.py.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from services.common.config.run import RouterSection
 from services.common.config.variants import ROUTERS, ROUTERS_WITH_ARG, implementation
-from services.orchestrator.fusion.base import LogitRouter, Router
+from services.orchestrator.fusion.base import CalibrationData, Router
 from services.orchestrator.fusion.extremes import MaxRouter, MinRouter
 from services.orchestrator.fusion.learned_router import MoRRouter
 from services.orchestrator.fusion.mean import MeanRouter
@@ -29,7 +29,7 @@ from services.orchestrator.fusion.oracle import OracleRouter
 from services.orchestrator.fusion.prototype import PrototypeRouter
 from services.orchestrator.fusion.single import SingleRouter
 from services.orchestrator.fusion.static import StaticRouter
-from services.orchestrator.fusion.trainer import CalibrationData, train_bradley_terry
+from services.orchestrator.fusion.trainer import LogitRouter, train_bradley_terry
 
 if TYPE_CHECKING:
     from services.reward_node.client import NodeInfo

@@ -12,14 +12,16 @@ which is what the orchestrator reports as the per-node weight metric.
 
 A variant is a new file beside this one (mean.py, extremes.py, single.py, static.py,
 learned_router.py, prototype.py), registered in the one table of fusion/__init__.py. Shared maths
-lives in fusion/ops.py. Routers with parameters derive from ``LogitRouter``: a torch module maps
-features to one logit per node and the weights are a masked softmax of them; ``fit`` trains the
-module with the Bradley-Terry trainer (fusion/trainer.py).
+lives in fusion/ops.py. Routers with parameters derive from ``LogitRouter`` (fusion/trainer.py): a
+torch module maps features to one logit per node, the weights are a masked softmax of them, and
+``fit`` trains the module with the Bradley-Terry trainer beside it. ``CalibrationData``, what ``fit``
+takes, is defined here with the contract.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,8 +30,33 @@ from services.orchestrator.fusion import ops
 
 if TYPE_CHECKING:  # typing only: fusion never imports the gRPC side at run time
     from services.common.config.run import RouterSection
-    from services.orchestrator.fusion.trainer import CalibrationData
     from services.reward_node.client import NodeInfo
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Router training data: features[P, D], z_chosen / z_rejected[K, P] (NaN where masked),
+    mask[K, P] bool (node k scored both answers of pair p). Node order = the router's."""
+
+    features: torch.Tensor
+    z_chosen: torch.Tensor
+    z_rejected: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        p = self.features.shape[0]
+        shape = self.z_chosen.shape
+        if self.features.dim() != 2 or len(shape) != 2 or shape[1] != p:
+            raise ValueError(f"features must be [P, D] and z_chosen [K, P]; got {tuple(self.features.shape)}, {tuple(shape)}")
+        if self.z_rejected.shape != shape or self.mask.shape != shape or self.mask.dtype != torch.bool:
+            raise ValueError("z_chosen, z_rejected and mask (bool) must have the same [K, P] shape")
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.features.shape[0])
+
+    def subset(self, index: torch.Tensor) -> CalibrationData:
+        return CalibrationData(self.features[index], self.z_chosen[:, index], self.z_rejected[:, index], self.mask[:, index])
 
 
 class Router(ABC):
@@ -127,54 +154,4 @@ class Router(ABC):
         return ops.masked_softmax(torch.zeros(features.shape[0], self.k), available)
 
 
-class LogitRouter(Router):
-    """A router whose weights are a masked softmax of a torch module's per-node logits.
-
-    ``net`` maps features[P, D] to logits[P, K]. Subclasses build ``net``; training, state and
-    weights are shared here so the static and the input-conditioned router differ only in the
-    module.
-    """
-
-    net: torch.nn.Module
-    trainable = True
-
-    def __init__(self, node_ids: Sequence[str], *, train_steps: int, lr: float, weight_decay: float,
-                 holdout_fraction: float, seed: int) -> None:
-        super().__init__(node_ids)
-        self.train_steps = train_steps
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.holdout_fraction = holdout_fraction
-        self.seed = seed
-
-    @staticmethod
-    def train_args(cfg: RouterSection, seed: int) -> dict[str, float | int]:
-        """The Bradley-Terry settings every logit router takes from the router section."""
-        return {"train_steps": cfg.train_steps, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-                "holdout_fraction": cfg.holdout_fraction, "seed": seed}
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """features[P, D] -> logits[P, K] (with gradients)."""
-        return self.net(features)
-
-    def weights(self, features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return ops.masked_softmax(self.logits(features.float()), available)
-
-    def fit(self, data: CalibrationData) -> dict[str, float]:
-        from services.orchestrator.fusion.trainer import train_bradley_terry
-
-        return train_bradley_terry(
-            self, data, steps=self.train_steps, lr=self.lr, weight_decay=self.weight_decay,
-            holdout_fraction=self.holdout_fraction, seed=self.seed,
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "net": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.net.load_state_dict(state["net"])
-
-
-__all__ = ["LogitRouter", "Router"]
+__all__ = ["CalibrationData", "Router"]

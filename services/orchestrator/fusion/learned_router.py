@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from services.orchestrator.fusion.base import LogitRouter
-from services.orchestrator.fusion.trainer import CalibrationData
+from services.orchestrator.fusion.base import CalibrationData
+from services.orchestrator.fusion.trainer import LogitRouter
 
 if TYPE_CHECKING:
     from services.common.config.run import RouterSection

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from services.orchestrator.fusion.base import LogitRouter
+from services.orchestrator.fusion.trainer import LogitRouter
 
 if TYPE_CHECKING:
     from services.common.config.run import RouterSection

@@ -1,4 +1,5 @@
-"""The router's own small trainer: Bradley-Terry on the server calibration pairs.
+"""The router's own small trainer: Bradley-Terry on the server calibration pairs, beside ``LogitRouter``,
+the routers it trains (their ``fit`` runs it).
 
 For pair p (prompt x_p, chosen answer c, rejected answer j) every node k gives calibrated scores
 z_k(c), z_k(j). The router's fused margin is m_p = sum_k w_k(x_p) (z_k(c) - z_k(j)), with w a
@@ -20,48 +21,70 @@ policy samples, and the running statistics are there to follow the policy's answ
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from services.common import metrics
 from services.orchestrator.fusion import ops
+from services.orchestrator.fusion.base import CalibrationData, Router
 
 if TYPE_CHECKING:
+    from services.common.config.run import RouterSection
     from services.common.data import PreferencePair
     from services.common.data.sources import ImageSource
     from services.orchestrator.calibration import NodeCalibration
     from services.orchestrator.embedding import PromptEmbedder
     from services.orchestrator.fanout import RewardFanout
-    from services.orchestrator.fusion.base import LogitRouter, Router
 
 
-@dataclass(frozen=True)
-class CalibrationData:
-    """Router training data: features[P, D], z_chosen / z_rejected[K, P] (NaN where masked),
-    mask[K, P] bool (node k scored both answers of pair p). Node order = the router's."""
+class LogitRouter(Router):
+    """A router whose weights are a masked softmax of a torch module's per-node logits.
 
-    features: torch.Tensor
-    z_chosen: torch.Tensor
-    z_rejected: torch.Tensor
-    mask: torch.Tensor
+    ``net`` maps features[P, D] to logits[P, K]. Subclasses build ``net``; training, state and
+    weights are shared here so the static and the input-conditioned router differ only in the
+    module.
+    """
 
-    def __post_init__(self) -> None:
-        p = self.features.shape[0]
-        shape = self.z_chosen.shape
-        if self.features.dim() != 2 or len(shape) != 2 or shape[1] != p:
-            raise ValueError(f"features must be [P, D] and z_chosen [K, P]; got {tuple(self.features.shape)}, {tuple(shape)}")
-        if self.z_rejected.shape != shape or self.mask.shape != shape or self.mask.dtype != torch.bool:
-            raise ValueError("z_chosen, z_rejected and mask (bool) must have the same [K, P] shape")
+    net: torch.nn.Module
+    trainable = True
 
-    @property
-    def n_pairs(self) -> int:
-        return int(self.features.shape[0])
+    def __init__(self, node_ids: Sequence[str], *, train_steps: int, lr: float, weight_decay: float,
+                 holdout_fraction: float, seed: int) -> None:
+        super().__init__(node_ids)
+        self.train_steps = train_steps
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.holdout_fraction = holdout_fraction
+        self.seed = seed
 
-    def subset(self, index: torch.Tensor) -> CalibrationData:
-        return CalibrationData(self.features[index], self.z_chosen[:, index], self.z_rejected[:, index], self.mask[:, index])
+    @staticmethod
+    def train_args(cfg: RouterSection, seed: int) -> dict[str, float | int]:
+        """The Bradley-Terry settings every logit router takes from the router section."""
+        return {"train_steps": cfg.train_steps, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                "holdout_fraction": cfg.holdout_fraction, "seed": seed}
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """features[P, D] -> logits[P, K] (with gradients)."""
+        return self.net(features)
+
+    def weights(self, features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return ops.masked_softmax(self.logits(features.float()), available)
+
+    def fit(self, data: CalibrationData) -> dict[str, float]:
+        return train_bradley_terry(
+            self, data, steps=self.train_steps, lr=self.lr, weight_decay=self.weight_decay,
+            holdout_fraction=self.holdout_fraction, seed=self.seed,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "net": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.net.load_state_dict(state["net"])
 
 
 def split_pairs(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,5 +232,5 @@ async def calibration_data(
     return CalibrationData(features, z[:, 0::2], z[:, 1::2], mask[:, 0::2] & mask[:, 1::2])
 
 
-__all__ = ["CalibrationData", "bt_loss", "calibration_data", "fused_pair_margin", "pair_accuracy", "router_margin", "split_pairs",
+__all__ = ["LogitRouter", "bt_loss", "calibration_data", "fused_pair_margin", "pair_accuracy", "router_margin", "split_pairs",
            "train_bradley_terry"]
