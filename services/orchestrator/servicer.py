@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.errors import InvalidInput
-from services.common.grpc.interceptors import current_caller
+from services.common.grpc.auth import current_caller
 from services.common.wire import orchestrator_pb2, orchestrator_pb2_grpc, reward_node_pb2
 from services.orchestrator.access import check_node_owner
 from services.orchestrator.records import StepRecord

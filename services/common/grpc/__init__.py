@@ -4,11 +4,15 @@ Domain-free: nothing here knows reward models or policies.
 
     credentials   TLS / mTLS / plaintext credentials and channel options from config sections
     interceptors  auth -> request id -> metrics -> exception-to-status server interceptors
+    auth          AuthInterceptor: caller identity (token, client certificate), per-method authorisation
+    decoding      undecodable request bytes -> INVALID_ARGUMENT instead of UNKNOWN
+    handlers      wrapping a handler's behaviour whatever its shape, aborting handlers
     server        GrpcService: health, reflection, binding, readiness, graceful stop, signals;
                   serving(): start/stop in-process servers as one async context
     client        channels from an EndpointSection, bearer tokens, call_with_retry
 """
 
+from services.common.grpc.auth import current_caller
 from services.common.grpc.client import (
     DEFAULT_RETRY_CODES,
     call_with_retry,
@@ -16,7 +20,7 @@ from services.common.grpc.client import (
     error_reason,
     read_token,
 )
-from services.common.grpc.interceptors import current_caller, current_request_id
+from services.common.grpc.interceptors import current_request_id
 from services.common.grpc.server import GrpcService, service_name, serving
 
 __all__ = [

@@ -21,8 +21,10 @@ from grpc import aio
 from services.common import metrics
 from services.common.config import AuthSection, ConfigError, EndpointSection
 from services.common.config.sections import MiB
+from services.common.grpc.auth import AUTHORIZATION_KEY
 from services.common.grpc.credentials import channel_credentials, channel_options, warn_insecure
-from services.common.grpc.interceptors import AUTHORIZATION_KEY, ERROR_REASON_KEY, split_method
+from services.common.grpc.handlers import split_method
+from services.common.grpc.interceptors import ERROR_REASON_KEY
 
 log = logging.getLogger(__name__)
 

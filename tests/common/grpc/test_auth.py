@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from services.common import metrics
 from services.common.config import AuthSection, TLSSection
-from services.common.grpc.interceptors import AuthInterceptor
+from services.common.grpc.auth import AuthInterceptor
 from services.common.wire import (
     orchestrator_pb2,
     orchestrator_pb2_grpc,
