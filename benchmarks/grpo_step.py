@@ -67,7 +67,7 @@ from services.common.grpc import serving  # noqa: E402
 from services.common.models import ModelConfig, build_vlm  # noqa: E402
 from services.orchestrator.grpo.trainer import GRPOTrainer as MoRTrainer  # noqa: E402
 from services.orchestrator.rollouts import RemoteSampler  # noqa: E402
-from services.orchestrator.run import MoRRun  # noqa: E402
+from services.orchestrator.training_run import MoRRun  # noqa: E402
 from services.reward_node.checkpoint import LoadedRM, load_checkpoint  # noqa: E402
 from services.reward_node.train import train_rm  # noqa: E402
 

@@ -37,7 +37,7 @@ def summary(report: dict) -> dict:
 async def train_and_watch(args: argparse.Namespace, stack: StackConfig, world_dir: Path, sft_dir: Path,
                           rms: dict[str, Path], log) -> None:
     from services.experiments.runs import serve_nodes
-    from services.orchestrator.run import MoRRun
+    from services.orchestrator.training_run import MoRRun
 
     world = load_world(world_dir)
     # the nodes share the machine with the policy: torch's default thread count, as a deployed node

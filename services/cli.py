@@ -466,7 +466,7 @@ def orchestrator_run(
         fail(str(exc), EXIT_CONFIG)
     if _hosted_as_worker(ctx):
         return
-    from services.orchestrator.run import MoRRun
+    from services.orchestrator.training_run import MoRRun
 
     out = Console(stderr=True)
     bar = view.progress(out)

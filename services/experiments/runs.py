@@ -142,7 +142,7 @@ def _curves(records: list[Any]) -> dict[str, Any]:
 
 
 async def _train(inputs: JobInputs, out: Path, world: Any, track_n: int) -> dict[str, Any]:
-    from services.orchestrator.run import MoRRun
+    from services.orchestrator.training_run import MoRRun
 
     job, claims = inputs.job, inputs.profile.claims
     specs = list(inputs.nodes) + ([inputs.joiner] if inputs.joiner else [])

@@ -8,7 +8,7 @@ from services.common.config import OrchestratorSettings
 from services.common.grpc import GrpcService, service_name
 from services.common.wire import orchestrator_pb2, orchestrator_pb2_grpc
 from services.orchestrator.parallel import ParallelContext
-from services.orchestrator.runs import RunManager
+from services.orchestrator.run_control import RunManager
 from services.orchestrator.servicer import OrchestratorServicer
 
 log = logging.getLogger(__name__)

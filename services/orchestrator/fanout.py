@@ -3,6 +3,7 @@
     fanout = RewardFanout(cfg.nodes, cfg.fanout)
     infos = await fanout.start()                  # channels + GetInfo of every node
     result = await fanout.score(groups)           # FanoutResult: raw scores[K, N], mask[K, N], outcomes
+    result = await fanout.score_answers(prompts, answers)  # one step's B prompts x G answers, N = B*G
     await fanout.close()
 
 This is the only orchestrator module that talks gRPC (through RewardNodeClient); what comes out
@@ -21,6 +22,9 @@ is plain tensors and dataclasses. Rules of one ``score`` call:
     its reconnects for up to two minutes, which would keep a restarted node out long after it is
     back. Until then it is skipped (SKIPPED_UNHEALTHY, counted in
     mor_orchestrator_node_skipped_steps).
+``score_answers`` scores a step's answers laid out as the trainer sees them (group-major, N = B*G
+columns): empty answers are not sent (nodes refuse them) and stay unscored in every row; when every
+answer is empty no node is called and every outcome is NOTHING_TO_SCORE.
 ``add``/``remove`` change the node set between steps (an added node joins through the same
 probe); node order in results is the configured order, then added nodes.
 """
@@ -30,7 +34,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from grpc import aio
@@ -42,12 +46,16 @@ from services.common.errors import AlreadyExists, NotFound, NotReady
 from services.common.grpc.tls_diagnosis import adescribe_rpc_error
 from services.reward_node.client import NodeInfo, RewardNodeClient, ScoreGroup
 
+if TYPE_CHECKING:
+    from services.orchestrator.prompts import Prompt
+
 log = logging.getLogger(__name__)
 
 SKIPPED = "SKIPPED_UNHEALTHY"
 DEADLINE = "DEADLINE_EXCEEDED"
 INVALID_REPLY = "INVALID_REPLY"
 NOT_SERVING = "NOT_SERVING"
+NOTHING_TO_SCORE = "NOTHING_TO_SCORE"
 SAFETY_SLACK_S = 1.0  # beyond the per-call gRPC deadlines, a last guard so a step can never hang
 
 
@@ -284,6 +292,27 @@ class RewardFanout:
             )
         return result
 
+    async def score_answers(self, prompts: Sequence[Prompt], answers: Sequence[Sequence[str]]) -> FanoutResult:
+        """Raw scores[K, N] and mask of ``answers[i]``, prompt i's answers, N of them in all, group-major;
+        see the module docstring."""
+        groups, positions, start = [], [], 0
+        for p, group in zip(prompts, answers, strict=True):
+            keep = [j for j, text in enumerate(group) if text.strip()]
+            if keep:
+                groups.append(ScoreGroup(prompt=p.question, responses=[group[j] for j in keep],
+                                         image=p.image_png, group_id=p.prompt_id))
+                positions.extend(start + j for j in keep)
+            start += len(group)
+        ids = self.node_ids
+        scores = torch.full((len(ids), start), float("nan"))
+        mask = torch.zeros(len(ids), start, dtype=torch.bool)
+        if not groups:
+            return FanoutResult(ids, scores, mask, {n: NodeOutcome(n, False, NOTHING_TO_SCORE, 0.0) for n in ids})
+        fan = await self.score(groups)
+        index = torch.tensor(positions)
+        scores[:, index], mask[:, index] = fan.scores, fan.mask
+        return FanoutResult(fan.node_ids, scores, mask, fan.outcomes)
+
     def _drop(self, node: str, outcome: NodeOutcome) -> None:
         metrics.ORCHESTRATOR_NODE_FAILURES.labels(node, outcome.error_code).inc()
         if node in self._endpoints:  # not removed meanwhile
@@ -342,4 +371,4 @@ def _code(exc: BaseException) -> str:
     return "INTERNAL"
 
 
-__all__ = ["FanoutResult", "NodeOutcome", "QuorumError", "RewardFanout"]
+__all__ = ["NOTHING_TO_SCORE", "FanoutResult", "NodeOutcome", "QuorumError", "RewardFanout"]

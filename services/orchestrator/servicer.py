@@ -1,6 +1,6 @@
 """The Orchestrator gRPC servicer: a thin protobuf adapter over `RunManager`.
 
-Converts messages to plain values and back; rules live in runs.py and domain errors become status
+Converts messages to plain values and back; rules live in run_control.py and domain errors become status
 codes in the shared exception interceptor.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from services.common.grpc.auth import current_caller
 from services.common.wire import orchestrator_pb2, orchestrator_pb2_grpc, reward_node_pb2
 from services.orchestrator.access import check_node_owner
 from services.orchestrator.records import StepRecord
-from services.orchestrator.runs import (
+from services.orchestrator.run_control import (
     NodeRecord,
     RunEvent,
     RunHandle,

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from services.common.config import NodeEndpoint
 from services.orchestrator.records import read_steps
-from services.orchestrator.run import MoRRun
+from services.orchestrator.training_run import MoRRun
 
 from .conftest import DEVICE, NODES
 

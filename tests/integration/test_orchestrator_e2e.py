@@ -11,7 +11,7 @@ import torch
 
 from services.common import metrics as m
 from services.orchestrator.records import read_steps
-from services.orchestrator.run import MoRRun
+from services.orchestrator.training_run import MoRRun
 
 from .conftest import DEVICE
 
@@ -139,7 +139,7 @@ def test_a_new_node_joins_mid_run(stack, world_dir, tmp_path, arun):
 
 
 def test_rollouts_older_than_max_staleness_are_refused(stack, world_dir, tmp_path, arun):
-    from services.orchestrator.run import StaleRollouts
+    from services.orchestrator.training_run import StaleRollouts
 
     async def scenario():
         async with stack() as s:

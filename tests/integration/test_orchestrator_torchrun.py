@@ -17,7 +17,7 @@ import yaml
 
 from services.orchestrator import checkpoint as ckpt_io
 from services.orchestrator.records import read_steps
-from services.orchestrator.run import MoRRun
+from services.orchestrator.training_run import MoRRun
 
 from .conftest import DEVICE
 

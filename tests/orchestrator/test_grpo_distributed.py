@@ -1,15 +1,15 @@
 """The GRPO trainer in 2 processes (torchrun, gloo, 127.0.0.1) trains like 1 process on the same rollouts.
 
 One torchrun launch runs every 2-process job of the module (FSDP2 and DDP, each loss type, full
-fine-tuning, a resume from a 1-process state); the 1-process jobs run here, through the same replay
-code. Tolerance: after 3 steps (lr 1e-2, AdamW) every trained parameter agrees within TOL = 5e-5 in
-absolute value. The differences are float32 summation order (which rank adds which rows' gradient,
-all-reduce vs local sum), grown by AdamW where a gradient component is near its eps (an update is
-lr * g / (|g| + eps)): measured on this tiny Qwen2-VL the largest is 1-4e-6 for most jobs and up to
-1.3e-5 for DDP dr_grpo (its constant normaliser makes the smallest gradients), depending on the CPU's
-kernels. Parameters move by 3e-3 (full fine-tuning, lr 1e-3) to 3e-2 (LoRA B) in those steps, at least
-MOVED = 20 * TOL, so a wrong normaliser (e.g. a rank's local token count, or a missing world-size
-factor) misses TOL by orders of magnitude.
+fine-tuning, an adaptive beta, a resume from a 1-process state); the 1-process jobs run here, through
+the same replay code. Tolerance: after 3 steps (lr 1e-2, AdamW) every trained parameter agrees within
+TOL = 5e-5 in absolute value. The differences are float32 summation order (which rank adds which
+rows' gradient, all-reduce vs local sum), grown by AdamW where a gradient component is near its eps
+(an update is lr * g / (|g| + eps)): measured on this tiny Qwen2-VL the largest is 1-4e-6 for most
+jobs and up to 1.3e-5 for DDP dr_grpo (its constant normaliser makes the smallest gradients),
+depending on the CPU's kernels. Parameters move by 3e-3 (full fine-tuning, lr 1e-3) to 3e-2 (LoRA B)
+in those steps, at least MOVED = 20 * TOL, so a wrong normaliser (e.g. a rank's local token count, or
+a missing world-size factor) misses TOL by orders of magnitude.
 """
 from __future__ import annotations
 
@@ -56,6 +56,9 @@ TWO_PROCESS_JOBS = (
     + [ReplayJob(name=f"ddp-{lt}", grpo=_grpo(loss_type=lt, micro_batch_size=0), strategy="ddp") for lt in LOSS_TYPES]
     + [ReplayJob(name="fsdp-full", grpo=_grpo(loss_type="dapo", micro_batch_size=3, lora=False, lr=1e-3),
                  strategy="fsdp")]
+    # grpo.target_kl: each step adapts beta on every rank; the checkpoint keeps rank 0's
+    + [ReplayJob(name="fsdp-target-kl", grpo=_grpo(micro_batch_size=3, target_kl=1.0, kl_horizon=1),
+                 strategy="fsdp", save_after=[2])]
 )
 
 
@@ -159,6 +162,17 @@ def test_rank_zero_reports_the_whole_batch_statistics(runs, loss_type):
         for key in ("loss", "kl", "ratio_mean", "grad_norm", "clip_low", "clip_high"):
             assert b[key] == pytest.approx(a[key], abs=1e-5), (key, a["step"])
     assert one[-1]["kl"] > 0  # the policy left the reference: the statistics are not trivially 0
+
+
+def test_an_adapted_kl_coefficient_moves_alike_in_two_processes(runs):
+    job = "fsdp-target-kl"
+    one = [s["beta"] for s in json.loads((runs / "one" / job / "stats.json").read_text())["steps"]]
+    two = [s["beta"] for s in json.loads((runs / "two" / job / "stats.json").read_text())["steps"]]
+    saved = [torch.load(runs / d / job / "state-2.pt", weights_only=False)["beta"] for d in ("one", "two")]
+
+    # KL far below the target: every step lowers beta by the controller's clip (20 % at horizon 1)
+    assert one == pytest.approx([0.04, 0.032, 0.0256]) and two == pytest.approx(one)
+    assert saved == pytest.approx([one[2], one[2]])  # state after step 2: the beta step 3 trains with
 
 
 def test_a_two_process_checkpoint_has_the_one_process_layout(runs):

@@ -12,6 +12,7 @@ from services.common.models.config import ModelConfig
 from services.common.models.factory import build_vlm
 from services.common.models.vlm import VLM
 from services.orchestrator.grpo import GRPOTrainer, RolloutBatch, group_advantages
+from services.orchestrator.grpo.ops import adaptive_beta
 
 G = 3
 MAX_NEW = 6
@@ -326,8 +327,20 @@ def test_a_peft_wrapped_model_is_refused():
 
 def test_the_adapted_kl_coefficient_is_part_of_the_state():
     trainer = GRPOTrainer(fresh_vlm(), grpo_cfg(beta=0.04))
-    trainer.beta = 0.05  # what the run loop's adaptive controller would have set
+    trainer.beta = 0.05  # what the adaptive controller (grpo.target_kl) would have set
     state = trainer.state_dict()
     again = GRPOTrainer(fresh_vlm(), grpo_cfg(beta=0.04))
     again.load_state_dict(state)
     assert again.beta == 0.05
+
+
+def test_a_step_trains_with_beta_then_adapts_it_towards_the_target_kl(rollouts):
+    fixed = GRPOTrainer(fresh_vlm(), grpo_cfg(beta=0.04))
+    adaptive = GRPOTrainer(fresh_vlm(), grpo_cfg(beta=0.04, target_kl=0.01, kl_horizon=2))
+
+    a, b = fixed.step(rollouts), adaptive.step(rollouts)
+
+    assert a.beta == b.beta == 0.04 and fixed.beta == 0.04  # without target_kl beta stays
+    adapted = adaptive.beta
+    assert adapted == adaptive_beta(0.04, b.kl, 0.01, 2) != 0.04
+    assert adaptive.step(rollouts).beta == adapted  # the next step trains with the adapted beta

@@ -13,7 +13,7 @@ from services.common.data.world import load_world
 from services.common.errors import AlreadyExists, InvalidInput, NotFound, VersionMismatch
 from services.orchestrator import checkpoint as ckpt_io
 from services.orchestrator.prompts import PromptStream
-from services.orchestrator.runs import RunManager, RunState, StateChange, set_dotted
+from services.orchestrator.run_control import RunManager, RunState, StateChange, set_dotted
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_watch_replays_then_ends_on_terminal_state(tmp_path: Path):
     m = _manager(tmp_path)
 
     async def scenario():
-        from services.orchestrator.runs import RunHandle
+        from services.orchestrator.run_control import RunHandle
 
         cfg = m.parse_config("w", {"nodes": [{"node_id": "a", "address": "127.0.0.1:1"}]}, [])
         h = RunHandle("w", cfg, "")
@@ -156,7 +156,7 @@ def test_watch_replays_then_ends_on_terminal_state(tmp_path: Path):
 
 def test_device_is_validated_and_cuda_without_a_gpu_fails_at_start(world, tmp_path: Path):
     from services.common.config import ConfigError, RunConfig
-    from services.orchestrator.run import MoRRun
+    from services.orchestrator.training_run import MoRRun
 
     with pytest.raises(ValueError, match="device"):
         RunConfig(device="tpu")

@@ -149,7 +149,8 @@ class DistributedGRPOTrainer(GRPOTrainer):
             dist.broadcast_object_list([(_STOP, ())], src=0)
 
     def step(self, batch: RolloutBatch) -> TrainStats:
-        # beta travels with the step: the run loop on rank 0 adapts it between steps.
+        # beta travels with the step: every rank adapts its copy from the same all-reduced KL, so the
+        # copies agree; sending rank 0's (the one checkpoints save) makes them agree by construction.
         return self._command("step", batch, self.beta)
 
     def _do_step(self, batch: RolloutBatch, beta: float) -> TrainStats:

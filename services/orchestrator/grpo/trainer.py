@@ -7,6 +7,9 @@ the trainer state, and the weights payload the sampler takes.
 Reference policy = the initial model. With LoRA it is the same network with the adapter disabled
 (no second copy in memory); with full fine-tuning it is a frozen deep copy made once at start-up.
 
+With ``grpo.target_kl`` (and beta > 0) a step ends by adapting beta to the KL it measured
+(``ops.adaptive_beta``); the next step trains with it, and ``state_dict`` keeps it.
+
 The policy runs in eval mode during a step: dropout would make the recomputed log-probs come from
 another distribution than the one the sampler drew from, and the importance ratio would be noise.
 Gradients flow regardless of the mode.
@@ -86,6 +89,7 @@ class TrainStats:
     grad_norm: float  # total gradient norm before clipping
     completion_tokens_mean: float
     seconds: float
+    beta: float  # the KL coefficient this step trained with (the next may differ: grpo.target_kl)
     ratio_mean: float = 1.0  # mean importance ratio policy / sampler (1 when on-policy)
     skipped_passes: int = 0  # passes whose gradient was not finite: the optimizer step was skipped
 
@@ -112,7 +116,7 @@ class GRPOTrainer:
         self.cfg = cfg
         self.seed = seed
         self.steps_done = 0
-        self.beta = cfg.beta  # the KL coefficient in force; the run loop adapts it when grpo.target_kl is set
+        self.beta = cfg.beta  # the KL coefficient in force; step() adapts it when grpo.target_kl is set
         self.kind = "lora" if cfg.lora else "full"
         if cfg.lora:
             model = add_lora(vlm.model, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
@@ -130,9 +134,11 @@ class GRPOTrainer:
 
     # ---- the step ------------------------------------------------------------------------------
     def step(self, batch: RolloutBatch) -> TrainStats:
-        """Reference log-probs once, then ``cfg.epochs`` passes of loss, backward, clip and AdamW step."""
+        """Reference log-probs once, then ``cfg.epochs`` passes of loss, backward, clip and AdamW step;
+        then, with ``cfg.target_kl``, beta adapted for the next step."""
         cfg = self.cfg
         start = time.perf_counter()
+        beta = self.beta
         longest = max(len(c) for c in batch.completion_ids)
         if longest > cfg.max_new_tokens:
             # dr_grpo's normaliser assumes no completion exceeds max_new_tokens; a longer one means the
@@ -159,6 +165,8 @@ class GRPOTrainer:
         finally:
             model.train(was_training)
         self.steps_done += 1
+        if cfg.target_kl is not None and cfg.beta > 0:
+            self.beta = ops.adaptive_beta(beta, totals["kl"], cfg.target_kl, cfg.kl_horizon)
         return TrainStats(
             loss=totals["loss"],
             kl=totals["kl"],
@@ -167,6 +175,7 @@ class GRPOTrainer:
             grad_norm=totals["grad_norm"],
             completion_tokens_mean=n_items / len(batch.completion_ids),
             seconds=time.perf_counter() - start,
+            beta=beta,
             ratio_mean=totals["ratio_mean"],
             skipped_passes=skipped,
         )

@@ -184,7 +184,7 @@ class RunManager:
         return NodeEndpoint(node_id=node.node_id, address=node.endpoint, tls=s.node_tls, auth=s.node_auth)
 
     async def start(self, run_id: str, data: dict[str, Any], overrides: list[str]) -> RunHandle:
-        from services.orchestrator.run import MoRRun
+        from services.orchestrator.training_run import MoRRun
 
         run_id = run_id or f"run-{uuid.uuid4().hex[:8]}"
         if run_id in self.runs:

@@ -4,9 +4,19 @@
     result = await run.run()          # returns after cfg.grpo.steps steps, a stop request, or an error
     run.request_stop()                # from anywhere on the loop: finish the current step, then stop
 
-The loop owns no maths: GRPO lives in grpo/, fusion in fusion/, calibration and rule rewards in
-their modules; the gRPC edges are the fan-out and the rollout source. Model work (generation in
-process, the GRPO step) runs on one worker thread so that the event loop stays free for the
+One step (``MoRRun.run_step``), phase by phase, each phase in the module that owns it:
+  1. join     nodes added since the last step enter the fan-out, calibration and a refitted router;
+  2. sample   B prompts from the stream, G rollouts each (the prefetch started last step under
+              ``grpo.overlap``); rollouts too many versions old are refused (StaleRollouts);
+  3. prefetch with ``grpo.overlap``, the next step's sampling starts now, on the current weights;
+  4. score    every reward node scores the answers (``fanout.RewardFanout.score_answers``);
+  5. reward   calibrate → embed → fuse → rules → hybrid → advantages (``rewards.step_rewards``);
+  6. train    one GRPO step, which also adapts beta under ``grpo.target_kl`` (``grpo.trainer``);
+  7. push     every ``grpo.push_every`` steps and at the last, the weights go to the sampler;
+  8. record   the StepRecord: steps.jsonl, Prometheus, the on_step callback (``records``).
+
+The loop owns no maths and no gRPC: those live in the modules named above. Model work (generation
+in process, the GRPO step) runs on one worker thread so that the event loop stays free for the
 fan-out, health checks and the run-control API.
 
 Versions: the sampler starts at the version it reports; each push increments it. A step's
@@ -28,18 +38,27 @@ from typing import Any
 
 import torch
 
-from services.common import metrics as m
 from services.common.config import ConfigError, RunConfig
 from services.common.config.base import redacted_dump
 from services.common.data.records import PoolPrompt, PreferencePair
 from services.common.data.sources import DatasetError, ImageSource, read_prefs, read_vqa
 from services.common.data.world import World, load_world
 from services.common.errors import VersionMismatch
+from services.common.models.factory import build_vlm
 from services.orchestrator import checkpoint as ckpt_io
+from services.orchestrator import worker
+from services.orchestrator.calibration import NodeCalibration
+from services.orchestrator.embedding import PromptEmbedder
+from services.orchestrator.fanout import RewardFanout
+from services.orchestrator.fusion import build_router
+from services.orchestrator.fusion.trainer import calibration_data
+from services.orchestrator.grpo.trainer import GRPOTrainer, RolloutBatch
 from services.orchestrator.parallel import ParallelContext
 from services.orchestrator.prompts import Prompt, PromptStream
-from services.orchestrator.records import PHASES, NodeStep, StepRecord
+from services.orchestrator.records import StepRecord, export_step, step_record
+from services.orchestrator.rewards import step_rewards
 from services.orchestrator.rollouts import LocalSampler, Rollouts, RolloutSource
+from services.orchestrator.sampler_pool import SamplerPool
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +90,14 @@ def generation_seed(run_seed: int, step: int) -> int:
     return (run_seed * 1_000_003 + step * 7919) % SEED_MODULUS
 
 
-def _mean(values: torch.Tensor) -> float:
-    v = values[~torch.isnan(values)]
-    return float(v.mean()) if v.numel() else float("nan")
-
-
-def _std(values: torch.Tensor) -> float:
-    v = values[~torch.isnan(values)]
-    return float(v.std(unbiased=False)) if v.numel() else float("nan")
+def rollout_batch(prompts: list[Prompt], rollouts: Rollouts, advantages: torch.Tensor) -> RolloutBatch:
+    """The trainer's view of a step: every completion beside its prompt, group-major like ``advantages``."""
+    flat = [(p, s) for p, group in zip(prompts, rollouts.groups, strict=True) for s in group]
+    return RolloutBatch(
+        questions=[p.question for p, _ in flat], images=[p.image for p, _ in flat],
+        completion_ids=[list(s.token_ids) for _, s in flat], old_logprobs=[list(s.logprobs) for _, s in flat],
+        advantages=advantages,
+    )
 
 
 class MoRRun:
@@ -117,13 +136,6 @@ class MoRRun:
 
     # ---- set-up ----------------------------------------------------------------------------------
     async def setup(self) -> None:
-        from services.common.models.factory import build_vlm
-        from services.orchestrator.calibration import NodeCalibration
-        from services.orchestrator.embedding import PromptEmbedder
-        from services.orchestrator.fanout import RewardFanout
-        from services.orchestrator.fusion import build_router
-        from services.orchestrator.grpo.trainer import GRPOTrainer
-
         cfg = self.cfg
         if cfg.torch_threads is not None:
             torch.set_num_threads(cfg.torch_threads)
@@ -135,8 +147,6 @@ class MoRRun:
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device: {cfg.device} asked for, but torch sees no CUDA GPU")
         if self.parallel is not None:
-            from services.orchestrator import worker
-
             worker.check_run(cfg, self.parallel)
             ctx = self.parallel
             self.on_status(f"trainer: {cfg.distributed.strategy} over {ctx.world_size} processes ({ctx.backend})")
@@ -147,8 +157,6 @@ class MoRRun:
             self.trainer = await self._in_worker(lambda: GRPOTrainer(vlm, cfg.grpo, seed=cfg.seed))
         endpoints = cfg.sampler_endpoints
         if endpoints:  # one sampler is a pool of one: the same waiting and re-push when it restarts
-            from services.orchestrator.sampler_pool import SamplerPool
-
             self.source = SamplerPool(endpoints, wait_s=cfg.sampler_wait_s)
         else:
             self.source = LocalSampler(self.trainer.policy, self._executor)
@@ -208,8 +216,6 @@ class MoRRun:
         return prefs.images, prefs.pairs
 
     async def _fit_router(self) -> None:
-        from services.orchestrator.fusion.trainer import calibration_data
-
         if not getattr(self.router, "trainable", False):
             return
         images, pairs = self._calibration_pairs()
@@ -255,8 +261,6 @@ class MoRRun:
         self._joining.append(endpoint)
 
     async def _admit_joining(self) -> None:
-        from services.orchestrator.fusion import build_router
-
         while self._joining:
             ep = self._joining.pop(0)
             self.fanout.add(ep)
@@ -280,135 +284,59 @@ class MoRRun:
                                               max_new_tokens=g.max_new_tokens, seed=generation_seed(self.cfg.seed, step))
         return prompts, rollouts, time.perf_counter() - t0
 
-    async def run_step(self) -> StepRecord:
-        from services.orchestrator.grpo.ops import adaptive_beta, group_advantages, zero_std_fraction
-        from services.orchestrator.grpo.trainer import RolloutBatch
-        from services.orchestrator.rewards import hybrid_reward, rule_rewards
-
-        cfg, g = self.cfg, self.cfg.grpo
-        step = self.step + 1
-        t_start = time.perf_counter()
-        await self._admit_joining()
+    async def _rollouts(self, step: int) -> tuple[list[Prompt], Rollouts, float, float]:
+        """The prompts and rollouts of ``step`` (the prefetch started last step, else sampled now), the
+        seconds generation took and the seconds this step waited for it."""
         pending, self._prefetch = self._prefetch, None
         t_wait = time.perf_counter()
         prompts, rollouts, gen_s = await (pending if pending is not None else self._sample(step))
         wait_s = time.perf_counter() - t_wait  # with overlap: what is left of a prefetch started last step
+        # Taken before the next prefetch draws from the stream: a checkpoint resumes after this batch.
         self._stream_consumed = self.stream.state_dict()
+        return prompts, rollouts, gen_s, wait_s
+
+    def _staleness(self, step: int, rollouts: Rollouts) -> int:
+        """How many pushes the rollouts' policy is behind the trainer's; StaleRollouts beyond grpo.max_staleness."""
         staleness = self.policy_version - rollouts.policy_version
-        if staleness < 0 or staleness > g.max_staleness:
+        limit = self.cfg.grpo.max_staleness
+        if staleness < 0 or staleness > limit:
             raise StaleRollouts(f"step {step}: rollouts of policy version {rollouts.policy_version}, trainer at "
-                                f"{self.policy_version} (grpo.max_staleness={g.max_staleness})")
+                                f"{self.policy_version} (grpo.max_staleness={limit})")
         if staleness:
             log.info("step %d: accepting rollouts %d version(s) old", step, staleness)
+        return staleness
+
+    async def run_step(self) -> StepRecord:
+        """One step, phase by phase as the module docstring lists them."""
+        g = self.cfg.grpo
+        step = self.step + 1
+        t_start = time.perf_counter()
+        await self._admit_joining()
+        prompts, rollouts, gen_s, wait_s = await self._rollouts(step)
+        staleness = self._staleness(step, rollouts)
         t_gen = time.perf_counter()
         if g.overlap and step < g.steps:
             # One-step off-policy: the next batch samples from the current weights while this one trains.
             self._prefetch = asyncio.ensure_future(self._sample(step + 1))
-
-        flat = [(p, s) for p, grp in zip(prompts, rollouts.groups, strict=True) for s in grp]
-        texts = [s.text for _, s in flat]
-        scores, mask, outcomes = await self._score(prompts, rollouts)
+        answers = [[s.text for s in group] for group in rollouts.groups]
+        fan = await self.fanout.score_answers(prompts, answers)
         t_score = time.perf_counter()
-
-        z = self.calibration.calibrate(scores, mask)
-        self.calibration.update(scores, mask)
-        features = self.embedder.embed([p.question for p in prompts], [p.image for p in prompts])
-        prompt_index = torch.arange(len(prompts)).repeat_interleave(g.group_size)
-        fused, weights = self.router.fuse(z, mask, prompt_index, features, domains=[p.benchmark for p in prompts])
-        empty = torch.tensor([not t.strip() for t in texts])
-        fused = fused.masked_fill(empty, cfg.hybrid.empty_response_reward)
-        fmt, acc, has_ref = rule_rewards(texts, [p.references for p, _ in flat])
-        reward = hybrid_reward(fused, fmt, acc, has_ref, cfg.hybrid)
-        advantages = group_advantages(reward, g.group_size, g.scale_rewards)
+        rewards = step_rewards(prompts, answers, fan.scores, fan.mask, calibration=self.calibration,
+                               embedder=self.embedder, router=self.router, hybrid=self.cfg.hybrid, grpo=g)
         t_fuse = time.perf_counter()
-
-        batch = RolloutBatch(
-            questions=[p.question for p, _ in flat], images=[p.image for p, _ in flat],
-            completion_ids=[list(s.token_ids) for _, s in flat], old_logprobs=[list(s.logprobs) for _, s in flat],
-            advantages=advantages,
-        )
-        beta = self.trainer.beta
-        stats = await self._in_worker(self.trainer.step, batch)
-        if g.target_kl is not None and g.beta > 0:
-            self.trainer.beta = adaptive_beta(beta, stats.kl, g.target_kl, g.kl_horizon)
+        stats = await self._in_worker(self.trainer.step, rollout_batch(prompts, rollouts, rewards.advantages))
         t_train = time.perf_counter()
-
         self.step = step
         push_s = 0.0
         if step % g.push_every == 0 or step == g.steps:
             self.policy_version += 1
             push_s = await self._push()
-        total = time.perf_counter() - t_start
-
-        rule = reward - cfg.hybrid.rm_weight * torch.nan_to_num(fused, nan=0.0)
-        ref_mask = has_ref.bool()
-        nodes = []
-        for k, node_id in enumerate(self.node_ids):
-            out = outcomes[node_id]
-            row = scores[k][mask[k]]
-            nodes.append(NodeStep(node_id, out.responded, out.error_code,
-                                  float(row.mean()) if row.numel() else float("nan"),
-                                  float(row.std(unbiased=False)) if row.numel() else float("nan"),
-                                  float(weights[:, k].mean()), out.latency_s))
-        record = StepRecord(
-            step=step, policy_version=rollouts.policy_version, staleness=staleness,
-            reward_mean=_mean(reward), reward_std=_std(reward), fused_reward_mean=_mean(fused),
-            rule_reward_mean=_mean(rule), accuracy_mean=float(acc[ref_mask].mean()) if ref_mask.any() else float("nan"),
-            format_mean=float(fmt.float().mean()), kl=stats.kl, beta=beta, loss=stats.loss, clip_low=stats.clip_low,
-            clip_high=stats.clip_high, grad_norm=stats.grad_norm,
-            zero_std_group_fraction=zero_std_fraction(reward, g.group_size),
-            completion_tokens_mean=stats.completion_tokens_mean, nodes=nodes,
-            phases={"generate": gen_s, "generate_wait": wait_s, "score": t_score - t_gen, "fuse": t_fuse - t_score,
-                    "train": t_train - t_fuse, "push": push_s, "total": total},
-        )
-        self._export(record)
+        phases = {"generate": gen_s, "generate_wait": wait_s, "score": t_score - t_gen, "fuse": t_fuse - t_score,
+                  "train": t_train - t_fuse, "push": push_s, "total": time.perf_counter() - t_start}
+        record = step_record(step, rollouts.policy_version, staleness, fan, rewards, stats, phases)
+        self.records.append(record)
+        export_step(record, self._steps_file(), self.on_step)
         return record
-
-    async def _score(self, prompts: list[Prompt], rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Raw node scores[K, B*G] and mask of a step. Empty answers are not sent (nodes refuse them);
-        they stay unscored and get hybrid.empty_response_reward as their fused reward."""
-        from services.orchestrator.fanout import NodeOutcome
-        from services.reward_node.client import ScoreGroup
-
-        g = self.cfg.grpo.group_size
-        groups, positions = [], []
-        for i, (p, grp) in enumerate(zip(prompts, rollouts.groups, strict=True)):
-            keep = [j for j, s in enumerate(grp) if s.text.strip()]
-            if keep:
-                groups.append(ScoreGroup(prompt=p.question, responses=[grp[j].text for j in keep],
-                                         image=p.image_png, group_id=p.prompt_id))
-                positions.extend(i * g + j for j in keep)
-        k = len(self.node_ids)
-        scores = torch.full((k, len(prompts) * g), float("nan"))
-        mask = torch.zeros(k, len(prompts) * g, dtype=torch.bool)
-        if not groups:
-            return scores, mask, {n: NodeOutcome(n, False, "NOTHING_TO_SCORE", 0.0) for n in self.node_ids}
-        fan = await self.fanout.score(groups)
-        index = torch.tensor(positions)
-        scores[:, index], mask[:, index] = fan.scores, fan.mask
-        return scores, mask, fan.outcomes
-
-    def _export(self, r: StepRecord) -> None:
-        self.records.append(r)
-        with self._steps_file().open("a") as fh:
-            fh.write(r.to_json() + "\n")
-        m.ORCHESTRATOR_STEPS.inc()
-        m.ORCHESTRATOR_REWARD_MEAN.set(r.reward_mean)
-        m.ORCHESTRATOR_LOSS.set(r.loss)
-        m.ORCHESTRATOR_KL.set(r.kl)
-        m.ORCHESTRATOR_CLIP_LOW.set(r.clip_low)
-        m.ORCHESTRATOR_CLIP_HIGH.set(r.clip_high)
-        m.ORCHESTRATOR_ZERO_STD_GROUPS.set(r.zero_std_group_fraction)
-        for phase, seconds in r.phases.items():
-            if phase in PHASES:
-                m.ORCHESTRATOR_PHASE_LATENCY.labels(phase=phase).observe(seconds)
-        for n in r.nodes:
-            m.ORCHESTRATOR_NODE_WEIGHT.labels(node_id=n.node_id).set(n.weight_mean)
-            if n.responded:
-                m.ORCHESTRATOR_NODE_SCORE_MEAN.labels(node_id=n.node_id).set(n.score_mean)
-                m.ORCHESTRATOR_NODE_SCORE_STD.labels(node_id=n.node_id).set(n.score_std)
-        if self.on_step is not None:
-            self.on_step(r)
 
     # ---- the run ---------------------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -455,4 +383,4 @@ class MoRRun:
         self._executor.shutdown(wait=True)
 
 
-__all__ = ["MoRRun", "RunResult", "StaleRollouts", "generation_seed"]
+__all__ = ["MoRRun", "RunResult", "StaleRollouts", "generation_seed", "rollout_batch"]
