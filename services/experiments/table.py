@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-# Spinning OpenMP threads make torch many times slower on a shared 2-core machine (see services/cli.py).
+# Spinning OpenMP threads make torch many times slower on a shared 2-core machine (see services/cli/__init__.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -18,7 +18,8 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from services.cli import EXIT_DATA, app
+from services.cli import app
+from services.cli.common import EXIT_DATA
 from services.common.config import RewardNodeSettings
 from services.common.models.config import ModelConfig
 from services.common.models.factory import build_vlm

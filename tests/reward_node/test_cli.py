@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from services.cli import EXIT_CONFIG, EXIT_DATA, app
+from services.cli import app
+from services.cli.common import EXIT_CONFIG, EXIT_DATA
 from services.reward_node.client import RewardNodeClient
 
 ROOT = Path(__file__).resolve().parents[2]
