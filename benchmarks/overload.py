@@ -57,7 +57,8 @@ def serve(args: argparse.Namespace) -> None:
         batching["max_queue_delay_ms"] = args.max_queue_delay_ms
     settings = RewardNodeSettings(node_id="overload", model={"kind": "light", "torch_threads": args.threads},
                                   tls={"insecure": True}, metrics={"enabled": False},
-                                  server={"host": "127.0.0.1", "port": 0, "grace_s": 0.5}, batching=batching)
+                                  server={"host": "127.0.0.1", "port": 0, "grace_s": 0.5,
+                                          "max_concurrent_rpcs": args.max_concurrent_rpcs}, batching=batching)
 
     async def main() -> None:
         app = build_app(settings, loaded=loaded)
@@ -240,6 +241,11 @@ def main() -> None:
     ap.add_argument("--max-queue-delay-ms", type=float, default=None,
                     help="Node: batching.max_queue_delay_ms (default: the node's own default).")
     ap.add_argument("--threads", type=int, default=1, help="Node: torch intra-op threads.")
+    ap.add_argument("--max-concurrent-rpcs", type=int, default=256,
+                    help="Node: server.max_concurrent_rpcs (gRPC refuses calls beyond it before any handler runs).")
+    ap.add_argument("--pin", action="store_true",
+                    help="Pin the node to the first CPU and the load generator to the others (needs >= 2 CPUs), "
+                    "so that the generator's own work does not take the node's CPU.")
     ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # internal: run the node, port to this file
     args = ap.parse_args()
     if args.serve:
@@ -252,10 +258,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mor-overload-") as tmp:
         port_file = Path(tmp) / "port"
         cmd = [sys.executable, __file__, "--serve", str(port_file), "--batch-size", str(args.batch_size),
-               "--max-wait-ms", str(args.max_wait_ms), "--threads", str(args.threads)]
+               "--max-wait-ms", str(args.max_wait_ms), "--threads", str(args.threads),
+               "--max-concurrent-rpcs", str(args.max_concurrent_rpcs)]
         if args.max_queue_delay_ms is not None:
             cmd += ["--max-queue-delay-ms", str(args.max_queue_delay_ms)]
         child = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
+        if args.pin:
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) < 2:
+                raise SystemExit(f"--pin needs at least 2 CPUs, this process may use {len(cpus)}")
+            os.sched_setaffinity(child.pid, cpus[:1])
+            os.sched_setaffinity(0, cpus[1:])
         try:
             t0 = time.monotonic()
             while not port_file.exists() or not port_file.read_text():
@@ -269,6 +282,7 @@ def main() -> None:
                 child.wait(10)
             except subprocess.TimeoutExpired:
                 child.kill()
+    head["pinned"], head["max_concurrent_rpcs"] = args.pin, args.max_concurrent_rpcs
     head["goal_goodput"] = head["goodput_ratio"] >= 0.9
     head["goal_latency"] = head["admitted_p99_ms"] <= 2 * head["unloaded_p99_ms"]
     print(f"capacity {head['capacity_ok_per_s']} OK/s (p99 {head['capacity_p99_ms']} ms); unloaded p99 "
