@@ -1,14 +1,12 @@
-"""Domain errors and the one table that turns them into gRPC status codes.
+"""Domain errors and the one table that names their gRPC status codes.
 
-Domain code raises these (it never imports grpc for error handling); the server interceptor calls
-`status_for` to pick the status. A MorError's message is written for the caller and is sent as is;
+Domain code raises these and never imports grpc: the table holds status *names*, and
+services.common.grpc.status turns them into grpc.StatusCode for the server interceptor. A MorError's message is written for the caller and is sent as is;
 any other exception is a bug, so its text (which may hold paths or data) stays in the server log.
 `reason` is a stable UPPER_SNAKE identifier a client can branch on without parsing messages.
 """
 
 from __future__ import annotations
-
-import grpc
 
 GENERIC_INTERNAL_MESSAGE = "internal error"
 SHOWN_CHARS = 64
@@ -106,43 +104,41 @@ class ChecksumMismatch(MorError):
     reason = "CHECKSUM_MISMATCH"
 
 
-# The one place that decides status codes. Lookup follows the MRO, so a subclass inherits its
-# parent's code unless listed here. MorError itself is deliberately absent: a bare MorError is
-# treated as a bug (INTERNAL, generic message), which keeps domain code honest.
-STATUS_CODES: dict[type[MorError], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    NotReady: grpc.StatusCode.UNAVAILABLE,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    VersionMismatch: grpc.StatusCode.FAILED_PRECONDITION,
-    ChecksumMismatch: grpc.StatusCode.DATA_LOSS,
-    TimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+# The one place that decides status codes (by gRPC status name). Lookup follows the MRO, so a
+# subclass inherits its parent's code unless listed here. MorError itself is deliberately absent: a
+# bare MorError is treated as a bug (INTERNAL, generic message), which keeps domain code honest.
+STATUS_NAMES: dict[type[MorError], str] = {
+    InvalidInput: "INVALID_ARGUMENT",
+    Overloaded: "RESOURCE_EXHAUSTED",
+    Unauthenticated: "UNAUTHENTICATED",
+    PermissionDenied: "PERMISSION_DENIED",
+    NotReady: "UNAVAILABLE",
+    NotFound: "NOT_FOUND",
+    AlreadyExists: "ALREADY_EXISTS",
+    VersionMismatch: "FAILED_PRECONDITION",
+    ChecksumMismatch: "DATA_LOSS",
+    TimedOut: "DEADLINE_EXCEEDED",
 }
 
 
-def code_for(exc_type: type[BaseException]) -> grpc.StatusCode | None:
-    """The mapped status code of an exception class, or None when it is not a mapped domain error."""
+def status_name_of(exc_type: type[BaseException]) -> str | None:
+    """The mapped status name of an exception class, or None when it is not a mapped domain error."""
     for klass in exc_type.__mro__:
-        if klass in STATUS_CODES:
-            return STATUS_CODES[klass]
+        if klass in STATUS_NAMES:
+            return STATUS_NAMES[klass]
     return None
 
 
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """(status code, message) to send for `exc`; unmapped exceptions become INTERNAL, generically."""
-    code = code_for(type(exc))
-    if code is None or not isinstance(exc, MorError):
-        return grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE
-    return code, exc.message
+def status_name(exc: BaseException) -> str:
+    """The status name `exc` is answered with: its mapped one, or INTERNAL for anything else."""
+    name = status_name_of(type(exc))
+    return name if name is not None and isinstance(exc, MorError) else "INTERNAL"
 
 
 __all__ = [
     "GENERIC_INTERNAL_MESSAGE",
     "SHOWN_CHARS",
-    "STATUS_CODES",
+    "STATUS_NAMES",
     "AlreadyExists",
     "ChecksumMismatch",
     "InvalidInput",
@@ -155,7 +151,7 @@ __all__ = [
     "TimedOut",
     "Unauthenticated",
     "VersionMismatch",
-    "code_for",
     "shown",
-    "status_for",
+    "status_name",
+    "status_name_of",
 ]

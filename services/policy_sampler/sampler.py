@@ -22,7 +22,7 @@ from services.common.admission import Budget
 from services.common.completions import Completion
 from services.common.config import SamplerSettings
 from services.common.config.variants import SamplerBackendName
-from services.common.errors import NotReady, Overloaded, StalePolicy, VersionMismatch, status_for
+from services.common.errors import NotReady, Overloaded, StalePolicy, VersionMismatch, status_name
 from services.common.weights_codec import WeightsHeader
 from services.policy_sampler.backends.base import ModelFacts, SamplerBackend
 from services.policy_sampler.requests import GenerateCall, SamplerLimits, check_generate, decode_prompts
@@ -177,7 +177,7 @@ class Sampler:
         try:
             result = await self._update(header, chunks)
         except Exception as exc:
-            metrics.SAMPLER_WEIGHT_UPDATES.labels(status_for(exc)[0].name).inc()
+            metrics.SAMPLER_WEIGHT_UPDATES.labels(status_name(exc)).inc()
             log.warning("weight update to v%d refused: %s", header.version, exc)
             raise
         metrics.SAMPLER_WEIGHT_UPDATES.labels("OK").inc()

@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from services.common import errors
+from services.common.grpc.status import code_for, status_for
 
 
 def all_subclasses(klass: type) -> list[type]:
@@ -19,7 +20,7 @@ def test_every_domain_error_has_a_status_and_a_distinct_reason() -> None:
     subclasses = [k for k in all_subclasses(errors.MorError) if k.__module__ == errors.__name__]
     assert len(subclasses) >= 9
 
-    unmapped = [k.__name__ for k in subclasses if errors.code_for(k) is None]
+    unmapped = [k.__name__ for k in subclasses if code_for(k) is None]
     reasons = [k.reason for k in subclasses]
 
     assert unmapped == []
@@ -49,14 +50,14 @@ def test_every_domain_error_is_exported() -> None:
     ],
 )
 def test_status_for_domain_errors(exc: errors.MorError, code: grpc.StatusCode) -> None:
-    assert errors.status_for(exc) == (code, str(exc))
+    assert status_for(exc) == (code, str(exc))
 
 
 def test_subclass_inherits_parent_code_but_keeps_own_reason() -> None:
     class ImageTooLarge(errors.InvalidInput):
         reason = "IMAGE_TOO_LARGE"
 
-    code, message = errors.status_for(ImageTooLarge("image is 9 MB, limit 8 MB"))
+    code, message = status_for(ImageTooLarge("image is 9 MB, limit 8 MB"))
 
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert message == "image is 9 MB, limit 8 MB"
@@ -71,7 +72,7 @@ def test_per_instance_reason_overrides_class_reason() -> None:
 
 
 def test_empty_message_falls_back_to_reason() -> None:
-    assert errors.status_for(errors.NotReady()) == (grpc.StatusCode.UNAVAILABLE, "NOT_READY")
+    assert status_for(errors.NotReady()) == (grpc.StatusCode.UNAVAILABLE, "NOT_READY")
 
 
 @pytest.mark.parametrize(
@@ -84,8 +85,24 @@ def test_empty_message_falls_back_to_reason() -> None:
     ],
 )
 def test_unknown_exceptions_are_internal_with_generic_message(exc: Exception) -> None:
-    code, message = errors.status_for(exc)
+    code, message = status_for(exc)
 
     assert code is grpc.StatusCode.INTERNAL
     assert message == errors.GENERIC_INTERNAL_MESSAGE
     assert str(exc) not in message
+
+
+def test_every_status_name_is_a_grpc_status_and_the_sampler_metric_label_follows_it() -> None:
+    assert all(name in grpc.StatusCode.__members__ for name in errors.STATUS_NAMES.values())
+    assert errors.status_name(errors.StalePolicy("v2 < v4")) == "FAILED_PRECONDITION"
+    assert errors.status_name(RuntimeError("boom")) == errors.status_name(errors.MorError("x")) == "INTERNAL"
+
+
+def test_the_error_table_needs_no_grpc() -> None:
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(errors))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any(m == "grpc" or m.startswith("grpc.") for m in imported)

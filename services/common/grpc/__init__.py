@@ -10,6 +10,7 @@ Domain-free: nothing here knows reward models or policies.
     server        GrpcService: health, reflection, binding, readiness, graceful stop, signals;
                   serving(): start/stop in-process servers as one async context
     client        channels from an EndpointSection, bearer tokens, call_with_retry
+    status        domain errors (services.common.errors) as grpc.StatusCode and caller-visible message
 """
 
 from services.common.grpc.auth import current_caller

@@ -35,6 +35,7 @@ from services.common import errors, metrics
 from services.common.grpc.auth import AuthInterceptor
 from services.common.grpc.decoding import guard_decoding
 from services.common.grpc.handlers import Continuation, around, metadata_value, rewrap, split_method
+from services.common.grpc.status import status_for
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class MetricsInterceptor(aio.ServerInterceptor):
 
 
 class ExceptionInterceptor(aio.ServerInterceptor):
-    """Turns exceptions from handlers into status codes via services.common.errors.status_for."""
+    """Turns exceptions from handlers into status codes via services.common.grpc.status.status_for."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -147,7 +148,7 @@ async def abort_for(exc: BaseException, context: aio.ServicerContext, method: st
         return
     if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: let them through
         return
-    code, message = errors.status_for(exc)
+    code, message = status_for(exc)
     message = bounded_message(message)
     if not isinstance(exc, errors.MorError) or code == grpc.StatusCode.INTERNAL:
         log.error("unhandled %s in %s [request_id=%s]", type(exc).__name__, method, current_request_id(),
