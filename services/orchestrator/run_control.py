@@ -197,11 +197,19 @@ class RunManager:
             raise VersionMismatch("no reward nodes: give nodes in the config or RegisterNode first",
                                   reason="NO_NODES")
         handle = RunHandle(run_id, cfg, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        self._forget_finished(keep=self.settings.max_finished_runs)
         self.runs[run_id] = handle
         await self._emit(handle, StateChange(None, RunState.PENDING, "accepted"))
         handle.run = MoRRun(cfg, on_step=lambda r: self._on_step(handle, r), parallel=self.parallel)
         handle.task = asyncio.create_task(self._drive(handle), name=f"run-{run_id}")
         return handle
+
+    def _forget_finished(self, keep: int) -> None:
+        """Drop all but the newest ``keep`` ended runs: each holds its config and every step's record,
+        and StartRun is callable without end."""
+        ended = [h for h in self.runs.values() if h.state.terminal]  # dicts keep insertion order: oldest first
+        for h in ended[: max(len(ended) - keep, 0)]:
+            del self.runs[h.run_id]
 
     def _on_step(self, handle: RunHandle, record: StepRecord) -> None:
         handle.latest = record
@@ -285,6 +293,9 @@ class RunManager:
         except Exception as exc:
             msg = str(exc).splitlines()
             raise InvalidInput(f"node_id/endpoint invalid: {' '.join(msg[1:]) or msg[0]}") from None
+        if node_id not in self.nodes and len(self.nodes) >= self.settings.max_nodes:
+            raise Overloaded(f"the node registry holds {len(self.nodes)} nodes (max_nodes); remove one first",
+                             reason="TOO_MANY_NODES")
         node = self.nodes.setdefault(node_id, NodeRecord(node_id, endpoint))
         node.endpoint = endpoint
         await self.check(node)

@@ -10,7 +10,7 @@ import torch
 from services.common.config import OrchestratorSettings
 from services.common.data import WorldConfig, make_world
 from services.common.data.world import load_world
-from services.common.errors import AlreadyExists, InvalidInput, NotFound, VersionMismatch
+from services.common.errors import AlreadyExists, InvalidInput, NotFound, Overloaded, VersionMismatch
 from services.orchestrator import checkpoint as ckpt_io
 from services.orchestrator.prompts import PromptStream
 from services.orchestrator.run_control import RunManager, RunState, StateChange, set_dotted
@@ -165,3 +165,29 @@ def test_device_is_validated_and_cuda_without_a_gpu_fails_at_start(world, tmp_pa
     run = MoRRun(RunConfig(world=world.root, output_dir=tmp_path, device="cuda"))
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         asyncio.run(run.run())
+
+
+def test_the_node_registry_and_the_run_list_are_bounded(tmp_path: Path):
+    m = RunManager(OrchestratorSettings(runs_dir=tmp_path, tls={"insecure": True}, max_nodes=2, max_finished_runs=1))
+
+    async def scenario():
+        from services.orchestrator.run_control import RunHandle
+
+        await m.register("clinic", "127.0.0.1:1")
+        await m.register("bank", "127.0.0.1:1")
+        with pytest.raises(Overloaded, match="max_nodes") as refused:
+            await m.register("school", "127.0.0.1:1")
+        assert refused.value.reason == "TOO_MANY_NODES"
+        await m.register("bank", "127.0.0.1:2")  # an update of a registered node is not a new one
+        m.remove("clinic")
+        await m.register("school", "127.0.0.1:1")
+        assert sorted(m.nodes) == ["bank", "school"]
+
+        cfg = m.parse_config("a", {"nodes": [{"node_id": "a", "address": "127.0.0.1:1"}]}, [])
+        for run_id, state in (("old", RunState.COMPLETED), ("newer", RunState.FAILED), ("live", RunState.RUNNING)):
+            m.runs[run_id] = RunHandle(run_id, cfg, "")
+            m.runs[run_id].state = state
+        m._forget_finished(keep=m.settings.max_finished_runs)
+        assert list(m.runs) == ["newer", "live"]  # the oldest ended run goes; a live one never does
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

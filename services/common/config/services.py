@@ -180,6 +180,9 @@ class OrchestratorSettings(ServiceSettings):
 
     runs_dir: Path = Field(Path("runs"), description="Where runs write checkpoints, logs and results.")
     max_concurrent_runs: int = Field(1, ge=1, description="Runs executing at once; more StartRun calls get RESOURCE_EXHAUSTED.")
+    max_finished_runs: int = Field(64, ge=0, description="Ended runs (completed, stopped, failed) the API still answers for; "
+                                   "starting a run forgets the oldest beyond this (their files stay in runs_dir).")
+    max_nodes: int = Field(256, ge=1, description="Nodes the registry holds; RegisterNode of a new node beyond it gets RESOURCE_EXHAUSTED.")
     node_tls: TLSSection = Field(default_factory=TLSSection, description="How to secure calls to nodes added with RegisterNode (mTLS: ca_cert + cert + key).")
     node_auth: AuthSection = Field(default_factory=AuthSection, description="Token presented to nodes added with RegisterNode.")
     server: ServerSection = Field(default_factory=ServerSection, description="gRPC listener.")
