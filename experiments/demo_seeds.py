@@ -55,8 +55,8 @@ def apply_overrides(data: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
 
 async def one_run(world: World, workdir: Path, run_data: dict[str, Any]) -> Path:
     """One MoRRun against the workdir's RMs; returns the final policy folder."""
-    from services.experiments.runs import serve_nodes
     from services.orchestrator.training_run import MoRRun
+    from services.pipeline.reward_models import serve_nodes
 
     settings = [RewardNodeSettings.loopback(n, world.clients[n].rm_arch, workdir / "rm" / n) for n in world.training_clients()]
     async with serve_nodes(settings) as endpoints:

@@ -6,6 +6,8 @@ Default world and small preset as in examples/local.yaml: world -> SFT start -> 
 (trained on its own pairs) behind a real reward node on 127.0.0.1 -> MoRRun (policy sampled in
 process on --device) -> greedy held-out evaluation of the policy every --eval-every steps, written to
 <out>/evals.jsonl (step 0 is the SFT start). --quick: tiny world and model, a CPU smoke run.
+World, SFT start and RMs are the pipeline's stages (services/pipeline/): a rerun into the same --out
+reuses those built from the same inputs.
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ from rich.console import Console  # noqa: E402
 
 from services.common.config import RewardNodeSettings, RunConfig, StackConfig, load_yaml  # noqa: E402
 from services.common.data.world import load_world  # noqa: E402
-from services.common.data.world_writer import make_world  # noqa: E402
 from services.common.evaluation import evaluate_policy  # noqa: E402
-from services.common.warm_start import QUICK_POLICY, QUICK_SFT, run_sft, world_config  # noqa: E402
+from services.orchestrator.training_run import MoRRun  # noqa: E402
+from services.pipeline.reward_models import ensure_rm, serve_nodes  # noqa: E402
+from services.pipeline.sft import QUICK_POLICY, QUICK_SFT, ensure_sft  # noqa: E402
+from services.pipeline.world import ensure_world, world_config  # noqa: E402
 
 
 def summary(report: dict) -> dict:
@@ -36,9 +40,6 @@ def summary(report: dict) -> dict:
 
 async def train_and_watch(args: argparse.Namespace, stack: StackConfig, world_dir: Path, sft_dir: Path,
                           rms: dict[str, Path], log) -> None:
-    from services.experiments.runs import serve_nodes
-    from services.orchestrator.training_run import MoRRun
-
     world = load_world(world_dir)
     # the nodes share the machine with the policy: torch's default thread count, as a deployed node
     settings = [RewardNodeSettings.loopback(node, world.clients[node].rm_arch, ckpt, model={"torch_threads": None}) for node, ckpt in rms.items()]
@@ -87,10 +88,10 @@ def main() -> None:
         sft = sft.model_copy(update=QUICK_SFT)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    world_dir = args.out / "world"
-    make_world(world_config(stack.world, quick=args.quick), world_dir, overwrite=True)
+    world = ensure_world(world_config(stack.world, quick=args.quick), args.out / "world", console)
+    world_dir = world.root
     sft_dir = args.out / "policy-sft"
-    report = run_sft(world_dir, sft_dir, policy, sft, eval_examples=args.examples, console=console)
+    report = ensure_sft(world, sft_dir, policy, sft, eval_examples=args.examples, console=console)
     evals = (args.out / "evals.jsonl").open("w")
 
     def log(step: int, rep: dict) -> None:
@@ -100,16 +101,13 @@ def main() -> None:
         print(json.dumps(line), flush=True)
 
     log(0, report["after"])
-    from services.reward_node.train import train_rm
-
-    world = load_world(world_dir)
     rms = {}
     for node in world.training_clients():
         rms[node] = args.out / "rm" / node
-        train_rm(RewardNodeSettings(
+        ensure_rm(RewardNodeSettings(
             node_id=node, data_dir=world_dir, model={"kind": world.clients[node].rm_arch, "checkpoint": rms[node],
                                                     "backbone": {"path": str(sft_dir)}},
-            train=stack.rm_train.model_dump(), tls={"insecure": True}))
+            train=stack.rm_train.model_dump(), tls={"insecure": True}), world_dir, [node])
     print(f"world + SFT + RMs in {time.perf_counter() - t0:.0f}s", flush=True)
     asyncio.run(train_and_watch(args, stack, world_dir, sft_dir, rms, log))
 

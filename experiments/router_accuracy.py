@@ -63,11 +63,11 @@ def fresh_pairs(world: World, n: int, seed: int) -> list:
 async def score(world: World, workdir: Path, router_cfg, pairs: list) -> tuple[tuple[str, ...], dict, object, object]:
     """(node ids, node infos, calibration-set data, fresh-pair data), scored on real loopback nodes."""
     from services.common.config.run import FanoutSection
-    from services.experiments.runs import serve_nodes
     from services.orchestrator.calibration import NodeCalibration
     from services.orchestrator.embedding import PromptEmbedder
     from services.orchestrator.fanout import RewardFanout
     from services.orchestrator.fusion.trainer import calibration_data
+    from services.pipeline.reward_models import serve_nodes
 
     settings = [RewardNodeSettings.loopback(n, world.clients[n].rm_arch, workdir / "rm" / n, prototype={"publish": True})
                 for n in world.training_clients()]

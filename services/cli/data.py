@@ -24,7 +24,7 @@ def data_make(
 ) -> None:
     """Generate the seeded, deterministic federated VQA world (benchmarks, clients, server sets)."""
     from services.common.data.world_writer import make_world
-    from services.common.warm_start import world_config
+    from services.pipeline.world import world_config
 
     try:
         cfg = world_config(load_stack(config).world, seed=seed, quick=quick)
@@ -46,7 +46,7 @@ def data_info(
     from services.common.data.world import WorldFormatError, load_world
 
     if (path / "manifest.json").is_file():
-        from services.common.warm_start import world_summary
+        from services.pipeline.world import world_summary
 
         try:
             world = load_world(path)

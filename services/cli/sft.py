@@ -34,7 +34,7 @@ def sft(
     from services.common.data.sources import DatasetError
     from services.common.data.world import WorldFormatError
     from services.common.models.families import CheckpointError
-    from services.common.warm_start import result_table, run_sft, run_sft_data
+    from services.pipeline.sft import run_sft, run_sft_data, sft_table
 
     if data is None and (split or eval_split):
         fail("--split / --eval-split choose splits of --data; a world trains on its own SFT examples", EXIT_CONFIG)
@@ -57,6 +57,6 @@ def sft(
         fail(f"--data: {exc}", EXIT_DATA)
     except (CheckpointError, FileNotFoundError) as exc:
         fail(f"policy: {exc}", EXIT_DATA)
-    Console().print(result_table(report))
+    Console().print(sft_table(report))
     summary = {b: round(r["exact_match"], 4) for b, r in report["after"]["benchmarks"].items()}
     typer.echo(json.dumps({"checkpoint": report["checkpoint"], "exact_match": summary}, sort_keys=True))

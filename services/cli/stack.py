@@ -12,7 +12,7 @@ app = typer.Typer(no_args_is_help=True, help="The whole system on loopback: node
 
 
 def _stack_up(config: Path, quick: bool) -> None:
-    from services.orchestrator.stack import Stack
+    from services.pipeline.stack import Stack
 
     stack = load_stack(config)
     try:

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from services.common.config import StackConfig
-from services.orchestrator.stack import Stack
+from services.pipeline.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from services.experiments import summary as sm
-from services.experiments.prepare import general_world, noisy_world
-from services.experiments.profiles import method, quick
-from services.experiments.report import PLOTS, cell
-from services.experiments.table import plan
+from services.pipeline.table import summary as sm
+from services.pipeline.table.driver import plan
+from services.pipeline.table.prepare import general_world, noisy_world
+from services.pipeline.table.profiles import method, quick
+from services.pipeline.table.report import PLOTS, cell
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -129,7 +129,7 @@ def test_plan_adds_zero_noise_rows_and_never_repeats_a_job():
 def test_verifiable_row_runs_in_a_world_with_references_and_the_same_client_data(table, tmp_path):
     from services.common.data.world import load_world
     from services.common.data.world_writer import make_world
-    from services.experiments.prepare import scenario_worlds
+    from services.pipeline.table.prepare import scenario_worlds
     from services.reward_node.data import load_node_data
 
     p = quick()
@@ -150,7 +150,7 @@ def test_verifiable_row_runs_in_a_world_with_references_and_the_same_client_data
 def test_oracle_homes_are_each_benchmarks_expert():
     from types import SimpleNamespace
 
-    from services.experiments.runs import home_nodes
+    from services.pipeline.table.jobs import home_nodes
 
     cfg = quick().world
     world = SimpleNamespace(benchmarks=sorted(cfg.benchmarks), clients={c.name: c for c in cfg.all_clients()})

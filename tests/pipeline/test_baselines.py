@@ -1,4 +1,4 @@
-"""The centralised (pooled) and FedAvg reward-model baselines of services.reward_node.federated."""
+"""The centralised (pooled) and FedAvg reward-model baselines of services.pipeline.baselines."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,17 +7,16 @@ import pytest
 import torch
 
 from services.common.config import ConfigError
-from services.reward_node.checkpoint import load_checkpoint
-from services.reward_node.federated import (
+from services.pipeline.baselines import (
     average_states,
     merge_moments,
     pooled_data,
     train_fedavg_rm,
     train_pooled_rm,
 )
+from services.reward_node.checkpoint import load_checkpoint
 from services.reward_node.train import train_rm
-
-from .conftest import node_settings
+from tests.reward_node.conftest import node_settings
 
 TRAIN = {"epochs": 2, "batch_size": 32, "lr": 3e-3, "max_train_pairs": 60, "grounding_epochs": 0}
 

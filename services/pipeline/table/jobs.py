@@ -2,8 +2,10 @@
 
 The nodes are the real gRPC service (``build_app(settings).start()`` on 127.0.0.1:0, in this
 process, stopped when the run ends); the policy samples in process (``RunConfig.sampler = None``),
-so a job is one process. A job writes ``<run dir>/job.json`` when it finishes; a job whose file
-exists with the same spec is not run again, so an interrupted table resumes where it stopped.
+so a job is one process. A job's run folder is an artefact of the pipeline's cache rule
+(services/pipeline/cache.py): its inputs are the job, the profile and the content hashes of the
+world, the SFT start and the reward models it serves; ``<run dir>/job.json`` holds its results. A
+finished job with the same inputs is not run again, so an interrupted table resumes where it stopped.
 
 Adaptability jobs also evaluate the policy during the run (greedy, a fixed subset of the test
 split) every ``claims.adapt_eval_every`` steps, and one of them lets the held-out client's node
@@ -12,19 +14,27 @@ join after step ``claims.adapt_join_step`` through ``MoRRun.request_add_node``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.common.config import NodeEndpoint, RewardNodeSettings
-from services.experiments.prepare import RMSpec, Workspace, rm_settings
-from services.experiments.profiles import Profile, method
+import torch
+
+from services.common.config import NodeEndpoint, RunConfig
+from services.common.data.world import load_world
+from services.common.evaluation import evaluate_policy
+from services.common.models.factory import load_vlm
+from services.orchestrator.fusion.trainer import LogitRouter
+from services.orchestrator.training_run import MoRRun
+from services.pipeline import cache
+from services.pipeline.reward_models import serve_nodes
+from services.pipeline.table.prepare import RMSpec, Workspace, rm_settings
+from services.pipeline.table.profiles import Profile, method
+from services.pipeline.world import world_hash
 
 ROUTER_PROBE_PROMPTS = 40  # test prompts per benchmark on which the router's weights are averaged
 
@@ -59,30 +69,13 @@ class JobInputs:
 
 
 def _eval(vlm: Any, world: Any, n: int) -> dict[str, Any]:
-    from services.common.evaluation import evaluate_policy
-
     ev = evaluate_policy(vlm, world, per_benchmark=n)
     keep = ("n", "exact_match", "vqa_accuracy", "format_ok", "chance", "blind")
     return {"benchmarks": {b: {k: r[k] for k in keep} for b, r in ev["benchmarks"].items()},
             "client_preference": ev["client_preference"], "samples": ev["samples"][:6]}
 
 
-@contextlib.asynccontextmanager
-async def serve_nodes(settings: Sequence[RewardNodeSettings]) -> AsyncIterator[dict[str, NodeEndpoint]]:
-    """Start one real reward node per settings (see RewardNodeSettings.loopback); yields node_id -> its
-    endpoint; stops them on exit."""
-    from services.common.grpc import serving
-    from services.reward_node.app import build_app
-
-    apps = {s.node_id: build_app(s) for s in settings}
-    async with serving(list(apps.values())):
-        yield {n: NodeEndpoint.loopback(n, app.port) for n, app in apps.items()}
-
-
-def run_config(inputs: JobInputs, endpoints: list[NodeEndpoint], out: Path) -> Any:
-    from services.common.config import RunConfig
-    from services.common.data.world import load_world
-
+def run_config(inputs: JobInputs, endpoints: list[NodeEndpoint], out: Path) -> RunConfig:
     p, job, m = inputs.profile, inputs.job, method(inputs.job.method)
     hybrid = dict(p.hybrid) if m.rules else {**p.hybrid, "format_weight": 0.0, "accuracy_weight": 0.0}
     if m.verifiable:
@@ -113,10 +106,6 @@ def home_nodes(world: Any, nodes: Sequence[str]) -> dict[str, str]:
 
 def router_by_domain(run: Any, world: Any) -> dict[str, dict[str, float]] | None:
     """Mean router weight of each node on each benchmark's test prompts (learned routers only)."""
-    import torch
-
-    from services.orchestrator.fusion.trainer import LogitRouter
-
     router = run.router
     if not isinstance(router, LogitRouter):
         return None
@@ -142,8 +131,6 @@ def _curves(records: list[Any]) -> dict[str, Any]:
 
 
 async def _train(inputs: JobInputs, out: Path, world: Any, track_n: int) -> dict[str, Any]:
-    from services.orchestrator.training_run import MoRRun
-
     job, claims = inputs.job, inputs.profile.claims
     specs = list(inputs.nodes) + ([inputs.joiner] if inputs.joiner else [])
     track: list[dict[str, Any]] = []
@@ -165,57 +152,45 @@ async def _train(inputs: JobInputs, out: Path, world: Any, track_n: int) -> dict
 
 def run_job(inputs: JobInputs) -> dict[str, Any]:
     """Run (or reuse) one job; returns its result dict (also written to <run dir>/job.json)."""
-    import torch
-
-    from services.common.data.world import load_world
-    from services.common.models.factory import load_vlm
-
     torch.set_num_threads(1)
     # Worker processes start with fresh logging: loopback plaintext is the point here, not a warning.
     logging.getLogger("services.common.grpc").setLevel(logging.ERROR)
-    job, p = inputs.job, inputs.profile
-    run_dir = inputs.ws.run_dir(job.scenario, job.method, job.seed)
+    job, p, ws = inputs.job, inputs.profile, inputs.ws
+    run_dir = ws.run_dir(job.scenario, job.method, job.seed)
     done = run_dir / "job.json"
     spec = {"job": asdict(job), "profile": p.describe(), "rms": [[asdict(s), c] for s, c in inputs.nodes]}
-    if done.is_file():
-        cached = json.loads(done.read_text())
-        if cached.get("spec") == json.loads(json.dumps(spec)):
-            return {**cached, "cached": True}
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a half-finished job starts over
-    run_dir.mkdir(parents=True)
-    t0 = time.perf_counter()
-    world = load_world(inputs.ws.world_dir(job.world))
-    track_n = p.claims.adapt_eval_examples
-    result: dict[str, Any] = {"spec": spec, "key": job.key, "rm_accuracy": inputs.rm_accuracy}
-    if not method(job.method).trains:
-        result.update(eval=_sft_eval(inputs, world), curves=None, router_domains=None, track=None)
-    else:
-        start = [_track_point(0, _eval(load_vlm(inputs.ws.sft_dir), world, track_n))] if job.track else []
-        trained = asyncio.run(_train(inputs, run_dir / "run", world, track_n))
-        result.update(eval=_eval(load_vlm(trained["policy"]), world, p.eval_examples),
-                      curves=_curves(trained["records"]), router_domains=trained["router_domains"],
-                      track=(start + trained["track"]) if job.track else None)
-    result["seconds"] = time.perf_counter() - t0
-    done.write_text(json.dumps(result, indent=1, sort_keys=True, allow_nan=True))
-    return {**json.loads(done.read_text()), "cached": False}
+    served = [*inputs.nodes, *([inputs.joiner] if inputs.joiner else [])]
+    key = {"spec": spec, "world": world_hash(ws.world_dir(job.world)), "sft": cache.content_hash(ws.sft_dir),
+           "rms": {s.node_id: cache.content_hash(Path(c)) for s, c in served}}
+
+    def build() -> None:
+        run_dir.mkdir(parents=True)
+        t0 = time.perf_counter()
+        world = load_world(ws.world_dir(job.world))
+        track_n = p.claims.adapt_eval_examples
+        result: dict[str, Any] = {"spec": spec, "key": job.key, "rm_accuracy": inputs.rm_accuracy}
+        if not method(job.method).trains:
+            result.update(eval=_sft_eval(inputs, world), curves=None, router_domains=None, track=None)
+        else:
+            start = [_track_point(0, _eval(load_vlm(ws.sft_dir), world, track_n))] if job.track else []
+            trained = asyncio.run(_train(inputs, run_dir / "run", world, track_n))
+            result.update(eval=_eval(load_vlm(trained["policy"]), world, p.eval_examples),
+                          curves=_curves(trained["records"]), router_domains=trained["router_domains"],
+                          track=(start + trained["track"]) if job.track else None)
+        result["seconds"] = time.perf_counter() - t0
+        done.write_text(json.dumps(result, indent=1, sort_keys=True, allow_nan=True))
+
+    built = cache.ensure(run_dir, key, build)  # a half-finished job starts over
+    return {**json.loads(done.read_text()), "cached": not built}
 
 
 def _sft_eval(inputs: JobInputs, world: Any) -> dict[str, Any]:
     """The SFT start's evaluation on a world: greedy, so one per world serves every seed (cached)."""
-    from services.common.models.factory import load_vlm
-
-    n = inputs.profile.eval_examples
-    path = inputs.ws.root / "sft_eval" / f"{inputs.job.world}-{n}.json"
-    stamp = (inputs.ws.sft_dir / "sft_report.json").read_text()
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached["stamp"] == stamp:
-            return cached["eval"]
-    ev = _eval(load_vlm(inputs.ws.sft_dir), world, n)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"stamp": stamp, "eval": ev}))
-    return ev
+    ws, n = inputs.ws, inputs.profile.eval_examples
+    path = ws.root / "sft_eval" / f"{inputs.job.world}-{n}.json"
+    key = {"sft": cache.content_hash(ws.sft_dir), "world": world_hash(ws.world_dir(inputs.job.world)), "examples": n}
+    cache.ensure(path, key, lambda: path.write_text(json.dumps({"eval": _eval(load_vlm(ws.sft_dir), world, n)})))
+    return json.loads(path.read_text())["eval"]
 
 
 def _track_point(step: int, ev: dict[str, Any]) -> dict[str, Any]:
@@ -223,4 +198,4 @@ def _track_point(step: int, ev: dict[str, Any]) -> dict[str, Any]:
             "vqa_accuracy": {b: x["vqa_accuracy"] for b, x in ev["benchmarks"].items()}}
 
 
-__all__ = ["JobInputs", "RunJob", "home_nodes", "router_by_domain", "run_config", "run_job", "serve_nodes"]
+__all__ = ["JobInputs", "RunJob", "home_nodes", "router_by_domain", "run_config", "run_job"]

@@ -1,5 +1,5 @@
 """The local stack reuses its SFT policy and client RMs while they were built from the same inputs:
-content hashes and configs, not file times."""
+content hashes and configs, not file times (the cache rule itself: test_cache.py)."""
 from __future__ import annotations
 
 import os
@@ -8,29 +8,11 @@ import pytest
 from rich.console import Console
 
 from services.common.config import StackConfig
-from services.orchestrator.stack import Stack, built_from, record_inputs
+from services.pipeline.stack import Stack
 
 
 def _mtime(path):
     return path.stat().st_mtime_ns
-
-
-def test_stamp_matches_only_the_recorded_inputs_of_an_existing_artefact(tmp_path):
-    artefact = tmp_path / "policy"
-    inputs = {"world": "ab12", "sft": {"steps": 3}}
-    artefact.mkdir()
-    assert not built_from(artefact, inputs)  # never stamped
-
-    record_inputs(artefact, inputs)
-    assert built_from(artefact, {"sft": {"steps": 3}, "world": "ab12"})
-    assert not built_from(artefact, {**inputs, "world": "cd34"})
-    assert not built_from(tmp_path / "other", inputs)  # stamp of another artefact
-
-    (tmp_path / "policy.inputs.json").write_text("{not json")
-    assert not built_from(artefact, inputs)
-    record_inputs(artefact, inputs)
-    record_inputs(artefact, None)  # a rebuild starts by removing the stamp
-    assert not built_from(artefact, inputs)
 
 
 @pytest.mark.slow
@@ -42,7 +24,7 @@ def test_policy_and_rms_are_rebuilt_when_their_inputs_change_not_when_file_times
     stack.prepare_pki(names)
     stack.write_node_configs(world, {n: (1, 2) for n in names})
     policy = stack.prepare_policy(world)
-    stack.train_rms(world, names, policy)
+    stack.train_rms(world, names)
     weights = policy / "model.safetensors"
     rm_meta = {n: stack.workdir / "rm" / n / "metadata.json" for n in names}
     first_policy, first_rms = _mtime(weights), {n: _mtime(m) for n, m in rm_meta.items()}
@@ -50,7 +32,7 @@ def test_policy_and_rms_are_rebuilt_when_their_inputs_change_not_when_file_times
     t = world.root.joinpath("manifest.json").stat().st_mtime + 240  # as if the workdir were copied
     os.utime(world.root / "manifest.json", (t, t))
     stack.prepare_policy(world)
-    stack.train_rms(world, names, policy)
+    stack.train_rms(world, names)
     assert _mtime(weights) == first_policy
     assert {n: _mtime(m) for n, m in rm_meta.items()} == first_rms
 
@@ -58,7 +40,7 @@ def test_policy_and_rms_are_rebuilt_when_their_inputs_change_not_when_file_times
                      console=Console(quiet=True))
     other_lr.write_node_configs(world, {n: (1, 2) for n in names})
     other_lr.prepare_policy(world)
-    other_lr.train_rms(world, names, policy)
+    other_lr.train_rms(world, names)
     assert _mtime(weights) == first_policy  # the RMs' training config is not the policy's input
     assert all(_mtime(m) > first_rms[n] for n, m in rm_meta.items())
     second_rms = {n: _mtime(m) for n, m in rm_meta.items()}
@@ -69,5 +51,5 @@ def test_policy_and_rms_are_rebuilt_when_their_inputs_change_not_when_file_times
     reseeded.write_node_configs(world, {n: (1, 2) for n in names})
     reseeded.prepare_policy(world)
     assert _mtime(weights) > first_policy
-    reseeded.train_rms(world, names, policy)
+    reseeded.train_rms(world, names)
     assert all(_mtime(m) > second_rms[n] for n, m in rm_meta.items())

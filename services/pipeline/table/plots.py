@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from services.experiments import summary as sm
-from services.experiments.profiles import Profile, method
+from services.pipeline.table import summary as sm
+from services.pipeline.table.profiles import Profile, method
 
 
 def _plt() -> Any:

@@ -12,9 +12,10 @@ from typing import Any
 
 from rich.console import Console
 
-from services.experiments import summary as sm
-from services.experiments.prepare import Workspace, noise_name
-from services.experiments.profiles import Profile, method
+from services.pipeline.table import summary as sm
+from services.pipeline.table.plots import make_plots
+from services.pipeline.table.prepare import Workspace, noise_name
+from services.pipeline.table.profiles import Profile, method
 
 
 def cell(stat: dict[str, float] | float | None, digits: int = 3) -> str:
@@ -183,8 +184,6 @@ PLOTS = ("curves", "router_weights", "accuracy_bars", "robustness", "adaptabilit
 
 def write_report(p: Profile, jobs: dict[str, dict[str, Any]], context: dict[str, Any], timing: dict[str, float],
                  out: Path, ws: Workspace, console: Console) -> dict[str, Any]:
-    from services.experiments.plots import make_plots
-
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     s = build_summary(p, jobs, context)

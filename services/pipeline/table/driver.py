@@ -3,15 +3,17 @@
     plan     the jobs of a profile: main table (methods x seeds), generalisation, robustness
              (noise levels), adaptability (held-out client joins mid-run, and a control run)
     prepare  worlds, the SFT start, every reward model the jobs need (cached under --work)
-    run      every job (runs.run_job), in worker processes when --workers > 1
+    run      every job (jobs.run_job), in worker processes when --workers > 1
     report   results.json, results.md and the PNG plots in --out
 
-Each step is cached (see prepare.py and runs.py), so an interrupted table resumes.
+Each step is cached under the pipeline's one rule (services/pipeline/cache.py), so an interrupted
+table resumes.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shlex
@@ -26,9 +28,12 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from services.experiments.prepare import (  # noqa: E402
+from services.common.data.world import load_world  # noqa: E402
+from services.pipeline.table.jobs import JobInputs, RunJob, run_job  # noqa: E402
+from services.pipeline.table.prepare import (  # noqa: E402
     RMSpec,
     Workspace,
     client_kind,
@@ -39,8 +44,8 @@ from services.experiments.prepare import (  # noqa: E402
     rm_dir,
     rm_specs_for,
 )
-from services.experiments.profiles import Profile, method, profile  # noqa: E402
-from services.experiments.runs import JobInputs, RunJob, run_job  # noqa: E402
+from services.pipeline.table.profiles import Profile, method, profile  # noqa: E402
+from services.pipeline.table.report import write_report  # noqa: E402
 
 
 def plan(p: Profile, held_out: str | None) -> list[RunJob]:
@@ -102,8 +107,6 @@ def _pool_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int,
 
 
 def _train_rm(args: tuple[Profile, Workspace, RMSpec]) -> tuple[str, float]:
-    import torch
-
     torch.set_num_threads(1)
     path, acc = ensure_rm(*args)
     return str(path), acc
@@ -112,13 +115,6 @@ def _train_rm(args: tuple[Profile, Workspace, RMSpec]) -> tuple[str, float]:
 def run_table(p: Profile, out: Path, work: Path, *, workers: int | None = None,
               console: Console | None = None, command: str | None = None) -> dict[str, Any]:
     """Prepare, run and report a profile; returns the results dict written to out/results.json."""
-    import logging
-
-    import torch
-
-    from services.common.data.world import load_world
-    from services.experiments.report import write_report
-
     torch.set_num_threads(1)
     logging.getLogger("services.common.grpc").setLevel(logging.ERROR)  # loopback plaintext is the point here
     console = console or Console(stderr=True)

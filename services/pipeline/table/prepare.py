@@ -1,17 +1,16 @@
-"""Everything the runs share, built once and cached under the work folder.
+"""Everything the runs share, built once under the work folder by the pipeline's stages.
 
     <work>/worlds/<name>/   main, general (no client covers the held-out benchmark), noise<NN>
     <work>/sft/             the one SFT start of every method and seed
-    <work>/rm/<node>-<kind>-s<seed>-<key>/   reward models; <key> hashes the node's data files,
-                            its training settings and seed, so a client whose pairs are the same in
-                            two worlds (the clean clients of the noise worlds) trains once
+    <work>/rm/<node>-<kind>-s<seed>-<key>/   reward models; <key> is the start of the digest of the
+                            RM's inputs (its data's content hash, training settings and seed,
+                            backbone), so a client whose pairs are the same in two worlds (the clean
+                            clients of the noise worlds) trains once
 
-A cached artefact is reused only when the config that made it is the one asked for.
+Each is reused under the pipeline's one cache rule (services/pipeline/cache.py).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,13 @@ from rich.console import Console
 
 from services.common.config import RewardNodeSettings
 from services.common.data.config import WorldConfig
-from services.experiments.profiles import Profile, method
+from services.common.data.world import load_world
+from services.pipeline import cache
+from services.pipeline.reward_models import ensure_rm as build_rm
+from services.pipeline.reward_models import rm_inputs
+from services.pipeline.sft import ensure_sft as build_sft
+from services.pipeline.table.profiles import Profile, method
+from services.pipeline.world import ensure_world
 
 
 @dataclass(frozen=True)
@@ -102,28 +107,16 @@ def scenario_worlds(p: Profile) -> dict[str, WorldConfig]:
 
 
 def ensure_worlds(p: Profile, ws: Workspace, console: Console) -> dict[str, Path]:
-    from services.common.warm_start import ensure_world
-
     return {name: ensure_world(cfg, ws.world_dir(name), console).root for name, cfg in scenario_worlds(p).items()}
 
 
 def ensure_sft(p: Profile, ws: Workspace, console: Console) -> dict[str, Any]:
-    """The shared SFT start (trained on the main world); its report, reused when policy and SFT config match."""
-    from services.common.warm_start import run_sft
-
-    stamp = ws.sft_dir / "sft_report.json"
-    want = {"policy": p.policy.model_dump(mode="json"), "sft": p.sft.model_dump(mode="json")}
-    if stamp.is_file():
-        have = json.loads(stamp.read_text())
-        if {k: have.get(k) for k in want} == want:
-            console.print(f"[green]sft[/] reusing {ws.sft_dir}")
-            return have
-    return run_sft(ws.world_dir("main"), ws.sft_dir, p.policy, p.sft, eval_examples=p.eval_examples, console=console)
+    """The shared SFT start (trained on the main world); its report."""
+    return build_sft(load_world(ws.world_dir("main")), ws.sft_dir, p.policy, p.sft, eval_examples=p.eval_examples,
+                     console=console)
 
 
 def client_kind(p: Profile, world: Path, client: str) -> str:
-    from services.common.data.world import load_world
-
     return load_world(world).clients[client].rm_arch if p.client_rm_kinds == "spec" else "light"
 
 
@@ -133,46 +126,27 @@ def rm_settings(p: Profile, ws: Workspace, spec: RMSpec, checkpoint: Path | None
                        model={"backbone": {"path": str(ws.sft_dir)}}, train={**p.rm_train, "seed": spec.seed})
 
 
-def rm_dir(p: Profile, ws: Workspace, spec: RMSpec) -> Path:
-    """The checkpoint folder of ``spec``: keyed by the data it learns from, not by the world's name."""
-    from services.reward_node.data import load_node_data
+def _fedavg(p: Profile, spec: RMSpec) -> tuple[int, int] | None:
+    return (p.fedavg_rounds, p.fedavg_local_epochs) if spec.source == "fedavg" else None
 
-    data = [load_node_data(ws.world_dir(spec.world), c).data_sha256 for c in spec.clients]
-    key: dict[str, Any] = {"data": data, "kind": spec.kind, "source": spec.source, "train": p.rm_train,
-                           "seed": spec.seed}
-    if spec.source == "fedavg":
-        key["fedavg"] = [p.fedavg_rounds, p.fedavg_local_epochs]
-    if spec.kind == "vlm":
-        key["backbone"] = {"policy": p.policy.model_dump(mode="json"), "sft": p.sft.model_dump(mode="json")}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return ws.rm_root / f"{spec.node_id}-{spec.kind}-s{spec.seed}-{digest}"
+
+def rm_dir(p: Profile, ws: Workspace, spec: RMSpec) -> Path:
+    """The checkpoint folder of ``spec``: named by the digest of its inputs (reward_models.rm_inputs),
+    which hold the content of the data it learns from, not the world's name."""
+    fedavg = _fedavg(p, spec)
+    inputs = rm_inputs(rm_settings(p, ws, spec), ws.world_dir(spec.world), spec.clients, spec.source,
+                       **({"fedavg": list(fedavg)} if fedavg else {}))
+    return ws.rm_root / f"{spec.node_id}-{spec.kind}-s{spec.seed}-{cache.digest(inputs)[:12]}"
 
 
 def ensure_rm(p: Profile, ws: Workspace, spec: RMSpec) -> tuple[Path, float]:
-    """Train ``spec`` unless its checkpoint exists; (checkpoint, held-out pair accuracy)."""
-    from services.reward_node.checkpoint import read_metadata
-    from services.reward_node.federated import train_fedavg_rm, train_pooled_rm
-    from services.reward_node.train import train_rm
-
-    out = rm_dir(p, ws, spec)
-    if (out / "metadata.json").is_file():
-        return out, float(read_metadata(out)["held_out_accuracy"])
-    settings = rm_settings(p, ws, spec, out)
-    world = ws.world_dir(spec.world)
-    if spec.source == "client":
-        result = train_rm(settings)
-    elif spec.source == "pooled":
-        result = train_pooled_rm(settings, world, spec.clients)
-    else:
-        result = train_fedavg_rm(settings, world, spec.clients, rounds=p.fedavg_rounds,
-                                 local_epochs=p.fedavg_local_epochs)
-    return out, result.held_out_accuracy
+    """Train ``spec`` unless it is current in its folder; (checkpoint, held-out pair accuracy)."""
+    settings = rm_settings(p, ws, spec, rm_dir(p, ws, spec))
+    return build_rm(settings, ws.world_dir(spec.world), spec.clients, spec.source, fedavg=_fedavg(p, spec))
 
 
 def rm_specs_for(p: Profile, ws: Workspace, world: str, rms: str, seed: int) -> list[RMSpec]:
     """The reward models a method's ``rms`` field asks for in ``world``."""
-    from services.common.data.world import load_world
-
     w = load_world(ws.world_dir(world))
     clients = tuple(w.training_clients())
     if rms == "none":

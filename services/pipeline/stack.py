@@ -5,12 +5,10 @@
       -> one `mor sampler serve` -> `mor orchestrator run` -> held-out evaluation, SFT vs MoR
 
 Every service gets a config file under <workdir>/configs/ (ports picked at start-up), logs under
-<workdir>/logs/. Children are stopped on exit, on error and on Ctrl-C (SIGTERM, then SIGKILL).
-Artefacts are reused while they were built from the same inputs: the world when its config is the
-same; the SFT policy and each RM while the content hashes of what they were trained on (world
-manifest, SFT weights, node data) and their configs match the stamp written beside them
-(``<artefact>.inputs.json``). Hashes, not modification times: a copied or restored workdir is
-reused, and a remade world with other content is not.
+<workdir>/logs/. Children are stopped on exit, on error and on Ctrl-C (SIGTERM, then SIGKILL; see
+processes.py). The world, the SFT policy and each RM are reused under the pipeline's cache rule
+(cache.py): the world while its config is the same; the SFT policy and each RM while their configs
+and the content hashes of what they are made from (the world, the SFT policy, the node's data) are.
 """
 from __future__ import annotations
 
@@ -19,10 +17,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +25,20 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from services.common.config import StackConfig
+from services.common import certs
+from services.common.config import RewardNodeSettings, RunConfig, StackConfig, load_yaml
+from services.common.data.world import World
+from services.common.evaluation import evaluate_policy, paired_change
+from services.common.models.factory import load_vlm
+from services.orchestrator.records import read_steps
+from services.pipeline import cache
+from services.pipeline.processes import Children, free_port, mor_command, wait_ready
+from services.pipeline.reward_models import rm_inputs
+from services.pipeline.sft import QUICK_POLICY, QUICK_SFT, ensure_sft
+from services.pipeline.world import ensure_world, world_config
+from services.policy_sampler.client import SamplerClient
+from services.reward_node.checkpoint import read_metadata
+from services.reward_node.client import RewardNodeClient
 
 QUICK_WORLD_STEPS = {"steps": 4, "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 8, "lr": 5e-4}
 QUICK_ROUTER = {"train_steps": 60, "calibration_pairs": 48}
@@ -39,102 +47,13 @@ STARTUP_TIMEOUT_S = 180.0
 ORCHESTRATOR_STOP_S = 120.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stamp(artefact: Path) -> Path:
-    return artefact.with_name(artefact.name + ".inputs.json")
-
-
-def built_from(artefact: Path, inputs: dict[str, Any]) -> bool:
-    """True when ``artefact`` exists and its stamp records exactly ``inputs`` (JSON-comparable)."""
-    try:
-        return artefact.exists() and json.loads(_stamp(artefact).read_text()) == inputs
-    except (OSError, ValueError):
-        return False
-
-
-def record_inputs(artefact: Path, inputs: dict[str, Any] | None) -> None:
-    """Stamp ``artefact`` as built from ``inputs``; None removes the stamp (before a rebuild, so a
-    failed one is not mistaken for the old artefact)."""
-    if inputs is None:
-        _stamp(artefact).unlink(missing_ok=True)
-    else:
-        _stamp(artefact).write_text(json.dumps(inputs, indent=2, sort_keys=True))
-
-
 def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
     return path
 
 
-class Children:
-    """Child processes of the stack, stopped together."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen] = {}
-        self._logs: list[Any] = []
-
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        log = (self.logs / f"{name}.log").open("w")
-        self._logs.append(log)
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
-        self.procs[name] = proc
-        return proc
-
-    def log_tail(self, name: str, lines: int = 15) -> str:
-        path = self.logs / f"{name}.log"
-        return "\n".join(path.read_text().splitlines()[-lines:]) if path.is_file() else ""
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{self.log_tail(name)}")
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for proc in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        for log in self._logs:
-            log.close()
-
-
-async def _wait_ready(children: Children, checks: dict[str, Any], timeout_s: float) -> None:
-    """Poll every service's health until SERVING; fail early when a child dies."""
-    pending = dict(checks)
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        children.check_alive()
-        for name, check in list(pending.items()):
-            with contextlib.suppress(Exception):
-                if await check():
-                    del pending[name]
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not ready after {timeout_s:.0f}s: {', '.join(pending)}")
-        if pending:
-            await asyncio.sleep(0.5)
-
-
 def _quick(stack: StackConfig) -> StackConfig:
-    from services.common.warm_start import QUICK_POLICY, QUICK_SFT
-
     run = stack.run.model_dump()
     run["grpo"] = {**run["grpo"], **QUICK_WORLD_STEPS}
     run["router"] = {**run["router"], **QUICK_ROUTER}
@@ -163,32 +82,18 @@ class Stack:
         self.workdir = Path(self.cfg.workdir)
         self.certs = self.workdir / "certs"
         self.configs = self.workdir / "configs"
+        self.policy_dir = self.workdir / "policy-sft"
 
-    # ---- preparation (in process) ----------------------------------------------------------------
-    def prepare_world(self):
-        from services.common.warm_start import ensure_world, world_config
-
+    # ---- preparation (in process, but for the RMs) -----------------------------------------------
+    def prepare_world(self) -> World:
         return ensure_world(world_config(self.cfg.world, quick=self.quick), self.workdir / "world", self.console)
 
-    def prepare_policy(self, world) -> Path:
-        from services.common.warm_start import run_sft
-        from services.reward_node.checkpoint import file_sha256
-
-        out = self.workdir / "policy-sft"
-        want = {"world": file_sha256(world.root / "manifest.json"), "policy": self.cfg.policy.model_dump(mode="json"),
-                "sft": self.cfg.sft.model_dump(mode="json")}
-        if built_from(out, want) and (out / "sft_report.json").is_file():
-            self.console.print(f"[green]policy[/] reusing SFT checkpoint {out} (same world, policy and sft config)")
-            return out
-        record_inputs(out, None)
-        run_sft(world.root, out, self.cfg.policy, self.cfg.sft, eval_examples=self.cfg.eval_examples,
-                console=self.console)
-        record_inputs(out, want)
-        return out
+    def prepare_policy(self, world: World) -> Path:
+        ensure_sft(world, self.policy_dir, self.cfg.policy, self.cfg.sft, eval_examples=self.cfg.eval_examples,
+                   console=self.console)
+        return self.policy_dir
 
     def prepare_pki(self, names: list[str]) -> None:
-        from services.common import certs
-
         certs.init_ca(self.certs)
         for name in [*names, "sampler"]:
             if not certs.cert_paths(self.certs, name).cert.is_file():
@@ -199,13 +104,13 @@ class Stack:
             if not certs.token_path(self.certs, "orchestrator", name).is_file():
                 certs.issue_token(self.certs, "orchestrator", server=name)
 
-    def node_settings(self, world, name: str, port: int, metrics_port: int) -> dict[str, Any]:
+    def node_settings(self, world: World, name: str, port: int, metrics_port: int) -> dict[str, Any]:
         spec = world.clients[name]
         return {
             "node_id": name,
             "data_dir": str(world.root),
             "model": {"kind": spec.rm_arch, "checkpoint": str(self.workdir / "rm" / name), "torch_threads": 1,
-                      "backbone": {"path": str(self.workdir / "policy-sft")}},
+                      "backbone": {"path": str(self.policy_dir)}},
             "train": self.cfg.rm_train.model_dump(mode="json"),
             "server": {"host": "127.0.0.1", "port": port, "grace_s": 2.0},
             "tls": {"ca_cert": self.certs / "ca.pem", "cert": self.certs / f"{name}.pem",
@@ -215,26 +120,20 @@ class Stack:
             "prototype": {"publish": True, "noise_sigma": 0.02},
         }
 
-    def train_rms(self, world, names: list[str], policy: Path) -> None:
+    def train_rms(self, world: World, names: list[str]) -> None:
         """Each client trains its RM with `mor reward-node train` in its own process, as many at once
-        as there are cores (each with the node's torch_threads); RMs built from the same inputs are reused."""
-        from services.common.config import RewardNodeSettings
-        from services.reward_node.checkpoint import file_sha256, read_metadata
-        from services.reward_node.data import load_node_data
-
-        backbone = file_sha256(policy / "model.safetensors")  # the VLM RM's backbone is the SFT policy
+        as there are cores (each with the node's torch_threads); an RM is reused under the cache rule
+        with the key of reward_models.rm_inputs (its data, backbone = the SFT policy, training config)."""
         todo: list[tuple[str, Path, dict[str, Any]]] = []
         for name in names:
-            path = self.configs / f"node-{name}.yaml"
-            settings = RewardNodeSettings(**yaml.safe_load(path.read_text()))
+            settings = RewardNodeSettings(**yaml.safe_load((self.configs / f"node-{name}.yaml").read_text()))
             ckpt = Path(settings.model.checkpoint)
-            want = {"kind": settings.model.kind, "data": load_node_data(world.root, name).data_sha256,
-                    "backbone": backbone, "train": settings.train.model_dump(mode="json")}
+            want = rm_inputs(settings, world.root, [name])
             with contextlib.suppress(Exception):
-                if built_from(ckpt, want) and read_metadata(ckpt):  # and still a readable checkpoint
+                if cache.current(ckpt, want) and read_metadata(ckpt):  # and still a readable checkpoint
                     self.console.print(f"[green]reward node {name}[/] reusing RM {ckpt} (same data, backbone and training config)")
                     continue
-            record_inputs(ckpt, None)
+            cache.begin(ckpt)
             todo.append((name, ckpt, want))
         width = max(1, min(len(todo), os.cpu_count() or 1))
         for start in range(0, len(todo), width):
@@ -245,24 +144,23 @@ class Stack:
             for name, _, _ in batch:
                 log = (self.workdir / "logs" / f"train-{name}.log")
                 log.parent.mkdir(parents=True, exist_ok=True)
-                cmd = [sys.executable, "-m", "services.cli", "reward-node", "train", "--quiet",
-                       "--config", str(self.configs / f"node-{name}.yaml")]
+                cmd = mor_command("reward-node", "train", "--quiet", "--config", str(self.configs / f"node-{name}.yaml"))
                 procs.append((log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("wb"))))
             for (name, ckpt, want), (log, proc) in zip(batch, procs, strict=True):
                 out, _ = proc.communicate()
                 if proc.returncode != 0:
                     raise RuntimeError(f"training the RM of {name} failed (exit {proc.returncode}); "
                                        f"log {log}:\n{log.read_text()[-3000:]}")
-                record_inputs(ckpt, want)
+                cache.complete(ckpt, want)
                 self.console.print(rm_summary(json.loads(out.decode().strip().splitlines()[-1])))
 
-    def write_node_configs(self, world, ports: dict[str, tuple[int, int]]) -> None:
+    def write_node_configs(self, world: World, ports: dict[str, tuple[int, int]]) -> None:
         """<configs>/node-<name>.yaml per client in ``ports`` (name -> serving port, metrics port); train_rms
         and `mor reward-node serve` read them."""
         for name, (port, metrics_port) in ports.items():
             _write_yaml(self.configs / f"node-{name}.yaml", self.node_settings(world, name, port, metrics_port))
 
-    def prepare(self) -> tuple[Any, Path, list[str], dict[str, tuple[int, int]]]:
+    def prepare(self) -> tuple[World, Path, list[str], dict[str, tuple[int, int]]]:
         """Everything before the services start: world, SFT policy, PKI, service configs on free ports and
         the client RMs. Returns (world, SFT policy folder, client names, ports by service)."""
         world = self.prepare_world()
@@ -271,7 +169,7 @@ class Stack:
         self.prepare_pki(names)
         ports = {n: (free_port(), free_port()) for n in [*names, "sampler", "orchestrator"]}
         self.write_node_configs(world, {n: ports[n] for n in names})
-        self.train_rms(world, names, policy)
+        self.train_rms(world, names)
         return world, policy, names, ports
 
     # ---- the run ---------------------------------------------------------------------------------
@@ -306,8 +204,8 @@ class Stack:
             asyncio.run(self._wait_all(children, run_yaml))
             self.console.print(f"[green]stack[/] {len(names)} reward nodes (mTLS + tokens) and the sampler are "
                                f"serving; starting the orchestrator (logs in {children.logs})")
-            orch = subprocess.Popen([sys.executable, "-m", "services.cli", "orchestrator", "run", "--config",
-                                     str(run_yaml)], env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+            orch = subprocess.Popen(mor_command("orchestrator", "run", "--config", str(run_yaml)),
+                                    env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
             try:
                 code = orch.wait()
             except KeyboardInterrupt:
@@ -328,10 +226,6 @@ class Stack:
         return self.report(world, policy, self.workdir / "mor")
 
     async def _wait_all(self, children: Children, run_yaml: Path) -> None:
-        from services.common.config import RunConfig, load_yaml
-        from services.policy_sampler.client import SamplerClient
-        from services.reward_node.client import RewardNodeClient
-
         run = load_yaml(RunConfig, run_yaml)
         clients = {f"node-{n.node_id}": RewardNodeClient(n, retries=0) for n in run.nodes}
         sampler = SamplerClient(run.sampler, retries=0)
@@ -347,18 +241,14 @@ class Stack:
         checks = {name: node_check(c) for name, c in clients.items()}
         checks["sampler"] = sampler_check
         try:
-            await _wait_ready(children, checks, STARTUP_TIMEOUT_S)
+            await wait_ready(children, checks, STARTUP_TIMEOUT_S)
         finally:
             for c in clients.values():
                 await c.close()
             await sampler.close()
 
     # ---- results ---------------------------------------------------------------------------------
-    def report(self, world, sft_policy: Path, run_dir: Path) -> dict[str, Any]:
-        from services.common.evaluation import evaluate_policy
-        from services.common.models.factory import load_vlm
-        from services.orchestrator.records import read_steps
-
+    def report(self, world: World, sft_policy: Path, run_dir: Path) -> dict[str, Any]:
         n = self.cfg.eval_examples
         self.console.print(f"[green]evaluation[/] held-out split, {n} examples per benchmark, greedy")
         before = evaluate_policy(load_vlm(sft_policy), world, per_benchmark=n, per_example=True)
@@ -367,17 +257,15 @@ class Stack:
         report = {"before": before, "after": after, "steps": [json.loads(s.to_json()) for s in steps],
                   "router": self.cfg.run.router.kind, "workdir": str(self.workdir)}
         (self.workdir / "results.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-        self.console.print(result_table(report))
+        self.console.print(demo_table(report))
         self.console.print(f"[green]results[/] {self.workdir / 'results.json'}")
         return report
 
 
-def result_table(report: dict[str, Any]) -> Table:
+def demo_table(report: dict[str, Any]) -> Table:
     """SFT start vs MoR per benchmark (exact match, mean client preference) and per client (oracle
     preference). The paired column says whether a change is more than noise: how many answers
     turned right and wrong, and the paired standard error of the preference change."""
-    from services.common.evaluation import paired_change
-
     before, after = report["before"], report["after"]
     table = Table(title=f"held-out results: SFT start vs MoR ({report['router']} router, {len(report['steps'])} GRPO steps)")
     for col in ("", "chance", "SFT start", "MoR", "change", "paired"):
@@ -397,4 +285,4 @@ def result_table(report: dict[str, Any]) -> Table:
     return table
 
 
-__all__ = ["Children", "Stack", "free_port", "result_table"]
+__all__ = ["Stack", "demo_table", "rm_summary"]

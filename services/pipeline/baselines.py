@@ -1,10 +1,11 @@
-"""The two reward-model baselines MoR is compared against, built from the same pieces as train.py.
+"""The two reward-model baselines MoR is compared against (the table's central and fedavg rows), built
+from the same pieces as services/reward_node/train.py.
 
     central = train_pooled_rm(settings, world_dir, clients)       # one RM on every client's pairs
     fedavg  = train_fedavg_rm(settings, world_dir, clients, rounds=R, local_epochs=E)
 
 Centralised: the pairs of all clients are pooled into one node's data and trained exactly as a
-client trains its own RM (train.train_rm). It breaks the privacy contract (raw preferences leave
+client trains its own RM (reward_node.train.train_rm). It breaks the privacy contract (raw preferences leave
 the organisations) and is the upper bound of the comparison.
 
 FedAvg ("share parameters"): every client starts each round from the same global RM, trains
