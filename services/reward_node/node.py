@@ -56,8 +56,9 @@ PROTOTYPE_CLIP_NORM = 1.0
 
 
 @dataclass(frozen=True)
-class Sample:
-    """One (prompt, image, response) to score; samples of a group share the image object."""
+class ResponseToScore:
+    """One response to score with its prompt and image (the unit the batcher batches); the responses of
+    a group share the image object."""
 
     prompt: str
     image: Image.Image | None
@@ -138,7 +139,7 @@ class RewardNodeCore:
         self.node_id = settings.node_id
         self.weights = HybridWeights.from_section(settings.model)
         self._loaded = loaded
-        self._batcher: DynamicBatcher[Sample] | None = None
+        self._batcher: DynamicBatcher[ResponseToScore] | None = None
         self._prototype: Prototype | None = None
         # Decoded image pixels held by calls in flight (decoding, queued or being scored).
         self._pixels = Budget(settings.batching.max_pending_pixels, "image pixels", "batching.max_pending_pixels")
@@ -252,9 +253,9 @@ class RewardNodeCore:
                 valid = await asyncio.to_thread(decode_groups, groups, limits, prefixes)
             else:
                 valid = [ValidGroup(g.prompt, list(g.responses), None, g.group_id) for g in groups]
-            samples = [Sample(g.prompt, g.image, r) for g in valid for r in g.responses]
-            rm = await batcher.submit(samples)
-        overall, parts = combine(rm, [s.response for s in samples], self.weights)
+            items = [ResponseToScore(g.prompt, g.image, r) for g in valid for r in g.responses]
+            rm = await batcher.submit(items)
+        overall, parts = combine(rm, [s.response for s in items], self.weights)
         for x in overall:
             self._m_scores.observe(x)
         out: list[list[ScoredAnswer]] = []
@@ -265,10 +266,10 @@ class RewardNodeCore:
             k += n
         return out
 
-    def _run_batch(self, samples: list[Sample]) -> list[float]:
+    def _run_batch(self, items: list[ResponseToScore]) -> list[float]:
         """Worker thread: one forward pass of the RM over a batch."""
         model = self.loaded.model
-        scores = model.score_batch([s.prompt for s in samples], [s.image for s in samples], [s.response for s in samples])
+        scores = model.score_batch([s.prompt for s in items], [s.image for s in items], [s.response for s in items])
         return scores.tolist()
 
     def _on_batch(self, stats: BatchStats) -> None:
@@ -314,7 +315,7 @@ __all__ = [
     "NodeDescription",
     "Prototype",
     "RewardNodeCore",
-    "Sample",
+    "ResponseToScore",
     "ScoredAnswer",
     "noisy_prototype",
     "prototype_noise",

@@ -1,6 +1,6 @@
 """Synthetic VQA benchmarks: one generator per file, looked up by name in `registry.BENCHMARKS`."""
 
-from .base import Benchmark, QuestionType, Sample
+from .base import Benchmark, QuestionType, SampledQuestion
 from .registry import BENCHMARK_NAMES, BENCHMARKS, UnknownBenchmark, get_benchmark
 
 __all__ = [
@@ -8,7 +8,7 @@ __all__ = [
     "BENCHMARK_NAMES",
     "Benchmark",
     "QuestionType",
-    "Sample",
+    "SampledQuestion",
     "UnknownBenchmark",
     "get_benchmark",
 ]

@@ -41,8 +41,9 @@ class QuestionType:
 
 
 @dataclass(frozen=True)
-class Sample:
-    """What `Benchmark.sample` returns: the text side of an example plus the facts to draw."""
+class SampledQuestion:
+    """What `Benchmark.sample` returns: a question (its type, text and canonical answer) and the facts
+    its image is drawn from."""
 
     qtype: str
     question: str
@@ -57,7 +58,7 @@ class Benchmark(ABC):
     qtypes: ClassVar[dict[str, QuestionType]]
 
     @abstractmethod
-    def sample(self, rng: np.random.Generator, split: str) -> Sample:
+    def sample(self, rng: np.random.Generator, split: str) -> SampledQuestion:
         """Draw one example's facts, question and canonical answer (question type chosen uniformly)."""
 
     @abstractmethod

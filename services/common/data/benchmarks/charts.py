@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..vocab import BACKGROUNDS, BAR_LETTERS, COLOUR_NAMES, COLOURS
-from .base import Benchmark, QuestionType, Sample, canvas, finish
+from .base import Benchmark, QuestionType, SampledQuestion, canvas, finish
 
 MIN_BARS, MAX_BARS = 3, 5
 MAX_VALUE = 9
@@ -72,7 +72,7 @@ class ChartsBenchmark(Benchmark):
         ),
     }
 
-    def sample(self, rng: np.random.Generator, split: str) -> Sample:
+    def sample(self, rng: np.random.Generator, split: str) -> SampledQuestion:
         qtype = self.pick_qtype(rng)
         n = int(rng.integers(MIN_BARS, MAX_BARS + 1))
         while True:
@@ -88,14 +88,14 @@ class ChartsBenchmark(Benchmark):
         facts: dict[str, Any] = {"bars": bars, "background": background}
         top = max(bars, key=lambda b: b["value"])
         if qtype == "tallest_label":
-            return Sample(qtype, "Which bar is the tallest?", top["label"], facts)
+            return SampledQuestion(qtype, "Which bar is the tallest?", top["label"], facts)
         if qtype == "tallest_colour":
-            return Sample(qtype, "What colour is the tallest bar?", top["colour"], facts)
+            return SampledQuestion(qtype, "What colour is the tallest bar?", top["colour"], facts)
         if qtype == "count":
-            return Sample(qtype, "How many bars are there?", str(n), facts)
+            return SampledQuestion(qtype, "How many bars are there?", str(n), facts)
         b = bars[int(rng.integers(n))]
         facts["bar"] = b["label"]
-        return Sample(qtype, f"What is the value of bar {b['label']}?", str(b["value"]), facts)
+        return SampledQuestion(qtype, f"What is the value of bar {b['label']}?", str(b["value"]), facts)
 
     def draw(self, facts: dict[str, Any], image_size: int) -> Image.Image:
         img = canvas(image_size, BACKGROUNDS[facts["background"]])

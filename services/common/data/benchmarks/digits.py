@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..vocab import BACKGROUNDS
-from .base import Benchmark, QuestionType, Sample
+from .base import Benchmark, QuestionType, SampledQuestion
 
 #: Ink colours (dark or saturated, all readable on every background).
 INKS: dict[str, tuple[int, int, int]] = {
@@ -69,7 +69,7 @@ class DigitsBenchmark(Benchmark):
         ),
     }
 
-    def sample(self, rng: np.random.Generator, split: str) -> Sample:
+    def sample(self, rng: np.random.Generator, split: str) -> SampledQuestion:
         qtype = self.pick_qtype(rng)
         pool = source_indices(split)
         src = int(pool[int(rng.integers(len(pool)))])
@@ -86,10 +86,10 @@ class DigitsBenchmark(Benchmark):
             "dy": round(float(rng.uniform(0, room)), 3),
         }
         if qtype == "which":
-            return Sample(qtype, "What digit is shown?", str(digit), facts)
+            return SampledQuestion(qtype, "What digit is shown?", str(digit), facts)
         if qtype == "parity":
-            return Sample(qtype, "Is the digit even or odd?", "even" if digit % 2 == 0 else "odd", facts)
-        return Sample(qtype, "What is the digit plus one?", str(digit + 1), facts)
+            return SampledQuestion(qtype, "Is the digit even or odd?", "even" if digit % 2 == 0 else "odd", facts)
+        return SampledQuestion(qtype, "What is the digit plus one?", str(digit + 1), facts)
 
     def draw(self, facts: dict[str, Any], image_size: int) -> Image.Image:
         images, _ = _source()

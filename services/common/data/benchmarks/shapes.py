@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..vocab import BACKGROUNDS, COLOUR_NAMES, COLOURS, SHAPES, YES_NO
-from .base import Benchmark, QuestionType, Sample, canvas, finish
+from .base import Benchmark, QuestionType, SampledQuestion, canvas, finish
 
 MIN_OBJECTS, MAX_OBJECTS = 1, 4
 MIN_DX = 0.07  # every pair of objects differs this much in x, so left/right is never ambiguous
@@ -73,7 +73,7 @@ class ShapesBenchmark(Benchmark):
             if len(objs) == n:
                 return objs
 
-    def sample(self, rng: np.random.Generator, split: str) -> Sample:
+    def sample(self, rng: np.random.Generator, split: str) -> SampledQuestion:
         qtype = self.pick_qtype(rng)
         background = sorted(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
         while True:
@@ -82,24 +82,24 @@ class ShapesBenchmark(Benchmark):
             objs = self._objects(rng, n)
             facts: dict[str, Any] = {"objects": objs, "background": background}
             if qtype == "count":
-                return Sample(qtype, "How many shapes are there?", str(n), facts)
+                return SampledQuestion(qtype, "How many shapes are there?", str(n), facts)
             if qtype == "shape_of_colour":
                 o = objs[int(rng.integers(n))]
                 facts["colour"] = o["colour"]
-                return Sample(qtype, f"What shape is the {o['colour']} object?", o["shape"], facts)
+                return SampledQuestion(qtype, f"What shape is the {o['colour']} object?", o["shape"], facts)
             if qtype == "colour_of_shape":
                 unique = [o for o in objs if sum(p["shape"] == o["shape"] for p in objs) == 1]
                 if not unique:
                     continue
                 o = unique[int(rng.integers(len(unique)))]
                 facts["shape"] = o["shape"]
-                return Sample(qtype, f"What colour is the {o['shape']}?", o["colour"], facts)
+                return SampledQuestion(qtype, f"What colour is the {o['shape']}?", o["colour"], facts)
             i, j = (int(v) for v in rng.choice(n, size=2, replace=False))
             a, b = objs[i], objs[j]
             facts.update(c1=a["colour"], s1=a["shape"], c2=b["colour"], s2=b["shape"])
             answer = "yes" if a["x"] < b["x"] else "no"
             q = f"Is the {a['colour']} {a['shape']} left of the {b['colour']} {b['shape']}?"
-            return Sample(qtype, q, answer, facts)
+            return SampledQuestion(qtype, q, answer, facts)
 
     def reason_fields(self, qtype: str, facts: dict[str, Any], answer: str) -> dict[str, Any]:
         one = answer in ("1", "one")
