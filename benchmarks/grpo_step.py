@@ -283,7 +283,7 @@ class MoRSide:
                       "max_new_tokens": a.max_new_tokens, "lr": a.lr, "beta": 0.04, "loss_type": "grpo",
                       "lora_rank": a.lora_rank, "lora_alpha": 2.0 * a.lora_rank, "lora_target_modules": LORA_TARGETS,
                       "overlap": overlap, "max_staleness": 1 if overlap else 0},
-                router={"kind": "mor", "train_steps": 20, "calibration_pairs": 12},
+                router={"kind": "mor", "train_steps": 20, "pairs": 12},
                 fanout={"step_deadline_s": 300, "min_nodes": len(node_ports)},
                 checkpoint_every=1_000_000,
             )

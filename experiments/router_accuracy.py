@@ -3,11 +3,11 @@
     make demo                                     # world, SFT policy and client RMs under runs/local
     python experiments/router_accuracy.py --workdir runs/local --pairs 900 --seeds 6
 
-A router is trained on the server calibration set (150 pairs in the demo world, 30 of them held out
+A router is trained on the server's router pairs (150 pairs in the demo world, 30 of them held out
 for the accuracy the run logs), which is too small to tell routers apart. This script labels
 ``--pairs`` fresh pairs with the same neutral server oracle, on held-out test images, scores them on
 the demo's reward nodes (real gRPC nodes on 127.0.0.1, the same calibration as a run), fits every
-router kind on the calibration set as a run does (``--seeds`` seeds for the trained ones), and prints
+router kind on the router pairs as a run does (``--seeds`` seeds for the trained ones), and prints
 the share of fresh pairs each ranks right, overall and per benchmark, beside the **oracle router**:
 each benchmark's pairs routed to the client whose home it is (the largest weight of its domain mix;
 the uniform mean where no client has it as home), a ceiling only the evaluation can build because it
@@ -47,7 +47,7 @@ TRAINED = ("static", "mor")
 
 
 def fresh_pairs(world: World, n: int, seed: int) -> list:
-    """About n neutral-oracle pairs, an equal share per benchmark, on test images (never calibration ones)."""
+    """About n neutral-oracle pairs, an equal share per benchmark, on test images (never those of the router pairs)."""
     rng = np.random.default_rng(seed)
     oracle, out = ServerOracle(), []
     for b in world.benchmarks:
@@ -61,12 +61,12 @@ def fresh_pairs(world: World, n: int, seed: int) -> list:
 
 
 async def score(world: World, workdir: Path, router_cfg, pairs: list) -> tuple[tuple[str, ...], dict, object, object]:
-    """(node ids, node infos, calibration-set data, fresh-pair data), scored on real loopback nodes."""
+    """(node ids, node infos, scored router pairs, scored fresh pairs), scored on real loopback nodes."""
     from services.common.config.run import FanoutSection
     from services.orchestrator.calibration import NodeCalibration
     from services.orchestrator.embedding import PromptEmbedder
     from services.orchestrator.fanout import RewardFanout
-    from services.orchestrator.fusion.trainer import calibration_data
+    from services.orchestrator.fusion.trainer import score_router_pairs
     from services.pipeline.reward_models import serve_nodes
 
     settings = [RewardNodeSettings.loopback(n, world.clients[n].rm_arch, workdir / "rm" / n, prototype={"publish": True})
@@ -78,8 +78,8 @@ async def score(world: World, workdir: Path, router_cfg, pairs: list) -> tuple[t
             infos = await fanout.start()
             calibration = NodeCalibration(list(fanout.node_ids), infos, router_cfg)
             embedder = PromptEmbedder()
-            cal = await calibration_data(fanout, calibration, embedder, world.calibration_pairs()[: router_cfg.calibration_pairs], world)
-            fresh = await calibration_data(fanout, calibration, embedder, pairs, world)
+            cal = await score_router_pairs(fanout, calibration, embedder, world.router_pairs()[: router_cfg.pairs], world)
+            fresh = await score_router_pairs(fanout, calibration, embedder, pairs, world)
         finally:
             await fanout.close()
     return fanout.node_ids, infos, cal, fresh
@@ -127,7 +127,7 @@ def main() -> None:
     router_cfg = load_yaml(StackConfig, args.config).run.router
     torch.set_num_threads(1)
     pairs = fresh_pairs(world, args.pairs, seed=12345)
-    console.print(f"scoring {len(world.calibration_pairs()[: router_cfg.calibration_pairs])} calibration and "
+    console.print(f"scoring {len(world.router_pairs()[: router_cfg.pairs])} router pairs and "
                   f"{len(pairs)} fresh pairs on {len(world.training_clients())} nodes")
     nodes, infos, cal, fresh = asyncio.run(score(world, args.workdir, router_cfg, pairs))
     from services.orchestrator.fusion.trainer import fused_pair_margin, pair_accuracy
@@ -166,7 +166,7 @@ def main() -> None:
     out = args.out or args.workdir / "router_accuracy.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "pairs": n, "calibration_pairs": cal.n_pairs, "seeds": args.seeds, "homes": homes,
+        "pairs": n, "router_pairs": cal.n_pairs, "seeds": args.seeds, "homes": homes,
         "routers": {k: statistics.mean(v["all"]) for k, v in results.items()},
         "nodes": node_acc,
         "by_benchmark": {k: {c: statistics.mean(x) for c, x in v.items()} for k, v in results.items()},

@@ -5,7 +5,7 @@
 #      tokens each reward node issues to the orchestrator (and the orchestrator to the operator),
 #   3. each organisation's private volume: its own preference pairs, the images they use, its
 #      certificate, key and token digests -- nothing of the other organisations,
-#   4. the server volumes: the server-side prompt pool and calibration set (no client data), a
+#   4. the server volumes: the server-side prompt pool and router pairs (no client data), a
 #      policy warm-started by `mor sft`; the server certificates and node tokens.
 # It does nothing when the server volume already holds a finished bootstrap. Stands in for what
 # each organisation and the operator do on their own machines in a real deployment.
@@ -57,7 +57,7 @@ print(f"  {node}: {sum(1 for _ in (src / 'prefs_train.jsonl').open())} train pai
 PY
 done
 
-echo "bootstrap: server volume (prompt pool, calibration set, certificates, node tokens)"
+echo "bootstrap: server volume (prompt pool, router pairs, certificates, node tokens)"
 mkdir -p "$SERVER_CERTS" "$SERVER/runs"
 rm -rf "$SERVER/world"
 mkdir -p "$SERVER/world"

@@ -178,7 +178,7 @@ ORCHESTRATOR_NODE_CALIBRATION_STD = Gauge(
     ["node_id"], registry=REGISTRY,
 )
 ORCHESTRATOR_ROUTER_ACCURACY = Gauge(
-    "mor_orchestrator_router_heldout_accuracy_ratio", "Pair accuracy of the trained router on held-out calibration pairs.",
+    "mor_orchestrator_router_heldout_accuracy_ratio", "Pair accuracy of the trained router on held-out router pairs.",
     registry=REGISTRY,
 )
 ORCHESTRATOR_STEPS = Counter(

@@ -51,7 +51,7 @@ from services.orchestrator.calibration import NodeCalibration
 from services.orchestrator.embedding import PromptEmbedder
 from services.orchestrator.fanout import RewardFanout
 from services.orchestrator.fusion import build_router
-from services.orchestrator.fusion.trainer import calibration_data
+from services.orchestrator.fusion.trainer import score_router_pairs
 from services.orchestrator.grpo.trainer import GRPOTrainer, RolloutBatch
 from services.orchestrator.parallel import ParallelContext
 from services.orchestrator.prompts import Prompt, PromptStream
@@ -205,23 +205,23 @@ class MoRRun:
                        f"{pool.answered} with reference answers")
         return pool.images, pool.prompts
 
-    def _calibration_pairs(self) -> tuple[ImageSource, list[PreferencePair]]:
-        ref = self.cfg.calibration
+    def _router_pairs(self) -> tuple[ImageSource, list[PreferencePair]]:
+        ref = self.cfg.router_pairs
         if ref is None:
-            return self._world(), self._world().calibration_pairs()
+            return self._world(), self._world().router_pairs()
         try:
             prefs = read_prefs(ref.path, ref.split, default=("train",), client="server")
         except DatasetError as exc:
-            raise DatasetError(f"calibration: {exc}") from None
+            raise DatasetError(f"router_pairs: {exc}") from None
         return prefs.images, prefs.pairs
 
     async def _fit_router(self) -> None:
         if not getattr(self.router, "trainable", False):
             return
-        images, pairs = self._calibration_pairs()
-        pairs = pairs[: self.cfg.router.calibration_pairs]
-        self.on_status(f"router: scoring {len(pairs)} calibration pairs on {len(self.node_ids)} nodes")
-        data = await calibration_data(self.fanout, self.calibration, self.embedder, pairs, images)
+        images, pairs = self._router_pairs()
+        pairs = pairs[: self.cfg.router.pairs]
+        self.on_status(f"router: scoring {len(pairs)} router pairs on {len(self.node_ids)} nodes")
+        data = await score_router_pairs(self.fanout, self.calibration, self.embedder, pairs, images)
         report = await self._in_worker(self.router.fit, data)
         self.on_status("router: trained " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(report.items())))
 

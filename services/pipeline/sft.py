@@ -34,7 +34,7 @@ REPORT = "sft_report.json"
 
 
 def sft_examples(world: World, seed: int = 0) -> list[SFTExample]:
-    """Warm-start examples: train examples no client, pool or calibration set uses, each answered in one
+    """Warm-start examples: train examples no client, pool prompt or router pair uses, each answered in one
     of the client styles (round robin over a seeded shuffle), so RL starts from a policy that can
     write every style and the reward nodes have something to choose between."""
     rng = random.Random(seed)

@@ -41,7 +41,7 @@ from services.reward_node.checkpoint import read_metadata
 from services.reward_node.client import RewardNodeClient
 
 QUICK_WORLD_STEPS = {"steps": 4, "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 8, "lr": 5e-4}
-QUICK_ROUTER = {"train_steps": 60, "calibration_pairs": 48}
+QUICK_ROUTER = {"train_steps": 60, "pairs": 48}
 QUICK_RM_EPOCHS = 3
 STARTUP_TIMEOUT_S = 180.0
 ORCHESTRATOR_STOP_S = 120.0

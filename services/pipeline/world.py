@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.common.data.config import WorldConfig
-from services.common.data.world import MANIFEST, World, load_world
+from services.common.data.world import FORMAT_VERSION, MANIFEST, World, load_world
 from services.common.data.world_writer import make_world
 from services.pipeline import cache
 
@@ -26,9 +26,10 @@ def world_hash(root: Path) -> str:
 
 
 def ensure_world(cfg: WorldConfig, path: Path, console: Console) -> World:
-    """The world of ``cfg`` at ``path``: reused when it was made from the same config, else (re)made."""
+    """The world of ``cfg`` at ``path``: reused when it was made from the same config in the same
+    format version, else (re)made."""
     t0 = time.perf_counter()
-    if cache.ensure(path, {"world": cfg.model_dump(mode="json")},
+    if cache.ensure(path, {"world": cfg.model_dump(mode="json"), "format_version": FORMAT_VERSION},
                     lambda: make_world(cfg, path, progress=True, overwrite=True)):
         console.print(f"[green]world[/] made {path} in {time.perf_counter() - t0:.1f}s")
     else:
@@ -52,7 +53,7 @@ def world_summary(world: World) -> Table:
             notes += ", held out"
         table.add_row("client", name, str(len(world.pairs(name, "train"))), str(len(world.pairs(name, "test"))), notes)
     table.add_row("server", "prompt pool", str(len(world.prompt_pool())), "", "no client data")
-    table.add_row("server", "calibration pairs", str(len(world.calibration_pairs())), "", "neutral oracle")
+    table.add_row("server", "router pairs", str(len(world.router_pairs())), "", "neutral oracle")
     return table
 
 

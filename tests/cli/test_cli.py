@@ -53,7 +53,7 @@ def test_data_info_on_a_world_and_on_a_wrong_folder(tmp_path):
     info = mor("data", "info", str(tmp_path / "w"))
     bad = mor("data", "info", str(tmp_path))
 
-    assert info.returncode == 0 and "clinic" in info.stdout and "calibration pairs" in info.stdout
+    assert info.returncode == 0 and "clinic" in info.stdout and "router pairs" in info.stdout
     assert bad.returncode == 3 and "not a MoR world" in bad.stderr
 
 

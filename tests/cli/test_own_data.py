@@ -196,7 +196,7 @@ def node_in_thread(settings: RewardNodeSettings) -> Iterator[int]:
 
 
 @pytest.mark.parametrize("policy", ["preset", "llava_next"])
-def test_a_run_on_outside_prompts_and_calibration_pairs_then_eval(policy, own, hub_checkpoint, tmp_path):
+def test_a_run_on_outside_prompts_and_router_pairs_then_eval(policy, own, hub_checkpoint, tmp_path):
     policy_cfg = {"preset": "tiny", "seed": 0} if policy == "preset" else {"path": str(hub_checkpoint(policy))}
     trained = invoke("reward-node", "train", "-c", str(node_yaml(own, "cove", "prefs_trl")), "--quiet")
     assert trained.exit_code == 0, trained.output
@@ -204,13 +204,13 @@ def test_a_run_on_outside_prompts_and_calibration_pairs_then_eval(policy, own, h
     with node_in_thread(settings) as port:
         cfg = tmp_path / "run.yaml"
         cfg.write_text(yaml.safe_dump({
-            "world": str(tmp_path / "no-world"),  # never opened: prompts and calibration replace it
+            "world": str(tmp_path / "no-world"),  # never opened: prompts and router_pairs replace it
             "prompts": str(own["root"] / "prompts.parquet"),
-            "calibration": {"path": str(own["root"] / "prefs_trl"), "split": "test"},
+            "router_pairs": {"path": str(own["root"] / "prefs_trl"), "split": "test"},
             "output_dir": str(tmp_path / "run"), "policy": policy_cfg, "torch_threads": 1,
             "nodes": [{"node_id": "cove", "address": f"127.0.0.1:{port}", "tls": {"insecure": True}, "timeout_s": 60}],
             "grpo": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
-            "router": {"kind": "mor", "train_steps": 5, "calibration_pairs": 6},
+            "router": {"kind": "mor", "train_steps": 5, "pairs": 6},
             "checkpoint_every": 2,
         }))
         run = invoke("orchestrator", "run", "-c", str(cfg), "--quiet")

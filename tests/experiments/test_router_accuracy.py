@@ -22,7 +22,7 @@ def test_every_router_gets_a_pair_accuracy_on_fresh_pairs(demo_workdir, tmp_path
     world = load_world(demo_workdir / "world")
     names = world.training_clients()
     report = json.loads((demo_workdir / "router_accuracy.json").read_text())
-    assert 20 <= report["pairs"] <= 30 and report["calibration_pairs"] == len(world.calibration_pairs())
+    assert 20 <= report["pairs"] <= 30 and report["router_pairs"] == len(world.router_pairs())
     kinds = {"mean", "min", "max", "prototype", "static", "mor", "oracle", *(f"single:{n}" for n in names)}
     assert set(report["routers"]) == set(report["by_benchmark"]) == kinds
     assert all(0.0 <= a <= 1.0 for a in report["routers"].values())

@@ -74,7 +74,7 @@ class Stack:
             "sampler": {"address": f"127.0.0.1:{self.sampler.port}", "tls": {"insecure": True}, "timeout_s": 60},
             "nodes": [NodeEndpoint.loopback(n, app.port, 20) for n, app in self.nodes.items()],
             "grpo": {"steps": 3, "prompts_per_step": 2, "group_size": 3, "max_new_tokens": 6, "lr": 5e-3, "beta": 0.04},
-            "router": {"kind": "mor", "train_steps": 20, "calibration_pairs": 12},
+            "router": {"kind": "mor", "train_steps": 20, "pairs": 12},
             "fanout": {"step_deadline_s": 30, "min_nodes": 2},
             "checkpoint_every": 2,
         }

@@ -224,7 +224,7 @@ def test_the_orchestrator_killed_with_sigkill_resumes_to_bit_identical_parameter
             "nodes": [{"node_id": n, "address": f"127.0.0.1:{p.port}", "tls": {"insecure": True}, "timeout_s": 30}
                       for n, p in nodes.items()],
             "grpo": {"steps": 6, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4, "lr": 5e-3},
-            "router": {"kind": "mor", "train_steps": 10, "calibration_pairs": 12},
+            "router": {"kind": "mor", "train_steps": 10, "pairs": 12},
             "checkpoint_every": 2,
         }))
         return path

@@ -18,8 +18,8 @@ from services.common.text_encoder import EMBEDDER
 from services.orchestrator.calibration import NodeCalibration
 from services.orchestrator.embedding import PromptEmbedder
 from services.orchestrator.fanout import RewardFanout
-from services.orchestrator.fusion import CalibrationData, UnknownRouter, build_router
-from services.orchestrator.fusion.trainer import calibration_data, fused_pair_margin, router_margin
+from services.orchestrator.fusion import ScoredRouterPairs, UnknownRouter, build_router
+from services.orchestrator.fusion.trainer import fused_pair_margin, router_margin, score_router_pairs
 from services.reward_node.client import NodeInfo, NodeLimitsInfo
 
 NAN = float("nan")
@@ -42,7 +42,7 @@ def router(kind: str, dim: int = 6, seed: int = 0, **cfg: object):
     return build_router(kind, IDS, RouterSection(**cfg), feature_dim=dim, infos=INFOS, seed=seed)
 
 
-def clusters(n: int = 240, seed: int = 0) -> tuple[CalibrationData, torch.Tensor]:
+def clusters(n: int = 240, seed: int = 0) -> tuple[ScoredRouterPairs, torch.Tensor]:
     """Cluster A (feature 0 high): node a judges right, node b wrong; cluster B: the reverse; node c is noise."""
     g = torch.Generator().manual_seed(seed)
     is_a = torch.arange(n) % 2 == 0
@@ -53,7 +53,7 @@ def clusters(n: int = 240, seed: int = 0) -> tuple[CalibrationData, torch.Tensor
     margin = torch.stack([sign, -sign, torch.randn(n, generator=g) * 0.1]) * 1.5 + torch.randn(3, n, generator=g) * 0.3
     base = torch.randn(3, n, generator=g)
     mask = torch.ones(3, n, dtype=torch.bool)
-    return CalibrationData(feats, base + margin / 2, base - margin / 2, mask), is_a
+    return ScoredRouterPairs(feats, base + margin / 2, base - margin / 2, mask), is_a
 
 
 # ---- weights ------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_fused_pair_margin_agrees_with_the_logit_margin_and_handles_per_response
 
     z_c = torch.tensor([[2.0, 0.0], [0.0, NAN], [1.0, 5.0]])
     z_r = torch.tensor([[0.0, 1.0], [3.0, NAN], [1.0, 2.0]])
-    pairs = CalibrationData(torch.zeros(2, 6), z_c, z_r, torch.tensor([[T, T], [T, F], [T, T]]))
+    pairs = ScoredRouterPairs(torch.zeros(2, 6), z_c, z_r, torch.tensor([[T, T], [T, F], [T, T]]))
     assert_close(fused_pair_margin(router("mean"), pairs), torch.tensor([-1 / 3, (-1 + 3) / 2]))
     assert_close(fused_pair_margin(router("max"), pairs), torch.tensor([2 - 3.0, 5 - 2.0]))
     assert_close(fused_pair_margin(router("single:b"), pairs), torch.tensor([-3.0, 0.0]))  # b did not score pair 2: a tie
@@ -169,7 +169,7 @@ def test_training_respects_pairs_a_node_did_not_score() -> None:
     mask[0] = False  # node a scored nothing: its (right) margins must not be learned from
     r = router("static", train_steps=100)
 
-    r.fit(CalibrationData(data.features, data.z_chosen, data.z_rejected, mask))
+    r.fit(ScoredRouterPairs(data.features, data.z_chosen, data.z_rejected, mask))
     logits = r.net.logits.detach()
 
     assert logits[0] == 0.0  # masked out of every pair: no gradient ever reached it
@@ -186,7 +186,7 @@ def test_prototype_routes_by_similarity_and_gives_nodes_without_one_the_mean() -
 
     # cos sims: row 0 -> a 1, b 0, c mean 0.5; row 1 -> a 0, b 1, c 0.5 (extra dims are not text)
     assert_close(w, torch.softmax(torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]), dim=1))
-    assert r.fit(CalibrationData(feats, torch.zeros(3, 2), torch.zeros(3, 2), torch.ones(3, 2, dtype=torch.bool))) == {}
+    assert r.fit(ScoredRouterPairs(feats, torch.zeros(3, 2), torch.zeros(3, 2), torch.ones(3, 2, dtype=torch.bool))) == {}
 
 
 def test_prototype_ignores_other_embedders_and_falls_back_to_uniform() -> None:
@@ -294,7 +294,7 @@ def test_domain_modules_do_not_import_grpc() -> None:
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
 
 
-# ---- calibration data through the fan-out -------------------------------------------------------
+# ---- router pairs through the fan-out ------------------------------------------------------------
 
 class FakeWorld:
     def image_bytes(self, rel: str) -> bytes:
@@ -318,16 +318,16 @@ def pair(i: int, chosen: str, rejected: str) -> PreferencePair:
                           question=f"question {i}?", chosen=chosen, rejected=rejected, example_id=f"e{i}")
 
 
-def test_calibration_data_scores_each_pair_as_a_group_of_two_on_every_node(arun, nodes) -> None:
+def test_score_router_pairs_scores_each_pair_as_a_group_of_two_on_every_node(arun, nodes) -> None:
     pairs = [pair(0, "three", "4"), pair(1, "a red one", "blue"), pair(2, "x", "yy")]
 
-    async def scenario() -> CalibrationData:
+    async def scenario() -> ScoredRouterPairs:
         fns = {"ca": lambda p, r: float(len(r)), "cb": lambda p, r: -float(len(r))}
         async with nodes(fns) as running:
             async with RewardFanout([n.endpoint() for n in running], FanoutSection()) as fan:
                 cal = NodeCalibration(fan.node_ids, fan.infos, RouterSection())
                 embedder = PromptEmbedder(FakeEncoder())
-                return await calibration_data(fan, cal, embedder, pairs, FakeWorld(), pairs_per_round=2)
+                return await score_router_pairs(fan, cal, embedder, pairs, FakeWorld(), pairs_per_round=2)
 
     data = arun(scenario())
 

@@ -94,11 +94,11 @@ class RouterSection(Section):
 
     kind: str = Field("mor", description=f"One of {', '.join(ROUTER_KINDS)} or single:<node_id>.")
     hidden: int = Field(64, ge=1, description="Hidden width of the gating network (mor router).")
-    train_steps: int = Field(200, ge=0, description="Bradley-Terry steps on the server calibration set.")
+    train_steps: int = Field(200, ge=0, description="Bradley-Terry steps on the router pairs.")
     lr: float = Field(1e-2, gt=0, description="AdamW learning rate of router training (mor and static routers).")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay of router training.")
     holdout_fraction: float = Field(
-        0.2, ge=0, lt=1, description="Share of calibration pairs held out to report the trained router's pair accuracy."
+        0.2, ge=0, lt=1, description="Share of router pairs held out to report the trained router's pair accuracy."
     )
     prototype_temperature: float = Field(
         0.05, gt=0, description="Softmax temperature over cosine similarities to the node prototypes (prototype router)."
@@ -114,7 +114,7 @@ class RouterSection(Section):
     calibration_std_floor: float = Field(
         1e-3, gt=0, description="Smallest standard deviation a z-score divides by (a node giving constant scores).",
     )
-    calibration_pairs: int = Field(256, ge=1, description="Server calibration pairs scored on every node to train the router (mor, static).")
+    pairs: int = Field(256, ge=1, description="Router pairs (the server's own preference pairs) scored on every node to train the router (mor, static).")
     homes: dict[str, str] = Field(
         default_factory=dict, description="Benchmark -> node id of its home expert, for the oracle router (an "
         "evaluation ceiling: it reads the benchmark label of the world's pool, which a real server does not have).",
@@ -173,13 +173,13 @@ class RunConfig(Section):
     """One MoR run: where the policy and data are, whom to call, and how to train."""
 
     seed: int = Field(0, description="Seed of prompt order, sampling and init.")
-    world: Path = Field(Path("data/world"), description="Synthetic world holding the server prompt pool and calibration pairs; "
-                        "read only for what `prompts` / `calibration` do not replace.")
+    world: Path = Field(Path("data/world"), description="Synthetic world holding the server prompt pool and router pairs; "
+                        "read only for what `prompts` / `router_pairs` do not replace.")
     prompts: DatasetRef | None = Field(None, description="Outside prompt dataset used as the prompt pool instead of the world's "
                                        "(docs/data.md); reference answers are optional (used by the accuracy rule when present).")
-    calibration: DatasetRef | None = Field(None, description="Outside server-side preference dataset (TRL prompt/chosen/rejected/"
+    router_pairs: DatasetRef | None = Field(None, description="Outside server-side preference dataset (TRL prompt/chosen/rejected/"
                                            "images, or plain JSONL image/question/chosen/rejected) the router trains on "
-                                           "instead of the world's calibration pairs (mor and static routers).")
+                                           "instead of the world's router pairs (mor and static routers).")
     output_dir: Path = Field(Path("runs/mor"), description="Checkpoints, metrics and results go here.")
     policy: ModelConfig = Field(default_factory=ModelConfig, description="Policy to train (usually the SFT checkpoint).")
     sampler: EndpointSection | None = Field(None, description="Remote sampler; none (and no samplers) means sample in process.")

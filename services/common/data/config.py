@@ -211,8 +211,8 @@ class WorldConfig(_Frozen):
     pool_reference_share: float = Field(
         1.0, ge=0.0, le=1.0, description="Share of pool prompts that carry their reference answers."
     )
-    calibration_size: int = Field(
-        150, ge=1, le=1_000_000, description="Server-side calibration preference pairs (neutral oracle)."
+    router_pairs_size: int = Field(
+        150, ge=1, le=1_000_000, description="Server-side router pairs: the preference pairs the router trains on (neutral oracle)."
     )
 
     @field_validator("benchmarks")
@@ -282,7 +282,7 @@ class WorldConfig(_Frozen):
         return self
 
     def _check_capacity(self) -> None:
-        """Client pairs, pool and calibration use disjoint train examples; test pairs fit each test split."""
+        """Client pairs, pool and router pairs use disjoint train examples; test pairs fit each test split."""
         demand = {b: 0 for b in self.benchmarks}
         for c in self.all_clients():
             for b, n in c.pairs_per_benchmark("train").items():
@@ -296,13 +296,13 @@ class WorldConfig(_Frozen):
                     )
         for b, n in self.server_counts(self.prompt_pool_size).items():
             demand[b] += n
-        for b, n in self.server_counts(self.calibration_size).items():
+        for b, n in self.server_counts(self.router_pairs_size).items():
             demand[b] += n
         for b, n in demand.items():
             if n > self.benchmarks[b].train:
                 raise ValueError(
                     f"benchmarks.{b}.train: {self.benchmarks[b].train} examples < {n} needed "
-                    "(client train pairs + labelled examples + prompt_pool_size + calibration_size, one example each)"
+                    "(client train pairs + labelled examples + prompt_pool_size + router_pairs_size, one example each)"
                 )
 
     @classmethod
@@ -320,7 +320,7 @@ class WorldConfig(_Frozen):
                 update={"n_pairs_train": 30, "n_pairs_test": 20}
             ),
             "prompt_pool_size": 30,
-            "calibration_size": 24,
+            "router_pairs_size": 24,
         }
         base.update(overrides)
         return cls.model_validate(base)

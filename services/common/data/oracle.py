@@ -12,7 +12,7 @@ Correctness dominates: a wrong answer that no annotator gave scores at most 0.40
 far past the budget, so every client prefers any correct well-formed answer over any wrong one, and
 among correct answers prefers its own style (+0.25).
 
-The server oracle (calibration set) is neutral about style: no style term and a 16-word budget, so
+The server oracle (router pairs) is neutral about style: no style term and a 16-word budget, so
 it only separates correct from wrong and well-formed from rambling.
 """
 
@@ -79,7 +79,7 @@ class ClientOracle(PreferenceOracle):
 
 
 class ServerOracle(PreferenceOracle):
-    """The neutral server-side oracle used for the calibration preference set."""
+    """The neutral server-side oracle that labels the router pairs."""
 
     def __init__(self, weights: OracleWeights | None = None) -> None:
         super().__init__(None, weights, name="server")

@@ -3,7 +3,7 @@
 ``read_vqa(path, split)`` gives a VQASet (prompts, with reference answers where the data has them);
 ``read_prefs(path, split)`` gives a PrefSet (PreferencePair records); both carry an ImageStore, which
 answers ``load_image(key)`` and ``image_bytes(key)`` as a World does, so every consumer of the
-generated world (evaluation, SFT, the prompt stream, router calibration, RM training) takes them
+generated world (evaluation, SFT, the prompt stream, router pairs, RM training) takes them
 unchanged. Formats and field names: docs/data.md. Storage layouts: tables.py. VQAv2 JSON: loaders.py.
 
 Validation happens at load, for every record at once: a record error names the file, the record

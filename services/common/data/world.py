@@ -17,7 +17,7 @@ from .prefs import flip
 from .records import SPLITS, PoolPrompt, PreferencePair, VQAExample
 
 FORMAT_NAME = "mor-world"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the router pairs are server/router_prefs.jsonl, ids router-<NNNNN>
 MANIFEST = "manifest.json"
 LABELLED = "labelled.jsonl"  # a client's private labelled examples (VQAExample lines)
 
@@ -27,7 +27,7 @@ class WorldFormatError(ValueError):
 
 
 class World:
-    """A world on disk: examples by benchmark/split, client specs and pairs, prompt pool, calibration set.
+    """A world on disk: examples by benchmark/split, client specs and pairs, prompt pool, router pairs.
 
     Records are read lazily and cached. Paths in records are relative to `root`; `image_path` resolves them.
     """
@@ -67,11 +67,11 @@ class World:
             raise KeyError(f"no example {example_id!r} in {self.root}") from None
 
     def sft_examples(self, benchmark: str | None = None) -> list[VQAExample]:
-        """Train examples used by no client pair or labelled example, pool prompt or calibration pair
+        """Train examples used by no client pair or labelled example, pool prompt or router pair
         (the server's own small labelled set, for the SFT warm start)."""
         used = {p.example_id for c in self.clients for s in SPLITS for p in self.pairs(c, s)}
         used |= {ex.id for c in self.clients for ex in self.labelled(c)}
-        used |= {p.example_id for p in self.prompt_pool()} | {p.example_id for p in self.calibration_pairs()}
+        used |= {p.example_id for p in self.prompt_pool()} | {p.example_id for p in self.router_pairs()}
         return [ex for ex in self.examples(benchmark, "train") if ex.id not in used]
 
     # -- images -------------------------------------------------------------------------------
@@ -136,8 +136,8 @@ class World:
     def prompt_pool(self) -> list[PoolPrompt]:
         return self._read(("pool",), "server/prompt_pool.jsonl", PoolPrompt)
 
-    def calibration_pairs(self) -> list[PreferencePair]:
-        return self._read(("calib",), "server/calibration_prefs.jsonl", PreferencePair)
+    def router_pairs(self) -> list[PreferencePair]:
+        return self._read(("router",), "server/router_prefs.jsonl", PreferencePair)
 
     # -- integrity ----------------------------------------------------------------------------
     def verify(self) -> list[str]:

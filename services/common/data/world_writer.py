@@ -258,13 +258,13 @@ def _generate(cfg: WorldConfig, tree: _Tree, show: bool) -> str:
         ]
         tree.put("server/prompt_pool.jsonl", write_records(pool))
 
-        cal_ex = [ex for b, n in cfg.server_counts(cfg.calibration_size).items() for ex in alloc.take(b, n)]
-        rng = stream(seed, "server:calibration")
-        task = bar.add_task("server calibration pairs", total=len(cal_ex))
-        cal = _label(
-            _shuffled(cal_ex, rng), "calib", SERVER_CLIENT, ServerOracle(), rng, cfg.pair_margin, bar, task
+        router_ex = [ex for b, n in cfg.server_counts(cfg.router_pairs_size).items() for ex in alloc.take(b, n)]
+        rng = stream(seed, "server:calibration")  # the stream's name of format 1: the same pairs as then
+        task = bar.add_task("server router pairs", total=len(router_ex))
+        router_pairs = _label(
+            _shuffled(router_ex, rng), "router", SERVER_CLIENT, ServerOracle(), rng, cfg.pair_margin, bar, task
         )
-        tree.put("server/calibration_prefs.jsonl", write_records(cal))
+        tree.put("server/router_prefs.jsonl", write_records(router_pairs))
 
     used = alloc.used()
     manifest = {
@@ -276,7 +276,7 @@ def _generate(cfg: WorldConfig, tree: _Tree, show: bool) -> str:
             "benchmarks": {b: {s: len(v[s]) for s in SPLITS} for b, v in examples.items()},
             "clients": client_counts,
             "prompt_pool": len(pool),
-            "calibration": len(cal),
+            "router_pairs": len(router_pairs),
             "images": sum(len(v[s]) for v in examples.values() for s in SPLITS),
             "sft_train": {b: len(examples[b]["train"]) - used[b] for b in examples},
         },

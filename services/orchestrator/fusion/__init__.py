@@ -1,7 +1,7 @@
 """Reward fusion: routers that turn K nodes' calibrated scores into one reward per response.
 
     router = build_router(cfg.router.kind, node_ids, cfg.router, feature_dim=embedder.dim, infos=fanout.infos, seed=cfg.seed)
-    router.fit(calibration_data)                      # mor / static learn; the others return {}
+    router.fit(scored_router_pairs)                   # mor / static learn; the others return {}
     r, w = router.fuse(z, mask, prompt_index, features)   # fused reward[N], effective weights[P, K]
 
 Kinds (one file each, one table: services/common/config/variants.py ROUTERS):
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from services.common.config.run import RouterSection
 from services.common.config.variants import ROUTERS, ROUTERS_WITH_ARG, implementation
-from services.orchestrator.fusion.base import CalibrationData, Router
+from services.orchestrator.fusion.base import Router, ScoredRouterPairs
 from services.orchestrator.fusion.extremes import MaxRouter, MinRouter
 from services.orchestrator.fusion.learned_router import MoRRouter
 from services.orchestrator.fusion.mean import MeanRouter
@@ -61,7 +61,6 @@ def build_router(
 
 
 __all__ = [
-    "CalibrationData",
     "LogitRouter",
     "MaxRouter",
     "MeanRouter",
@@ -70,6 +69,7 @@ __all__ = [
     "OracleRouter",
     "PrototypeRouter",
     "Router",
+    "ScoredRouterPairs",
     "SingleRouter",
     "StaticRouter",
     "UnknownRouter",

@@ -2,7 +2,7 @@
 
     w = router.weights(features[P, D], available[K])          # [P, K], rows sum to 1 over available
     r, w_eff = router.fuse(z[K, N], mask[K, N], prompt_index[N], features[P, D])
-    metrics_dict = router.fit(calibration_data)               # no-op unless the router learns
+    metrics_dict = router.fit(scored_router_pairs)            # no-op unless the router learns
 
 ``z`` are calibrated node scores (z-scores, see calibration.py), ``mask[k, n]`` says node k scored
 response n. ``fuse`` renormalises each response's weights over the nodes that scored it (a
@@ -14,7 +14,7 @@ A variant is a new file beside this one (mean.py, extremes.py, single.py, static
 learned_router.py, prototype.py), registered in the one table of fusion/__init__.py. Shared maths
 lives in fusion/ops.py. Routers with parameters derive from ``LogitRouter`` (fusion/trainer.py): a
 torch module maps features to one logit per node, the weights are a masked softmax of them, and
-``fit`` trains the module with the Bradley-Terry trainer beside it. ``CalibrationData``, what ``fit``
+``fit`` trains the module with the Bradley-Terry trainer beside it. ``ScoredRouterPairs``, what ``fit``
 takes, is defined here with the contract.
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ if TYPE_CHECKING:  # typing only: fusion never imports the gRPC side at run time
 
 
 @dataclass(frozen=True)
-class CalibrationData:
-    """Router training data: features[P, D], z_chosen / z_rejected[K, P] (NaN where masked),
+class ScoredRouterPairs:
+    """The router pairs as a router trains on them: features[P, D], z_chosen / z_rejected[K, P] (NaN where masked),
     mask[K, P] bool (node k scored both answers of pair p). Node order = the router's."""
 
     features: torch.Tensor
@@ -55,15 +55,15 @@ class CalibrationData:
     def n_pairs(self) -> int:
         return int(self.features.shape[0])
 
-    def subset(self, index: torch.Tensor) -> CalibrationData:
-        return CalibrationData(self.features[index], self.z_chosen[:, index], self.z_rejected[:, index], self.mask[:, index])
+    def subset(self, index: torch.Tensor) -> ScoredRouterPairs:
+        return ScoredRouterPairs(self.features[index], self.z_chosen[:, index], self.z_rejected[:, index], self.mask[:, index])
 
 
 class Router(ABC):
     """Fuses K nodes' calibrated scores; see the module docstring."""
 
     kind: str = ""
-    trainable: bool = False  # True when fit() learns from calibration pairs (worth scoring them)
+    trainable: bool = False  # True when fit() learns from router pairs (worth scoring them)
 
     def __init__(self, node_ids: Sequence[str]) -> None:
         if not node_ids:
@@ -119,8 +119,8 @@ class Router(ABC):
             raise ValueError(f"prompt_index must lie in [0, P={features.shape[0]})")
 
     # ---- training and state ---------------------------------------------------------------------
-    def fit(self, data: CalibrationData) -> dict[str, float]:
-        """Train on server calibration pairs; routers that do not learn return {} and change nothing."""
+    def fit(self, data: ScoredRouterPairs) -> dict[str, float]:
+        """Train on the scored router pairs; routers that do not learn return {} and change nothing."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -154,4 +154,4 @@ class Router(ABC):
         return ops.masked_softmax(torch.zeros(features.shape[0], self.k), available)
 
 
-__all__ = ["CalibrationData", "Router"]
+__all__ = ["ScoredRouterPairs", "Router"]

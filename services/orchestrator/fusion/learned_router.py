@@ -1,7 +1,7 @@
 """mor (default): an input-conditioned gating network, w(x) = softmax over available nodes of g(x).
 
 g is a one-hidden-layer MLP on the frozen (prompt, image) embedding of embedding.py. Two choices,
-both for the small calibration sets this is trained on:
+both for the few hundred router pairs this is trained on:
   * inputs are standardised with the per-dimension mean/std of the training features (set by
     ``fit``, saved with the weights): sentence embeddings share a large common component, and
     the gate should see what differs between prompts, not that;
@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from services.orchestrator.fusion.base import CalibrationData
+from services.orchestrator.fusion.base import ScoredRouterPairs
 from services.orchestrator.fusion.trainer import LogitRouter
 
 if TYPE_CHECKING:
     from services.common.config.run import RouterSection
     from services.reward_node.client import NodeInfo
 
-STD_FLOOR = 1e-4  # a feature constant on the calibration set must not be blown up by 1 / std
+STD_FLOOR = 1e-4  # a feature constant on the router pairs must not be blown up by 1 / std
 
 
 class GatingMLP(torch.nn.Module):
@@ -48,7 +48,7 @@ class GatingMLP(torch.nn.Module):
 
 
 class MoRRouter(LogitRouter):
-    """w(x) = masked softmax of GatingMLP(embedding(x)), trained with Bradley-Terry on calibration pairs."""
+    """w(x) = masked softmax of GatingMLP(embedding(x)), trained with Bradley-Terry on router pairs."""
 
     kind = "mor"
 
@@ -64,9 +64,9 @@ class MoRRouter(LogitRouter):
               infos: Mapping[str, NodeInfo] | None, seed: int) -> LogitRouter:
         return cls(node_ids, feature_dim=feature_dim, hidden=cfg.hidden, **cls.train_args(cfg, seed))
 
-    def fit(self, data: CalibrationData) -> dict[str, float]:
+    def fit(self, data: ScoredRouterPairs) -> dict[str, float]:
         if data.features.shape[1] != self.feature_dim:
-            raise ValueError(f"calibration features have {data.features.shape[1]} dims, the router {self.feature_dim}")
+            raise ValueError(f"router-pair features have {data.features.shape[1]} dims, the router {self.feature_dim}")
         feats = data.features.float()
         with torch.no_grad():
             self.net.mu.copy_(feats.mean(0))

@@ -1,6 +1,6 @@
 """static: one learned weight per node, the same for every input (the not-input-conditioned baseline).
 
-w = masked softmax of K free logits, trained with the same Bradley-Terry loss and calibration set
+w = masked softmax of K free logits, trained with the same Bradley-Terry loss and router pairs
 as the mor router, so the comparison isolates what input conditioning adds. Logits start at 0:
 untrained, it is the uniform mean.
 """

@@ -1,4 +1,4 @@
-"""The router's own small trainer: Bradley-Terry on the server calibration pairs, beside ``LogitRouter``,
+"""The router's own small trainer: Bradley-Terry on the server's router pairs, beside ``LogitRouter``,
 the routers it trains (their ``fit`` runs it).
 
 For pair p (prompt x_p, chosen answer c, rejected answer j) every node k gives calibrated scores
@@ -7,15 +7,15 @@ softmax over the nodes that scored *both* answers of the pair, and the loss is -
 averaged over pairs. Only the router learns: node scores are fixed inputs (the nodes' models
 never see a gradient, and never leave their organisation).
 
-Full-batch AdamW for ``steps`` steps (calibration sets are a few hundred pairs), seeded
+Full-batch AdamW for ``steps`` steps (the router pairs are a few hundred), seeded
 train/held-out split, no randomness besides it: the same data and seed give the same router.
 Accuracy counts a pair right when m_p > 0 and half right on a tie (m_p == 0, e.g. a pair no node
 could score), so an uninformative router reads 0.5, not 0.
 
-``calibration_data`` builds the training set: each server calibration pair is sent through the
+``score_router_pairs`` builds the training set: each router pair is sent through the
 fan-out as one group of two answers (chosen, rejected), so only the prompt, its image, the answers
 and the scores cross an organisation's boundary. The scores are calibrated with the statistics as
-they stand (warm start from the nodes' Info) and do not update them: calibration answers are not
+they stand (warm start from the nodes' Info) and do not update them: router-pair answers are not
 policy samples, and the running statistics are there to follow the policy's answers.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 from services.common import metrics
 from services.orchestrator.fusion import ops
-from services.orchestrator.fusion.base import CalibrationData, Router
+from services.orchestrator.fusion.base import Router, ScoredRouterPairs
 
 if TYPE_CHECKING:
     from services.common.config.run import RouterSection
@@ -73,7 +73,7 @@ class LogitRouter(Router):
         with torch.no_grad():
             return ops.masked_softmax(self.logits(features.float()), available)
 
-    def fit(self, data: CalibrationData) -> dict[str, float]:
+    def fit(self, data: ScoredRouterPairs) -> dict[str, float]:
         return train_bradley_terry(
             self, data, steps=self.train_steps, lr=self.lr, weight_decay=self.weight_decay,
             holdout_fraction=self.holdout_fraction, seed=self.seed,
@@ -108,18 +108,18 @@ def pair_accuracy(margin: torch.Tensor) -> float:
     return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
 
 
-def logit_margin(logits: torch.Tensor, data: CalibrationData) -> torch.Tensor:
+def logit_margin(logits: torch.Tensor, data: ScoredRouterPairs) -> torch.Tensor:
     """Fused margins[P] of router logits[P, K] on ``data``: softmax over the nodes that scored the pair."""
     w = ops.masked_softmax(logits, data.mask.T)
     return ops.pair_margin(w, data.z_chosen.float(), data.z_rejected.float(), data.mask)
 
 
-def router_margin(router: LogitRouter, data: CalibrationData) -> torch.Tensor:
+def router_margin(router: LogitRouter, data: ScoredRouterPairs) -> torch.Tensor:
     """Fused margins[P] of the router on ``data`` (differentiable in the router's parameters)."""
     return logit_margin(router.logits(data.features.float()), data)
 
 
-def fused_pair_margin(router: Router, data: CalibrationData) -> torch.Tensor:
+def fused_pair_margin(router: Router, data: ScoredRouterPairs) -> torch.Tensor:
     """Margins[P] of any router (fixed, learned, per-response like min/max): each pair is fused as
     a group of two answers to its prompt, exactly as a rollout group is; 0 where no node scored
     both answers (a tie). For a LogitRouter this equals ``router_margin``."""
@@ -133,7 +133,7 @@ def fused_pair_margin(router: Router, data: CalibrationData) -> torch.Tensor:
 
 def train_bradley_terry(
     router: LogitRouter,
-    data: CalibrationData,
+    data: ScoredRouterPairs,
     *,
     steps: int,
     lr: float,
@@ -149,11 +149,11 @@ def train_bradley_terry(
     NaN with no held-out pair.
     """
     if data.z_chosen.shape[0] != router.k:
-        raise ValueError(f"calibration data has {data.z_chosen.shape[0]} nodes, the router {router.k}")
+        raise ValueError(f"the router pairs have scores of {data.z_chosen.shape[0]} nodes, the router {router.k}")
     train_idx, held_idx = split_pairs(data.n_pairs, holdout_fraction, seed)
     train, held = data.subset(train_idx), data.subset(held_idx)
 
-    def evaluate(part: CalibrationData) -> tuple[float, float]:
+    def evaluate(part: ScoredRouterPairs) -> tuple[float, float]:
         with torch.no_grad():
             m = router_margin(router, part)
         return float(bt_loss(m)) if m.numel() else float("nan"), pair_accuracy(m)
@@ -192,7 +192,7 @@ def _mime(path: str) -> str:
     return "image/jpeg" if path.lower().endswith((".jpg", ".jpeg")) else "image/png"
 
 
-async def calibration_data(
+async def score_router_pairs(
     fanout: RewardFanout,
     calibration: NodeCalibration,
     embedder: PromptEmbedder,
@@ -200,8 +200,8 @@ async def calibration_data(
     world: ImageSource,
     *,
     pairs_per_round: int = 64,
-) -> CalibrationData:
-    """Score the server calibration pairs on every node (see the module docstring) -> CalibrationData
+) -> ScoredRouterPairs:
+    """Score router pairs on every node (see the module docstring) -> ScoredRouterPairs
     in the fan-out's node order. ``pairs_per_round`` pairs go out per fan-out round, so each round
     fits the step deadline. A node dropped in a round is masked for that round's pairs; a round
     without quorum raises the fan-out's QuorumError."""
@@ -210,16 +210,16 @@ async def calibration_data(
     from services.reward_node.client import ScoreGroup
 
     if not pairs:
-        raise ValueError("calibration_data needs at least one preference pair")
+        raise ValueError("score_router_pairs needs at least one preference pair")
     node_ids = fanout.node_ids
     scores, masks = [], []
     for start in range(0, len(pairs), pairs_per_round):
         part = pairs[start : start + pairs_per_round]
         groups = [ScoreGroup(prompt=p.question, responses=[p.chosen, p.rejected], image=world.image_bytes(p.image),
                              mime_type=_mime(p.image), group_id=p.id) for p in part]
-        result = await fanout.score(groups, request_id=f"calibration-{start}")
+        result = await fanout.score(groups, request_id=f"router-pairs-{start}")
         if result.node_ids != node_ids:
-            raise RuntimeError("the fan-out's nodes changed while scoring the calibration set")
+            raise RuntimeError("the fan-out's nodes changed while scoring the router pairs")
         scores.append(result.scores)
         masks.append(result.mask)
     raw, mask = torch.cat(scores, dim=1), torch.cat(masks, dim=1)  # [K, 2P]: chosen, rejected, chosen, ...
@@ -229,8 +229,8 @@ async def calibration_data(
         return embedder.embed([p.question for p in pairs], [world.load_image(p.image) for p in pairs])
 
     features = await asyncio.to_thread(embed)
-    return CalibrationData(features, z[:, 0::2], z[:, 1::2], mask[:, 0::2] & mask[:, 1::2])
+    return ScoredRouterPairs(features, z[:, 0::2], z[:, 1::2], mask[:, 0::2] & mask[:, 1::2])
 
 
-__all__ = ["LogitRouter", "bt_loss", "calibration_data", "fused_pair_margin", "pair_accuracy", "router_margin", "split_pairs",
-           "train_bradley_terry"]
+__all__ = ["LogitRouter", "bt_loss", "fused_pair_margin", "pair_accuracy", "router_margin", "score_router_pairs",
+           "split_pairs", "train_bradley_terry"]

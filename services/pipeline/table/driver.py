@@ -37,10 +37,10 @@ from services.pipeline.table.prepare import (  # noqa: E402
     RMSpec,
     Workspace,
     client_kind,
-    ensure_rm,
-    ensure_sft,
-    ensure_worlds,
     noise_name,
+    prepare_rm,
+    prepare_sft,
+    prepare_worlds,
     rm_dir,
     rm_specs_for,
 )
@@ -108,7 +108,7 @@ def _pool_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int,
 
 def _train_rm(args: tuple[Profile, Workspace, RMSpec]) -> tuple[str, float]:
     torch.set_num_threads(1)
-    path, acc = ensure_rm(*args)
+    path, acc = prepare_rm(*args)
     return str(path), acc
 
 
@@ -122,10 +122,10 @@ def run_table(p: Profile, out: Path, work: Path, *, workers: int | None = None,
     ws = Workspace(work)
     timing: dict[str, float] = {}
     t0 = t = time.perf_counter()
-    ensure_worlds(p, ws, console)
+    prepare_worlds(p, ws, console)
     timing["worlds"] = time.perf_counter() - t
     t = time.perf_counter()
-    sft_report = ensure_sft(p, ws, console)
+    sft_report = prepare_sft(p, ws, console)
     timing["sft"] = time.perf_counter() - t
 
     main_world = load_world(ws.world_dir("main"))

@@ -21,9 +21,8 @@ from services.common.config import RewardNodeSettings
 from services.common.data.config import WorldConfig
 from services.common.data.world import load_world
 from services.pipeline import cache
-from services.pipeline.reward_models import ensure_rm as build_rm
-from services.pipeline.reward_models import rm_inputs
-from services.pipeline.sft import ensure_sft as build_sft
+from services.pipeline.reward_models import ensure_rm, rm_inputs
+from services.pipeline.sft import ensure_sft
 from services.pipeline.table.profiles import Profile, method
 from services.pipeline.world import ensure_world
 
@@ -67,7 +66,7 @@ def _validated(cfg: WorldConfig, **update: Any) -> WorldConfig:
 
 def general_world(cfg: WorldConfig, benchmark: str) -> WorldConfig:
     """The main world where no client covers ``benchmark``: its home expert leaves, the others drop it
-    from their domain mix (the server's prompt pool and calibration set still span all benchmarks);
+    from their domain mix (the server's prompt pool and router pairs still span all benchmarks);
     no noisy or held-out clients."""
     if benchmark not in cfg.benchmarks:
         raise ValueError(f"claims.gen_benchmark {benchmark!r} is not a benchmark of the world ({', '.join(cfg.benchmarks)})")
@@ -106,14 +105,14 @@ def scenario_worlds(p: Profile) -> dict[str, WorldConfig]:
     return worlds
 
 
-def ensure_worlds(p: Profile, ws: Workspace, console: Console) -> dict[str, Path]:
+def prepare_worlds(p: Profile, ws: Workspace, console: Console) -> dict[str, Path]:
     return {name: ensure_world(cfg, ws.world_dir(name), console).root for name, cfg in scenario_worlds(p).items()}
 
 
-def ensure_sft(p: Profile, ws: Workspace, console: Console) -> dict[str, Any]:
+def prepare_sft(p: Profile, ws: Workspace, console: Console) -> dict[str, Any]:
     """The shared SFT start (trained on the main world); its report."""
-    return build_sft(load_world(ws.world_dir("main")), ws.sft_dir, p.policy, p.sft, eval_examples=p.eval_examples,
-                     console=console)
+    return ensure_sft(load_world(ws.world_dir("main")), ws.sft_dir, p.policy, p.sft, eval_examples=p.eval_examples,
+                      console=console)
 
 
 def client_kind(p: Profile, world: Path, client: str) -> str:
@@ -139,10 +138,10 @@ def rm_dir(p: Profile, ws: Workspace, spec: RMSpec) -> Path:
     return ws.rm_root / f"{spec.node_id}-{spec.kind}-s{spec.seed}-{cache.digest(inputs)[:12]}"
 
 
-def ensure_rm(p: Profile, ws: Workspace, spec: RMSpec) -> tuple[Path, float]:
+def prepare_rm(p: Profile, ws: Workspace, spec: RMSpec) -> tuple[Path, float]:
     """Train ``spec`` unless it is current in its folder; (checkpoint, held-out pair accuracy)."""
     settings = rm_settings(p, ws, spec, rm_dir(p, ws, spec))
-    return build_rm(settings, ws.world_dir(spec.world), spec.clients, spec.source, fedavg=_fedavg(p, spec))
+    return ensure_rm(settings, ws.world_dir(spec.world), spec.clients, spec.source, fedavg=_fedavg(p, spec))
 
 
 def rm_specs_for(p: Profile, ws: Workspace, world: str, rms: str, seed: int) -> list[RMSpec]:
@@ -162,5 +161,5 @@ def rm_specs_for(p: Profile, ws: Workspace, world: str, rms: str, seed: int) -> 
     return [RMSpec(c, world, client_kind(p, w.root, c), "client", (c,), seed) for c in names]
 
 
-__all__ = ["RMSpec", "Workspace", "ensure_rm", "ensure_sft", "ensure_worlds", "general_world", "noise_name",
-           "noisy_world", "rm_dir", "rm_settings", "rm_specs_for", "scenario_worlds"]
+__all__ = ["RMSpec", "Workspace", "general_world", "noise_name", "noisy_world", "prepare_rm", "prepare_sft",
+           "prepare_worlds", "rm_dir", "rm_settings", "rm_specs_for", "scenario_worlds"]

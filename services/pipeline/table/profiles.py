@@ -134,7 +134,7 @@ def quick() -> Profile:
     """Minutes on 2 cores: tiny world and policy, one seed, a few steps; every stage of the pipeline runs."""
     return Profile(
         name="quick",
-        world=WorldConfig.small(seed=0, noisy_client=False, prompt_pool_size=24, calibration_size=18,
+        world=WorldConfig.small(seed=0, noisy_client=False, prompt_pool_size=24, router_pairs_size=18,
                                 pool_reference_share=0.0),
         policy=ModelConfig(preset="tiny", seed=0),
         # 150 steps: with fewer the tiny policy answers nothing at all, and the rewards would score no answer.
@@ -143,7 +143,7 @@ def quick() -> Profile:
         client_rm_kinds="spec",
         fedavg_rounds=2, fedavg_local_epochs=1,
         grpo={"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "lr": 5e-3},
-        router={"train_steps": 20, "calibration_pairs": 12},
+        router={"train_steps": 20, "pairs": 12},
         seeds=(0,),
         methods=("sft", "central", "fedavg", "single:bank", "mean", "oracle", "mor", "mor_rules"),
         eval_examples=8,
@@ -163,7 +163,7 @@ def full() -> Profile:
     return Profile(
         name="full",
         world=WorldConfig(seed=0, noisy_client=False, prompt_pool_size=3000, pool_reference_share=0.0,
-                          calibration_size=600,
+                          router_pairs_size=600,
                           held_out_client=default_held_out().model_copy(update={"rm_arch": "light", "n_labelled": 1000})),
         policy=ModelConfig(preset="small", seed=0),
         sft=SFTConfig(vision_warmup_steps=1500, steps=300, batch_size=16, lr=1e-3, warmup=30, num_threads=1),
@@ -172,7 +172,7 @@ def full() -> Profile:
         fedavg_rounds=3, fedavg_local_epochs=2,
         grpo={"steps": 30, "prompts_per_step": 8, "group_size": 8, "lr": 1e-3, "beta": 0.04, "temperature": 0.3,
               "scale_rewards": "batch"},
-        router={"train_steps": 200, "calibration_pairs": 600},
+        router={"train_steps": 200, "pairs": 600},
         seeds=(0, 1, 2),
         methods=("sft", "central", "fedavg", "single:clinic", "single:bank", "single:school",
                  "mean", "min", "static", "oracle", "mor", "mor_rules"),

@@ -117,7 +117,7 @@ def render(p: Profile, s: dict[str, Any], context: dict[str, Any], timing: dict[
             out.append(f"| {method(m).label} | {signed(a['diff'])} | {a['verdict']} | {signed(b['diff'])} | {b['verdict']} |")
     ge = s["generalisation"]
     out += ["", f"## Generalisation: `{ge['benchmark']}` is in no client's preference data", "",
-            f"Clients' domain mixes leave `{ge['benchmark']}` out; the server prompt pool and calibration set still "
+            f"Clients' domain mixes leave `{ge['benchmark']}` out; the server prompt pool and router pairs still "
             f"span every benchmark. Covered: {', '.join(ge['covered'])}.", "",
             f"| method | acc {ge['benchmark']} (held out) | change vs SFT | acc covered | MoR minus method, held out |",
             "|---|---|---|---|---|"]

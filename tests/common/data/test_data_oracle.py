@@ -99,9 +99,9 @@ def test_flip_share_matches_config(world: World) -> None:
         assert world.flips(name) == {"train": [], "test": []}
 
 
-def test_calibration_pairs_agree_with_server_oracle(world: World) -> None:
+def test_router_pairs_agree_with_server_oracle(world: World) -> None:
     oracle = world.server_oracle()
-    for p in world.calibration_pairs():
+    for p in world.router_pairs():
         assert p.client == "server"
         ex = world.example(p.example_id)
         assert oracle.score(ex, p.chosen) - oracle.score(ex, p.rejected) > world.config.pair_margin

@@ -75,7 +75,7 @@ def test_layout_and_counts(world: World, small_cfg: WorldConfig) -> None:
         assert len(world.pairs(spec.name, "train")) == spec.n_pairs_train
         assert len(world.pairs(spec.name, "test")) == spec.n_pairs_test
     assert len(world.prompt_pool()) == small_cfg.prompt_pool_size
-    assert len(world.calibration_pairs()) == small_cfg.calibration_size
+    assert len(world.router_pairs()) == small_cfg.router_pairs_size
 
 
 def test_images_are_rgb_of_configured_size(world: World, small_cfg: WorldConfig) -> None:
@@ -110,7 +110,7 @@ def test_train_examples_are_partitioned_disjointly(world: World) -> None:
     groups = {c: {p.example_id for p in world.pairs(c, "train")} for c in world.clients}
     groups.update({f"labelled:{c}": {ex.id for ex in world.labelled(c)} for c in world.clients})
     groups["pool"] = {p.example_id for p in world.prompt_pool()}
-    groups["calibration"] = {p.example_id for p in world.calibration_pairs()}
+    groups["router_pairs"] = {p.example_id for p in world.router_pairs()}
     names = list(groups)
     for i, a in enumerate(names):
         assert (
