@@ -9,9 +9,11 @@ signature:
   REWARD_MODELS     RewardModel.build(section: RewardModelSection)
   SAMPLER_BACKENDS  SamplerBackend.build(settings: SamplerSettings)
 
-Adding a kind is its own file plus one entry here (and, for a sampler backend, a value of the
-SamplerBackend enum in protos/mor/v1/policy_sampler.proto; tests/common/config/test_variants.py
-checks that they agree).
+Adding a kind is its own file plus one entry here. Two outside lists name kinds too, and
+tests/common/config/test_variants.py fails until they agree: a sampler backend needs its value of
+the SamplerBackend enum in protos/mor/v1/policy_sampler.proto, and an RM kind or sampler backend its
+name in the Helm charts' values.schema.json enums (deploy/helm/mor-reward-node: model.kind;
+mor-server: sampler.backend), which check values before anything is deployed.
 """
 from __future__ import annotations
 

@@ -58,3 +58,16 @@ def test_config_fields_accept_exactly_the_tables_kinds() -> None:
 def test_every_sampler_backend_has_its_wire_enum_value_and_back() -> None:
     wire = {v.name for v in policy_sampler_pb2.SamplerBackend.DESCRIPTOR.values} - {"SAMPLER_BACKEND_UNSPECIFIED"}
     assert wire == {f"SAMPLER_BACKEND_{name.upper()}" for name in SAMPLER_BACKENDS}
+
+
+def test_the_helm_charts_offer_exactly_the_tables_kinds() -> None:
+    """The charts validate values before anything runs, so they list the kinds too: here is where a
+    new RM kind or sampler backend is told to add itself to them."""
+    import json
+    from pathlib import Path
+
+    helm = Path(__file__).resolve().parents[3] / "deploy" / "helm"
+    node = json.loads((helm / "mor-reward-node" / "values.schema.json").read_text())
+    server = json.loads((helm / "mor-server" / "values.schema.json").read_text())
+    assert set(node["properties"]["model"]["properties"]["kind"]["enum"]) == set(REWARD_MODELS)
+    assert set(server["properties"]["sampler"]["properties"]["backend"]["enum"]) == set(SAMPLER_BACKENDS)
