@@ -2,12 +2,19 @@
 
     python benchmarks/fuzz.py [--quick] [--cases 10000] [-k EXPR]
 
-Runs pytest on tests/fuzz (-m fuzz_extended) with real servers in process (light RM node, tiny
-sampler, orchestrator API), every test writing its tally (status counts per method, slowest
-answer, RSS at start / peak / end, findings) to a temporary folder, and sums them per service.
---quick runs 300 cases per service. The last line printed is one JSON object:
+Runs pytest on tests/fuzz (-m fuzz_extended) against real servers, each in its own process
+(`mor reward-node serve` with a light RM, `mor sampler serve` with the tiny policy, `mor
+orchestrator serve`), every test writing its tally (status counts per method, slowest answer, the
+server process's RSS at start / peak / end, the test process's RSS, findings) to a temporary
+folder, and sums them per service. --quick runs 300 cases per service. The last line printed is
+one JSON object:
 {"bench": "fuzz", "cases_per_service": ..., "<service>_cases": ..., "<service>_codes": {...},
- "rss_peak_growth_mb": ..., "findings": ..., "pytest_rc": ...}.
+ "<service>_server_rss_mb": {"start": ..., "peak": ..., "end": ..., "peak_growth": ...},
+ "rss_of": "server processes", "rss_peak_growth_mb": ..., "rss_peak_mb": ...,
+ "client_rss_peak_growth_mb": ..., "findings": ..., "pytest_rc": ...}.
+rss_peak_growth_mb is the largest growth of a server's RSS over one test (peak minus the RSS at
+the test's start), the figure the tests bound (RSS_PEAK_BUDGET_MB); client_* is the pytest
+process (hypothesis and the case generator), reported, not bounded.
 """
 from __future__ import annotations
 
@@ -50,31 +57,50 @@ def main() -> None:
         wall = time.perf_counter() - t0
         tail = proc.stdout.strip().splitlines()[-15:]
         print("\n".join(tail))
-        reports = [json.loads(p.read_text()) for p in sorted(Path(out).glob("*.json"))]
+        # In the order the tests ended (each writes its report at its end).
+        reports = [json.loads(p.read_text()) for p in sorted(Path(out).glob("*.json"), key=lambda p: p.stat().st_mtime_ns)]
 
-    per: dict[str, dict] = {s: {"cases": 0, "codes": collections.Counter(), "findings": 0} for s in SERVICES}
-    growth = 0.0
+    def new() -> dict:
+        return {"cases": 0, "codes": collections.Counter(), "findings": 0, "rss": None}
+
+    per: dict[str, dict] = {s: new() for s in SERVICES}
+    growth = client_growth = 0.0
     for r in reports:
-        s = per.setdefault(service_of(r["test"]), {"cases": 0, "codes": collections.Counter(), "findings": 0})
+        s = per.setdefault(service_of(r["test"]), new())
         s["cases"] += r["cases"]
         s["findings"] += r["findings"]
         for codes in r["codes"].values():
             s["codes"].update(codes)
-        growth = max(growth, r["rss_peak_mb"] - r["rss_start_mb"])
-        print(f"{r['test']}: {r['cases']} cases, RSS {r['rss_start_mb']} -> peak {r['rss_peak_mb']} -> "
-              f"{r['rss_end_mb']} MB, findings {r['findings']}")
+        g = r["rss_peak_mb"] - r["rss_start_mb"]
+        growth = max(growth, g)
+        client_growth = max(client_growth, r.get("client_rss_peak_mb", 0.0) - r.get("client_rss_start_mb", 0.0))
+        # The service's server: its RSS at the start of its first test, its peak, at the end of its
+        # last test, and the largest growth over one test.
+        if s["rss"] is None:
+            s["rss"] = {"start": r["rss_start_mb"], "peak": r["rss_peak_mb"], "end": r["rss_end_mb"], "peak_growth": g}
+        else:
+            s["rss"].update(peak=max(s["rss"]["peak"], r["rss_peak_mb"]), end=r["rss_end_mb"],
+                            peak_growth=max(s["rss"]["peak_growth"], g))
+        print(f"{r['test']}: {r['cases']} cases, server RSS {r['rss_start_mb']} -> peak {r['rss_peak_mb']} -> "
+              f"{r['rss_end_mb']} MB (growth {g:.1f}), test process {r.get('client_rss_start_mb')} -> peak "
+              f"{r.get('client_rss_peak_mb')} MB, findings {r['findings']}, server alive {r.get('server_alive')}")
     headline = {
         "bench": "fuzz",
         "cases_per_service": cases,
         "wall_s": round(wall, 1),
         "pytest_rc": proc.returncode,
         "findings": sum(s["findings"] for s in per.values()),
+        "rss_of": "server processes",
         "rss_peak_growth_mb": round(growth, 1),
         "rss_peak_mb": max((r["rss_peak_mb"] for r in reports), default=0.0),
+        "client_rss_peak_growth_mb": round(client_growth, 1),
+        "client_rss_peak_mb": max((r.get("client_rss_peak_mb", 0.0) for r in reports), default=0.0),
     }
     for name, s in per.items():
         headline[f"{name}_cases"] = s["cases"]
         headline[f"{name}_codes"] = dict(sorted(s["codes"].items()))
+        if s["rss"] is not None:
+            headline[f"{name}_server_rss_mb"] = {k: round(v, 1) for k, v in s["rss"].items()}
     print(json.dumps(headline, sort_keys=True))
 
 

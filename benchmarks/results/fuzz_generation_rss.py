@@ -3,14 +3,18 @@ RSS growth is the test process (hypothesis) rather than the services it fuzzes.
 
     python benchmarks/results/fuzz_generation_rss.py score_batch 3000
     python benchmarks/results/fuzz_generation_rss.py start_run 3500
+    python benchmarks/results/fuzz_generation_rss.py score_batch 3000 250   # in runs of 250, as run_cases does now
 
 Builds the strategy of tests/fuzz/test_fuzz_reward_node.py::test_score_batch or
 tests/fuzz/test_fuzz_orchestrator.py::test_start_run exactly as the test does, runs it through
-hypothesis with run_cases' settings (no database, no shrinking), and only serialises each case.
+hypothesis with run_cases' settings (no database, no shrinking), and only serialises each case;
+with a third argument, in fresh hypothesis runs of that many cases with the memory given back
+after each (tests/fuzz/conftest.py's run_cases in the extended profile, CHUNK_CASES).
 Prints one JSON line: cases, RSS at start and peak (MB), mean request size (KB), seconds.
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import sys
@@ -54,21 +58,33 @@ def strategy_of(which: str):
 
 def main() -> None:
     which, n = sys.argv[1], int(sys.argv[2])
+    chunk = int(sys.argv[3]) if len(sys.argv) > 3 else n
+    strategy = strategy_of(which)
+    wf = sys.modules["wirefuzz"]
     proc = psutil.Process()
     start = proc.memory_info().rss / 2**20
     seen = {"peak": start, "cases": 0, "bytes": 0}
 
-    @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck),
-              phases=(Phase.explicit, Phase.generate))
-    @given(strategy_of(which))
-    def inner(req) -> None:
-        seen["bytes"] += len(req.SerializeToString())
-        seen["cases"] += 1
-        seen["peak"] = max(seen["peak"], proc.memory_info().rss / 2**20)
+    def run(k: int) -> None:
+        @settings(max_examples=k, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+                  phases=(Phase.explicit, Phase.generate))
+        @given(strategy)
+        def inner(req) -> None:
+            seen["bytes"] += len(req.SerializeToString())
+            seen["cases"] += 1
+            seen["peak"] = max(seen["peak"], proc.memory_info().rss / 2**20)
+
+        inner()
 
     t0 = time.perf_counter()
-    inner()
-    print(json.dumps({"strategy": which, "cases": seen["cases"], "rss_start_mb": round(start, 1),
+    done = 0
+    while done < n:
+        run(min(chunk, n - done))
+        done += chunk
+        if chunk < n:
+            gc.collect()
+            wf.trim_memory()
+    print(json.dumps({"strategy": which, "chunk": chunk, "cases": seen["cases"], "rss_start_mb": round(start, 1),
                       "rss_peak_mb": round(seen["peak"], 1), "rss_growth_mb": round(seen["peak"] - start, 1),
                       "mean_request_kb": round(seen["bytes"] / max(1, seen["cases"]) / 1024, 1),
                       "seconds": round(time.perf_counter() - t0, 1)}))

@@ -1,6 +1,11 @@
-"""Fixtures of the wire fuzz suite: the real services started in process on 127.0.0.1:0 (a light RM
-node, a tiny sampler, an orchestrator API), hosted on one asyncio loop in a thread so that the
-synchronous hypothesis tests can call them, and the fuzz helpers of wirefuzz.py.
+"""Fixtures of the wire fuzz suite: the real services, each started in its own process with the
+real CLI (``python -m services.cli reward-node | sampler | orchestrator serve -c <yaml>`` on
+127.0.0.1, port 0, read from the start line: a light RM node, a tiny sampler, an orchestrator
+API), a client channel to each on one asyncio loop in a thread so that the synchronous hypothesis
+tests can call them, and the fuzz helpers of wirefuzz.py. The servers a session's fuzz tests use
+start side by side before the first of those tests; each stops after the last test module that
+uses it. The RSS the tests bound is the server process's (wirefuzz.Tally), not the test
+process's, which holds hypothesis and the case generator.
 
 Two profiles share every test: ``default`` (a few hundred cases over all services, part of the
 default suite) and ``extended`` (marker ``fuzz_extended``; MOR_FUZZ_CASES cases per service,
@@ -10,11 +15,13 @@ a folder, each test writes its tally there as JSON.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import json
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,7 @@ from typing import Any
 import grpc
 import pytest
 import torch
+import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,6 +44,8 @@ _spec.loader.exec_module(wirefuzz)
 EXTENDED_CASES_PER_SERVICE = int(os.environ.get("MOR_FUZZ_CASES", "10000"))
 PROFILES = [pytest.param("default", id="default"),
             pytest.param("extended", id="extended", marks=pytest.mark.fuzz_extended)]
+HERE = Path(__file__).parent
+SERVER = {"host": "127.0.0.1", "port": 0, "grace_s": 1.0}
 
 
 @pytest.fixture(scope="session")
@@ -51,88 +61,185 @@ def loop_thread() -> Iterator[Any]:
     lt.close()
 
 
+# ---- server configs (what the in-process fixtures used to build, as `serve` YAML) ----------------
+
+def _reward_node_config(folder: Path) -> dict[str, Any]:
+    """A reward node serving a random-init light RM (MiniLM text features + a small image CNN),
+    saved as a checkpoint for `reward-node serve` to load."""
+    from services.reward_node.checkpoint import save_checkpoint
+    from services.reward_node.rm import LightRM
+
+    torch.manual_seed(0)
+    save_checkpoint(LightRM().eval(), folder / "light-rm", {"node_id": "fuzz"})
+    return {"node_id": "fuzz", "model": {"kind": "light", "checkpoint": str(folder / "light-rm"), "torch_threads": 1},
+            "tls": {"insecure": True}, "metrics": {"enabled": False}, "server": SERVER}
+
+
+def _sampler_config(folder: Path) -> dict[str, Any]:
+    """A sampler serving the tiny Qwen2-VL policy with small limits (as tests/policy_sampler does)."""
+    return {"model": {"arch": "qwen2_vl", "preset": "tiny", "seed": 0}, "tls": {"insecure": True},
+            "metrics": {"enabled": False}, "server": SERVER, "hf": {"torch_threads": 1},
+            "max_prompts": 4, "max_group_size": 4, "max_new_tokens": 8, "sampling": {"max_new_tokens": 6},
+            "limits": {"max_prompt_chars": 200, "max_image_bytes": 64 * 1024}}
+
+
+def _orchestrator_config(folder: Path) -> dict[str, Any]:
+    (folder / "runs").mkdir(exist_ok=True)
+    return {"runs_dir": str(folder / "runs"), "tls": {"insecure": True}, "server": SERVER,
+            "metrics": {"enabled": False}, "node_tls": {"insecure": True}}
+
+
+# fixture name -> (CLI command group, config builder)
+SERVERS: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {
+    "reward_node": ("reward-node", _reward_node_config),
+    "sampler": ("sampler", _sampler_config),
+    "orchestrator": ("orchestrator", _orchestrator_config),
+}
+
+
+# The reward node's config needs a checkpoint written first; the others start right away.
+LAUNCH_ORDER = ("orchestrator", "sampler", "reward_node")
+
+
+def _import_for_adapter() -> None:
+    import peft  # noqa: F401
+
+    import services.common.models  # noqa: F401
+    import services.common.weights_codec  # noqa: F401
+
+
+class Servers:
+    """The server processes of the session, by fixture name. A server stays up from its launch
+    until the end of the last test module that uses it (modules share it: the findings and the
+    orchestrator modules both fuzz one orchestrator), then gets SIGTERM; the session's end waits
+    for them all."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory, items: list[pytest.Item]) -> None:
+        self._tmp = tmp_path_factory
+        self._procs: dict[str, Any] = {}
+        self._done: list[Any] = []
+        self.last_module: dict[str, str] = {}  # fixture name -> the last module (path) that uses it
+        for item in items:
+            if HERE in Path(str(item.path)).parents:
+                for name in SERVERS:
+                    if name in getattr(item, "fixturenames", ()):
+                        self.last_module[name] = str(item.path)
+
+    def launch(self, name: str) -> Any:
+        if name not in self._procs:
+            command, make_config = SERVERS[name]
+            folder = self._tmp.mktemp(f"fuzz-{name}")
+            config = folder / "config.yaml"
+            config.write_text(yaml.safe_dump(make_config(folder)))
+            self._procs[name] = wirefuzz.ServerProcess(command, config).launch()
+        return self._procs[name]
+
+    def ready(self, name: str) -> Any:
+        proc = self.launch(name)
+        proc.wait_ready()
+        return proc
+
+    def release(self, name: str, module: str) -> None:
+        """The end of ``module``: SIGTERM to the server when no later module uses it."""
+        if self.last_module.get(name, module) == module and name in self._procs:
+            proc = self._procs.pop(name)
+            proc.terminate()
+            self._done.append(proc)
+
+    def stop_all(self) -> None:
+        procs, self._procs = [*self._done, *self._procs.values()], {}
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """Launches, side by side, every server that this session's fuzz tests use (their start-up,
+    mostly imports, overlaps) and waits until all are up, so that none is still starting while
+    tests run (some time their answers)."""
+    pool = Servers(tmp_path_factory, request.session.items)
+    # While they start, this process imports what the sampler tests' LoRA adapter needs (peft,
+    # transformers: seconds that the in-process sampler used to pay for).
+    warm = threading.Thread(target=_import_for_adapter, name="fuzz-warm-imports", daemon=True)
+    try:
+        wanted = [name for name in LAUNCH_ORDER if name in pool.last_module]
+        for name in wanted:
+            with contextlib.suppress(Exception):  # a server that cannot start fails its own module's
+                pool.launch(name)                 # tests (its fixture tries again), not the others
+        if "sampler" in wanted:
+            warm.start()
+        for name in wanted:
+            with contextlib.suppress(Exception):
+                pool.ready(name)
+        if warm.is_alive():
+            warm.join()
+        yield pool
+    finally:
+        pool.stop_all()
+
+
 @dataclass
 class Served:
-    """A started service on the loop thread and a raw caller on a plaintext channel to it."""
+    """A server process under test and a raw caller on a plaintext channel to it."""
 
-    app: Any
+    proc: Any  # wirefuzz.ServerProcess
     port: int
     caller: Any
     loop: Any
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def call(self, coro: Any) -> Any:
         return self.loop.run(coro)
 
 
 @contextlib.contextmanager
-def _serving(loop_thread: Any, make_app: Callable[[], Any]) -> Iterator[Served]:
-    async def start() -> tuple[Any, int, Any]:
-        app = make_app()
-        port = await app.start()
-        channel = grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 128 * 2**20),
-                                          ("grpc.max_send_message_length", 128 * 2**20)])
-        return app, port, channel
+def _serving(request: pytest.FixtureRequest, servers: Servers, loop_thread: Any, name: str) -> Iterator[Served]:
+    proc = servers.ready(name)
 
-    app, port, channel = loop_thread.run(start())
+    async def connect() -> Any:
+        return grpc.aio.insecure_channel(
+            f"127.0.0.1:{proc.port}", options=[("grpc.max_receive_message_length", 128 * 2**20),
+                                               ("grpc.max_send_message_length", 128 * 2**20)])
+
+    channel = loop_thread.run(connect())
     try:
-        yield Served(app, port, wirefuzz.RawCaller(channel), loop_thread)
+        yield Served(proc, proc.port, wirefuzz.RawCaller(channel), loop_thread)
     finally:
-        async def stop() -> None:
-            await channel.close()
-            await app.stop(0)
-
-        loop_thread.run(stop())
+        loop_thread.run(channel.close())
+        servers.release(name, str(request.path))
 
 
 @pytest.fixture(scope="module")
-def reward_node(loop_thread: Any) -> Iterator[Served]:
-    """A reward node serving a random-init light RM (MiniLM text features + a small image CNN)."""
-    from services.common.config import RewardNodeSettings
-    from services.reward_node.app import build_app
-    from services.reward_node.checkpoint import LoadedRM
-    from services.reward_node.rm import LightRM
-
-    torch.manual_seed(0)
-    loaded = LoadedRM(LightRM().eval(), {"model_version": "light-fuzz", "kind": "light"}, None)
-    cfg = RewardNodeSettings(node_id="fuzz", model={"kind": "light", "torch_threads": 1}, tls={"insecure": True},
-                             metrics={"enabled": False}, server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0})
-    with _serving(loop_thread, lambda: build_app(cfg, loaded=loaded)) as served:
+def reward_node(request: pytest.FixtureRequest, servers: Servers, loop_thread: Any) -> Iterator[Served]:
+    """`mor reward-node serve`: a random-init light RM."""
+    with _serving(request, servers, loop_thread, "reward_node") as served:
         yield served
 
 
 @pytest.fixture(scope="module")
-def sampler(loop_thread: Any) -> Iterator[Served]:
-    """A sampler serving the tiny Qwen2-VL policy with small limits (as tests/policy_sampler does)."""
-    from services.common.config import SamplerSettings
-    from services.policy_sampler.app import SamplerApp
-    from services.policy_sampler.backends.hf import HFBackend
-
-    cfg = SamplerSettings(
-        model={"arch": "qwen2_vl", "preset": "tiny", "seed": 0}, tls={"insecure": True}, metrics={"enabled": False},
-        server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0}, hf={"torch_threads": 1},
-        max_prompts=4, max_group_size=4, max_new_tokens=8, sampling={"max_new_tokens": 6},
-        limits={"max_prompt_chars": 200, "max_image_bytes": 64 * 1024},
-    )
-    with _serving(loop_thread, lambda: SamplerApp(cfg, HFBackend(cfg.model, cfg.hf))) as served:
+def sampler(request: pytest.FixtureRequest, servers: Servers, loop_thread: Any) -> Iterator[Served]:
+    """`mor sampler serve`: the tiny Qwen2-VL policy with small limits."""
+    with _serving(request, servers, loop_thread, "sampler") as served:
         yield served
 
 
 @pytest.fixture(scope="module")
-def orchestrator(loop_thread: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    from services.common.config import OrchestratorSettings
-    from services.orchestrator.app import OrchestratorApp
-
-    cfg = OrchestratorSettings(runs_dir=tmp_path_factory.mktemp("fuzz-runs"), tls={"insecure": True},
-                               server={"host": "127.0.0.1", "port": 0, "grace_s": 1.0},
-                               metrics={"enabled": False}, node_tls={"insecure": True})
-    with _serving(loop_thread, lambda: OrchestratorApp(cfg)) as served:
+def orchestrator(request: pytest.FixtureRequest, servers: Servers, loop_thread: Any) -> Iterator[Served]:
+    """`mor orchestrator serve`: the Orchestrator API, runs under a temporary runs_dir."""
+    with _serving(request, servers, loop_thread, "orchestrator") as served:
         yield served
 
 
 @pytest.fixture
 def tally(request: pytest.FixtureRequest) -> Iterator[Any]:
-    t = wirefuzz.Tally()
+    """A Tally on the RSS of the server process the test fuzzes (the server fixture it uses)."""
+    served = next((request.getfixturevalue(n) for n in SERVERS if n in request.fixturenames), None)
+    t = wirefuzz.Tally(served.pid if served else None, server_log=served.proc.log_tail if served else None)
     yield t
     out = os.environ.get("MOR_FUZZ_REPORT")
     if out:
@@ -148,16 +255,35 @@ def cases(profile: str, default: int, share: float) -> int:
     return default if profile == "default" else max(1, round(EXTENDED_CASES_PER_SERVICE * share))
 
 
+# Cases per hypothesis run in the extended profile. One run keeps every case's choices until it
+# ends (its data tree and a cache of up to 10,000 results): at 10,000 cases that grew the test
+# process by 1-1.5 GB (ScoreBatch, StartRun). Fresh runs of this many cases keep it to ~100 MB.
+CHUNK_CASES = 250
+
+
 def run_cases(n: int, strategy: Any, body: Callable[[Any], None], *, profile: str) -> None:
     """Run ``body`` on ``n`` generated cases (no shrinking: bodies record into a Tally, never raise
-    on a finding, so one run surveys every kind of bad answer)."""
-    @settings(max_examples=n, deadline=None, database=None, derandomize=profile == "default",
-              suppress_health_check=list(HealthCheck), phases=(Phase.explicit, Phase.generate))
-    @given(strategy)
-    def inner(case: Any) -> None:
-        body(case)
+    on a finding, so one run surveys every kind of bad answer). The default profile is one
+    derandomized run; the extended one runs CHUNK_CASES at a time, each run with fresh random
+    cases, and returns the memory of each run to the OS before the next."""
+    derandomize = profile == "default"
+    step = n if derandomize else CHUNK_CASES
+    done = 0
+    while done < n:
+        k = min(step, n - done)
 
-    inner()
+        @settings(max_examples=k, deadline=None, database=None, derandomize=derandomize,
+                  suppress_health_check=list(HealthCheck), phases=(Phase.explicit, Phase.generate))
+        @given(strategy)
+        def inner(case: Any) -> None:
+            body(case)
+
+        inner()
+        done += k
+        if not derandomize:
+            del inner
+            gc.collect()
+            wirefuzz.trim_memory()
 
 
 class Fz:

@@ -1,6 +1,7 @@
 """Fuzz of a real Orchestrator API server: StartRun (generated YAML and Struct configs, hostile
 YAML, overrides), GetRun / WatchRun / StopRun, the node registry and raw request bytes. Every
-answer must be OK or a documented status with a bounded message."""
+answer must be OK or a documented status with a bounded message; the RSS of the server's process
+(`mor orchestrator serve`) must stay bounded."""
 from __future__ import annotations
 
 from google.protobuf import json_format, struct_pb2
@@ -66,9 +67,12 @@ def fuzzer(wf):
 
 
 def _assert_clean(tally, wf) -> None:
-    print(wf.dumps(tally.summary()))
+    summary = tally.summary()
+    print(wf.dumps(summary))
+    assert summary["server_alive"], "the server process ended during the test:\n" + tally.server_log_tail()
     assert not tally.bad, tally.report()
-    assert tally.rss_peak_mb - tally.rss_start_mb < RSS_PEAK_BUDGET_MB, tally.summary()
+    # The server process's RSS (its peak over the test, sampled and, on Linux, the kernel's VmHWM).
+    assert tally.rss_peak_mb - tally.rss_start_mb < RSS_PEAK_BUDGET_MB, summary
 
 
 def _call(orchestrator, method: str, payload: bytes):

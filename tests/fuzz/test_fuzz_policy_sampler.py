@@ -1,7 +1,8 @@
 """Fuzz of a real policy sampler (tiny Qwen2-VL, small limits): Generate, UpdateWeights (whole
 generated streams, near-valid LoRA pushes with edited headers, configs and payloads, raw chunks),
 GetInfo and raw request bytes. Every answer must be OK or a documented status with a bounded
-message; OK Generate answers must hold group_size completions per prompt with finite log-probs."""
+message; OK Generate answers must hold group_size completions per prompt with finite log-probs;
+the RSS of the sampler's process (`mor sampler serve`) must stay bounded."""
 from __future__ import annotations
 
 import json
@@ -86,9 +87,12 @@ def _check_generate(req, data: bytes) -> str | None:
 
 
 def _assert_clean(tally, wf) -> None:
-    print(wf.dumps(tally.summary()))
+    summary = tally.summary()
+    print(wf.dumps(summary))
+    assert summary["server_alive"], "the server process ended during the test:\n" + tally.server_log_tail()
     assert not tally.bad, tally.report()
-    assert tally.rss_peak_mb - tally.rss_start_mb < RSS_PEAK_BUDGET_MB, tally.summary()
+    # The server process's RSS (its peak over the test, sampled and, on Linux, the kernel's VmHWM).
+    assert tally.rss_peak_mb - tally.rss_start_mb < RSS_PEAK_BUDGET_MB, summary
 
 
 def test_generate(sampler, wf, fz, tally, profile) -> None:

@@ -1,7 +1,8 @@
 """Fuzz of a real reward node (light RM) and its health service: every request message generated
 from its descriptor, near-valid values mixed in, plus undecodable bytes. Every answer must be OK
 or a status the proto documents for the method, with a bounded message; OK answers must carry one
-finite score per response; the process RSS (the node runs in it) must stay bounded."""
+finite score per response; the RSS of the node's process (`mor reward-node serve`) must stay
+bounded."""
 from __future__ import annotations
 
 import math
@@ -58,9 +59,12 @@ def _check_scores(n_expected: list[int], scores_of: list[list[float]]) -> str | 
 
 
 def _assert_clean(tally, wf) -> None:
-    print(wf.dumps(tally.summary()))
+    summary = tally.summary()
+    print(wf.dumps(summary))
+    assert summary["server_alive"], "the server process ended during the test:\n" + tally.server_log_tail()
     assert not tally.bad, tally.report()
-    assert tally.rss_peak_mb - tally.rss_start_mb < RSS_PEAK_BUDGET_MB, tally.summary()
+    # The server process's RSS (its peak over the test, sampled and, on Linux, the kernel's VmHWM).
+    assert tally.rss_peak_mb - tally.rss_start_mb < RSS_PEAK_BUDGET_MB, summary
 
 
 def test_score(reward_node, wf, fz, tally, profile) -> None:

@@ -7,10 +7,14 @@
   cases get past the first check and reach the model.
 * ``raw_payloads``: undecodable and adversarial request bytes (truncations, bit flips, huge length
   prefixes, deep nesting) for calls made with identity serializers.
-* ``LoopThread``: one asyncio loop in a thread that hosts the real servers and the client channel,
-  so synchronous hypothesis tests can drive them.
+* ``ServerProcess``: a real server under test in its own process (``python -m services.cli
+  <service> serve -c <yaml>`` on 127.0.0.1, port 0), its port read from its start log line.
+* ``LoopThread``: one asyncio loop in a thread that hosts the client channels, so synchronous
+  hypothesis tests can drive the servers.
 * ``Tally``: every answer's status, checked against the codes the protos document for the method,
-  with bounded details and trailers; it also samples the process RSS (the servers run in process).
+  with bounded details and trailers; it also samples the RSS of the server process under test (and,
+  for information only, of the test process that generates the cases). It keeps counts, the
+  slowest answer per method and a bounded set of findings, never requests or answers.
 """
 from __future__ import annotations
 
@@ -21,12 +25,18 @@ import functools
 import io
 import json
 import math
+import os
+import re
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -398,8 +408,10 @@ def deep_struct_value(depth: int) -> bytes:
     return value
 
 
+@functools.lru_cache(maxsize=16)
 def deep_config_struct(depth: int) -> bytes:
-    """StartRunRequest bytes whose config_struct holds one key with a value nested `depth` deep."""
+    """StartRunRequest bytes whose config_struct holds one key with a value nested `depth` deep
+    (cached: building the 100,000-deep one takes seconds, and cases draw a handful of depths)."""
     entry = length_delimited(1, b"grpo") + length_delimited(2, deep_struct_value(depth))
     return length_delimited(3, length_delimited(1, entry))
 
@@ -431,7 +443,93 @@ def raw_payloads(valid: st.SearchStrategy[Any] | None = None) -> st.SearchStrate
     return st.one_of(*parts)
 
 
-# ---- hosting servers on a loop thread -----------------------------------------------------------
+# ---- the servers under test, each in its own process -------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+# The start line each `serve` command logs once it is SERVING: reward node / orchestrator
+# ("... serving on 127.0.0.1:PORT") and sampler ("sampler: serving ... on port PORT").
+READY_LINE = re.compile(r"serving (?:on \S+:|.* on port )(\d+)\s*$")
+START_TIMEOUT_S = 240.0  # several servers import torch at once on a loaded 2-core machine
+LOG_LINES_KEPT = 200
+
+
+class ServerProcess:
+    """``python -m services.cli <service> serve -c <config>`` in a child process on 127.0.0.1.
+
+    ``launch()`` starts it and returns at once (several servers can start side by side);
+    ``wait_ready()`` waits for the start line in its log and returns the port; ``terminate()``
+    sends SIGTERM (drain and exit) and returns; ``stop()`` also waits, and sends SIGKILL after
+    ``grace_s``. A thread drains its log (stdout and stderr) into a bounded buffer: the last
+    LOG_LINES_KEPT lines, for failure messages."""
+
+    def __init__(self, service: str, config: Path, env: dict[str, str] | None = None) -> None:
+        self.service = service
+        self.config = Path(config)
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.log: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
+        self._ready = threading.Event()
+        self._drainer: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not launched"
+        return self.proc.pid
+
+    def launch(self) -> ServerProcess:
+        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", self.service, "serve", "-c", str(self.config)],
+                                     cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, errors="replace")
+        self._drainer = threading.Thread(target=self._drain, name=f"fuzz-{self.service}-log", daemon=True)
+        self._drainer.start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line.rstrip("\n")[:2000])
+            if not self._ready.is_set():
+                m = READY_LINE.search(line)
+                if m:
+                    self.port = int(m.group(1))
+                    self._ready.set()
+        self._ready.set()  # EOF: wait_ready() sees that the process ended
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> int:
+        if self.proc is None:
+            self.launch()
+        if not self._ready.wait(timeout) or not self.port:
+            self.stop()
+            raise RuntimeError(f"{self.service} serve did not start (exit {self.proc.poll()}):\n{self.log_tail()}")
+        return self.port
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(list(self.log)[-n:])
+
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM: drain and exit) without waiting; ``stop`` waits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL when it has not exited after ``grace_s``; waits for it."""
+        if self.proc is None:
+            return
+        self.terminate()
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+        if self._drainer is not None:
+            self._drainer.join(5)
+
+
+# ---- the client side on a loop thread ----------------------------------------------------------
 
 class LoopThread:
     """An asyncio loop in a daemon thread; ``run(coro)`` waits for its result from any thread."""
@@ -529,8 +627,48 @@ class RawCaller:
         return Outcome(C.OK, "", 0, b"".join(got), time.perf_counter() - t0)
 
 
-def rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
+_MB = 2**20
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size of process ``pid`` (this process when None) in MiB; 0.0 once it is gone."""
+    try:
+        return psutil.Process(pid).memory_info().rss / _MB
+    except psutil.Error:
+        return 0.0
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset the kernel's RSS high-water mark of ``pid`` (VmHWM; Linux: /proc/PID/clear_refs "5").
+    False where that is not possible (another OS, a kernel or sandbox without it)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return peak_rss_mb(pid) is not None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The kernel's RSS high-water mark of ``pid`` in MiB (VmHWM), None where not available."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def trim_memory() -> None:
+    """Give freed heap memory back to the OS (glibc malloc_trim; nothing elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -541,15 +679,45 @@ class Finding:
     case: str
 
 
+MAX_DISTINCT_FINDINGS = 64  # kinds of finding kept with a case each; all are counted
+
+
 @dataclass
 class Tally:
-    """Outcomes per method; ``bad`` collects answers that break the contract (see ``record``)."""
+    """Outcomes per method and the RSS of the server under test (process ``pid``).
 
+    ``bad`` holds the first finding of each kind (method, code, start of the details; at most
+    MAX_DISTINCT_FINDINGS kinds) and ``n_bad`` counts them all (see ``record``). Server RSS is
+    sampled at the start, every ``rss_every`` answers and at the end (``summary``); where the
+    kernel keeps a resettable high-water mark (Linux VmHWM), it is reset at the start and read at
+    the end, so the peak also covers the moments between samples, inside a call. The test
+    process's own RSS (hypothesis and this harness) is kept apart as ``client_rss_*``."""
+
+    pid: int | None = None
+    rss_every: int = 1
+    server_log: Callable[[], str] | None = None  # the server's last log lines, for failure messages
     codes: dict[str, collections.Counter[str]] = field(default_factory=lambda: collections.defaultdict(collections.Counter))
     bad: list[Finding] = field(default_factory=list)
-    rss_start_mb: float = field(default_factory=rss_mb)
-    rss_peak_mb: float = 0.0
+    n_bad: int = 0
     slowest_s: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
+    rss_start_mb: float = 0.0
+    rss_peak_mb: float = 0.0
+    rss_hwm: bool = False
+    client_rss_start_mb: float = 0.0
+    client_rss_peak_mb: float = 0.0
+    _kinds: set[tuple[str, str, str]] = field(default_factory=set, repr=False)
+    _n: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pid is not None:
+            self.rss_hwm = reset_peak_rss(self.pid)
+            self.rss_start_mb = self.rss_peak_mb = rss_mb(self.pid)
+        self.client_rss_start_mb = self.client_rss_peak_mb = rss_mb()
+
+    def sample_rss(self) -> None:
+        if self.pid is not None:
+            self.rss_peak_mb = max(self.rss_peak_mb, rss_mb(self.pid))
+        self.client_rss_peak_mb = max(self.client_rss_peak_mb, rss_mb())
 
     def record(self, method: str, outcome: Outcome, allowed: set[grpc.StatusCode], case: Any,
                check_ok: Callable[[bytes], str | None] | None = None) -> None:
@@ -557,7 +725,9 @@ class Tally:
         trailers are too large to be a bounded message, or ``check_ok`` finds a bad OK answer."""
         self.codes[method][outcome.code.name] += 1
         self.slowest_s[method] = max(self.slowest_s[method], outcome.seconds)
-        self.rss_peak_mb = max(self.rss_peak_mb, rss_mb())
+        self._n += 1
+        if self._n % self.rss_every == 0:
+            self.sample_rss()
         problem = None
         if outcome.code != C.OK and outcome.code not in allowed:
             problem = "undocumented status"
@@ -568,29 +738,57 @@ class Tally:
         elif outcome.code == C.OK and check_ok is not None and outcome.response is not None:
             problem = check_ok(outcome.response)
         if problem is not None:
-            self.bad.append(Finding(method, outcome.code.name, f"{problem}: {outcome.details[:300]}", _short(case)))
+            self.n_bad += 1
+            details = f"{problem}: {outcome.details[:300]}"
+            kind = (method, outcome.code.name, details[:60])
+            if kind not in self._kinds and len(self._kinds) < MAX_DISTINCT_FINDINGS:
+                self._kinds.add(kind)
+                self.bad.append(Finding(method, outcome.code.name, details, _short(case)))
 
     def cases(self, prefix: str = "") -> int:
         return sum(sum(c.values()) for m, c in self.codes.items() if m.startswith(prefix))
 
+    def server_alive(self) -> bool:
+        """The server process still runs (a crash would otherwise read as UNAVAILABLE answers)."""
+        if self.pid is None:
+            return True
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def server_log_tail(self) -> str:
+        return self.server_log() if self.server_log is not None else ""
+
+    def finish(self) -> None:
+        """The end-of-test RSS sample (and the kernel's peak where there is one)."""
+        self.sample_rss()
+        if self.pid is not None and self.rss_hwm:
+            hwm = peak_rss_mb(self.pid)
+            if hwm is not None:
+                self.rss_peak_mb = max(self.rss_peak_mb, hwm)
+
     def summary(self) -> dict[str, Any]:
+        self.finish()
         return {
             "cases": self.cases(),
             "codes": {m: dict(sorted(c.items())) for m, c in sorted(self.codes.items())},
             "slowest_s": {m: round(s, 3) for m, s in sorted(self.slowest_s.items())},
+            "rss_of": f"server process {self.pid}" if self.pid is not None else "none",
+            "server_alive": self.server_alive(),
             "rss_start_mb": round(self.rss_start_mb, 1),
             "rss_peak_mb": round(self.rss_peak_mb, 1),
-            "rss_end_mb": round(rss_mb(), 1),
-            "findings": len(self.bad),
+            "rss_end_mb": round(rss_mb(self.pid), 1) if self.pid is not None else 0.0,
+            "rss_peak_includes_hwm": self.rss_hwm,
+            "client_rss_start_mb": round(self.client_rss_start_mb, 1),
+            "client_rss_peak_mb": round(self.client_rss_peak_mb, 1),
+            "findings": self.n_bad,
         }
 
     def report(self, limit: int = 8) -> str:
         """Distinct findings (by method, code and the start of the details), with one case each."""
-        seen: dict[tuple[str, str, str], Finding] = {}
-        for f in self.bad:
-            seen.setdefault((f.method, f.code, f.details[:60]), f)
-        lines = [f"{f.method} -> {f.code} ({f.details}) for {f.case}" for f in list(seen.values())[:limit]]
-        return f"{len(self.bad)} findings, {len(seen)} distinct:\n" + "\n".join(lines)
+        lines = [f"{f.method} -> {f.code} ({f.details}) for {f.case}" for f in self.bad[:limit]]
+        return f"{self.n_bad} findings, {len(self.bad)} distinct kinds kept:\n" + "\n".join(lines)
 
 
 def _short(case: Any, limit: int = 400) -> str:
@@ -606,7 +804,7 @@ def dumps(summary: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "CALL_TIMEOUT_S", "DOCUMENTED", "RAW_EXTRA", "Fuzzer", "LoopThread", "Outcome", "RawCaller", "Tally",
-    "build", "deep_config_struct", "image_bytes", "image_message_values", "images", "ints", "raw_payloads",
-    "rss_mb", "texts",
+    "CALL_TIMEOUT_S", "DOCUMENTED", "RAW_EXTRA", "Fuzzer", "LoopThread", "Outcome", "RawCaller", "ServerProcess",
+    "Tally", "build", "deep_config_struct", "image_bytes", "image_message_values", "images", "ints", "peak_rss_mb",
+    "raw_payloads", "reset_peak_rss", "rss_mb", "texts", "trim_memory",
 ]
