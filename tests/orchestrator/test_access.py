@@ -49,6 +49,15 @@ async def _code(call) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+async def _stream_code(call) -> grpc.StatusCode:
+    try:
+        async for _ in call:
+            pass
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
 def test_organisations_change_only_their_own_node_and_operators_control_runs(tmp_path, pki, arun) -> None:
     d, tokens = pki
 
@@ -77,6 +86,10 @@ def test_organisations_change_only_their_own_node_and_operators_control_runs(tmp
                 out["clinic stops a run"] = await _code(clinic.StopRun(pb.StopRunRequest(run_id="r1"), timeout=10))
                 out["clinic starts a run"] = await _code(clinic.StartRun(pb.StartRunRequest(config_yaml="{}"), timeout=10))
                 out["clinic lists nodes"] = await _code(clinic.ListNodes(pb.ListNodesRequest(), timeout=10))
+                out["clinic gets a run"] = await _code(clinic.GetRun(pb.GetRunRequest(run_id="r1"), timeout=10))
+                out["clinic watches a run"] = await _stream_code(clinic.WatchRun(pb.WatchRunRequest(run_id="r1"), timeout=10))
+                out["operator gets a run"] = await _code(op.GetRun(pb.GetRunRequest(run_id="r1"), timeout=10))
+                out["operator watches a run"] = await _stream_code(op.WatchRun(pb.WatchRunRequest(run_id="r1"), timeout=10))
                 out["clinic removes clinic"] = await _code(clinic.RemoveNode(pb.RemoveNodeRequest(node_id="clinic"), timeout=10))
                 out["operator stops a run"] = await _code(op.StopRun(pb.StopRunRequest(run_id="r1"), timeout=10))
                 out["operator removes bank"] = await _code(op.RemoveNode(pb.RemoveNodeRequest(node_id="bank"), timeout=10))
@@ -92,6 +105,8 @@ def test_organisations_change_only_their_own_node_and_operators_control_runs(tmp
         "clinic registers clinic": ok, "bank registers bank": ok,
         "clinic updates bank": denied, "bank endpoint": UNREACHABLE, "clinic removes bank": denied,
         "clinic stops a run": denied, "clinic starts a run": denied, "clinic lists nodes": denied,
+        "clinic gets a run": denied, "clinic watches a run": denied,
+        "operator gets a run": grpc.StatusCode.NOT_FOUND, "operator watches a run": grpc.StatusCode.NOT_FOUND,
         "clinic removes clinic": ok,
         "operator stops a run": grpc.StatusCode.NOT_FOUND,  # past auth: there is no run r1
         "operator removes bank": ok, "bank left": False,
