@@ -4,6 +4,7 @@ bounded message that names the field, never INTERNAL and never an unsendable sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 
 import grpc
@@ -118,3 +119,23 @@ def test_a_caller_past_its_deadline_stops_holding_the_model(serve, arun) -> None
 
     assert gone == grpc.StatusCode.DEADLINE_EXCEEDED
     assert groups == 1 and small_s < 2.0, small_s  # was the rest of the big generation (6.5 s here)
+
+
+def test_a_caller_that_cancels_stops_holding_the_model(serve, arun) -> None:
+    big = [SamplerPrompt(str(i), "Describe the picture in detail.") for i in range(4)]
+
+    async def scenario():
+        async with serve(max_new_tokens=1500, max_request_tokens=10**6) as running:
+            gen = running.client.generate
+            call = asyncio.ensure_future(gen(big, 4, max_new_tokens=1500, seed=0, timeout=60))
+            await asyncio.sleep(1.0)  # the big generation is under way
+            call.cancel()  # the caller goes away: grpc.aio cancels the RPC
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            t0 = asyncio.get_running_loop().time()
+            small = await gen([SamplerPrompt("s", "q")], 2, max_new_tokens=2, seed=0, timeout=30)
+            return asyncio.get_running_loop().time() - t0, len(small.groups)
+
+    small_s, groups = arun(scenario())
+
+    assert groups == 1 and small_s < 2.0, small_s
