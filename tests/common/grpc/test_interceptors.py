@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -27,6 +28,16 @@ def _count(service: str, method: str, code: str) -> float:
     return value or 0.0
 
 
+async def _settled(done, timeout: float = 5.0) -> None:
+    """Wait for the server's side of a call: the client has its status as soon as it is sent, the
+    interceptor's bookkeeping (metrics, the log line) runs just after; leaving serve() earlier would
+    stop the server under it."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not done() and loop.time() < end:
+        await asyncio.sleep(0.01)
+
+
 def test_domain_error_becomes_its_status_with_message_and_reason(serve, score, arun) -> None:
     async def scenario() -> grpc.aio.AioRpcError:
         async with serve() as running:
@@ -48,6 +59,7 @@ def test_unknown_exception_is_internal_and_generic_with_traceback_logged(serve, 
             async with running.channel() as ch:
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await reward_node_pb2_grpc.RewardNodeStub(ch).Score(score("boom"), timeout=3)
+                await _settled(lambda: any(r.exc_info for r in caplog.records))
                 return err.value
 
     with caplog.at_level(logging.ERROR, logger="services.common.grpc.interceptors"):
@@ -68,6 +80,7 @@ def test_a_handler_may_abort_by_itself(serve, score, arun) -> None:
             async with running.channel() as ch:
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await reward_node_pb2_grpc.RewardNodeStub(ch).Score(score("abort"), timeout=3)
+                await _settled(lambda: _count("mor.v1.RewardNode", "Score", "NOT_FOUND") > before)
                 return err.value.code(), err.value.details()
 
     assert arun(scenario()) == (grpc.StatusCode.NOT_FOUND, "no such group")
@@ -86,6 +99,7 @@ def test_calls_are_counted_by_code(serve, score, arun) -> None:
                         await stub.Score(score(prompt), timeout=3)
                     except grpc.aio.AioRpcError:
                         pass
+                await _settled(lambda: _count("mor.v1.RewardNode", "Score", "INTERNAL") > before["INTERNAL"])
 
     arun(scenario())
 
