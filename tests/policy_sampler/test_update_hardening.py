@@ -40,6 +40,9 @@ CASES = {
     "bad rank_pattern regex": (lambda c: _edit(c, rank_pattern={"[": 2}), grpc.StatusCode.INVALID_ARGUMENT,
                                "BAD_ADAPTER_CONFIG"),
     "unknown key": (lambda c: _edit(c, lora_rank=2), grpc.StatusCode.INVALID_ARGUMENT, "BAD_ADAPTER_CONFIG"),
+    # valid JSON and a valid LoraConfig, only too large: 10k alternatives in target_modules (~200 KB)
+    "200 KB config": (lambda c: _edit(c, target_modules=[f"module_{i}" for i in range(10_000)]),
+                      grpc.StatusCode.INVALID_ARGUMENT, "BAD_ADAPTER_CONFIG"),
     "r=500000": (lambda c: _edit(c, r=500_000), grpc.StatusCode.FAILED_PRECONDITION, "WEIGHTS_DO_NOT_FIT"),
     "r=1e9": (lambda c: _edit(c, r=10**9), grpc.StatusCode.FAILED_PRECONDITION, "WEIGHTS_DO_NOT_FIT"),
     "rank_pattern 500000": (lambda c: _edit(c, rank_pattern={".*q_proj": 500_000}), grpc.StatusCode.FAILED_PRECONDITION,
@@ -75,6 +78,8 @@ def test_hostile_adapter_configs_are_refused_cheaply_and_the_sampler_keeps_servi
         assert details.startswith(("adapter", "header")) and len(details) < 400, (case, details)
         assert seconds < 1.5, (case, seconds)  # r=500000 took 2.9 s building 250 MB of adapter
     assert "lora_rank" in outcomes["unknown key"][2]
+    assert "limit is" in outcomes["200 KB config"][2]  # the size rule, not whatever peft makes of it
+    assert "nested deeper than" in outcomes["nested 20 deep (small)"][2]
     assert "rank 500000" in outcomes["r=500000"][2] and "largest LoRA rank is 2" in outcomes["r=500000"][2]
     assert rss_growth_mb < 150, rss_growth_mb
     assert good.applied and good.version == len(CASES) + 1
