@@ -9,8 +9,9 @@ import threading
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
+from PIL import Image, ImageFile
 
 from services.common.grpc import error_reason
 from services.reward_node.client import ScoreGroup
@@ -26,6 +27,21 @@ def flat_png(side: int) -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture
+def decoded(monkeypatch) -> list[tuple[int, int]]:
+    """The sizes of the images whose pixels get decoded (PIL reads a header without load())."""
+    sizes: list[tuple[int, int]] = []
+    load = ImageFile.ImageFile.load
+
+    def counting_load(self):
+        if self.tile:  # pixels still to decode (load() of a loaded image returns at once)
+            sizes.append(self.size)
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    return sizes
+
+
 async def _code(coro) -> tuple[grpc.StatusCode, str | None, str]:
     try:
         await coro
@@ -34,7 +50,7 @@ async def _code(coro) -> tuple[grpc.StatusCode, str | None, str]:
     return grpc.StatusCode.OK, None, ""
 
 
-def test_a_call_whose_images_add_up_past_the_pixel_limit_is_refused_before_decoding(node, arun) -> None:
+def test_a_call_whose_images_add_up_past_the_pixel_limit_is_refused_before_decoding(node, arun, decoded) -> None:
     rm = FakeRM()
     bomb = flat_png(1024)  # ~3 KB each, 1 Mpixel each
     settings = node_settings(limits={"max_request_pixels": 4_000_000})
@@ -48,9 +64,10 @@ def test_a_call_whose_images_add_up_past_the_pixel_limit_is_refused_before_decod
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_PIXELS")
     assert "8388608 pixels" in details and "limits.max_request_pixels" in details
     assert rm.served_batches() == []
+    assert (1024, 1024) not in decoded  # refused from the headers: no bomb was decoded
 
 
-def test_an_image_over_the_per_image_pixel_limit_is_refused_from_its_header(node, arun) -> None:
+def test_an_image_over_the_per_image_pixel_limit_is_refused_from_its_header(node, arun, decoded) -> None:
     settings = node_settings(limits={"max_image_pixels": 500_000})
 
     async def scenario():
@@ -61,9 +78,10 @@ def test_an_image_over_the_per_image_pixel_limit_is_refused_from_its_header(node
 
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_DIMENSIONS")
     assert "1024x1024" in details and "limits.max_image_pixels" in details
+    assert (1024, 1024) not in decoded
 
 
-def test_concurrent_calls_are_admitted_by_pixels_before_they_decode(node, arun) -> None:
+def test_concurrent_calls_are_admitted_by_pixels_before_they_decode(node, arun, decoded) -> None:
     gate = threading.Event()
     rm = FakeRM(gate=gate)
     image = flat_png(1024)
@@ -85,6 +103,7 @@ def test_concurrent_calls_are_admitted_by_pixels_before_they_decode(node, arun) 
     assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED")
     assert "batching.max_pending_pixels=1500000" in details
     assert first == [1.0]  # the admitted call completes
+    assert decoded.count((1024, 1024)) == 1  # only the admitted call's image was decoded
 
 
 def test_small_image_bombs_decode_off_the_event_loop(node, arun) -> None:
