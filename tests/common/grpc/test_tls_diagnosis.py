@@ -84,3 +84,21 @@ def test_the_health_probe_cli_says_the_server_wants_a_client_certificate(serve, 
     assert code == healthcheck.EXIT_UNHEALTHY
     assert "the server refused this client: it requires a client certificate" in err
     assert "Traceback" not in err
+
+
+def test_a_registered_node_that_refuses_tls_says_why_in_its_health(serve, pki, arun, tmp_path) -> None:
+    from services.common.config import OrchestratorSettings
+    from services.orchestrator.run_control import RunManager
+
+    manager = RunManager(OrchestratorSettings(runs_dir=tmp_path, tls={"insecure": True},
+                                              node_tls=_client_tls(pki, "no-cert")))
+
+    async def scenario():
+        async with serve(tls=_server_tls(pki)) as running:
+            return await manager.register("clinic", running.service.address)
+
+    node = arun(scenario())
+
+    assert not node.healthy
+    assert "TLS handshake with 127.0.0.1:" in node.last_error
+    assert "it requires a client certificate (mutual TLS) and none was sent" in node.last_error
