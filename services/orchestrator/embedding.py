@@ -13,8 +13,9 @@ dims with the nodes' MiniLM prototypes, which live in exactly that space):
 Each part has norm about 1, so none drowns the others before the gate's own standardisation.
 
 Frozen and deterministic: no parameters are trained, the encoder runs in eval mode, and a text
-vector is computed once per process and cached by text (the pool repeats prompts every epoch),
-so the same prompt always gets the very same vector.
+vector is computed once per process and cached by text (the pool repeats prompts every epoch).
+A text is encoded on its own, never beside others, so its vector is a function of the text alone:
+the same in every process, whatever was encoded before it (a resumed run needs that).
 """
 from __future__ import annotations
 
@@ -93,7 +94,11 @@ class PromptEmbedder:
         """[P, text_dim]: cached text vectors; only texts not seen before are encoded."""
         todo = [q for q in dict.fromkeys(questions) if q not in self._cache]
         if todo:
-            vectors = self.encoder.encode(todo).float()
+            # One text per forward pass: a batch pads its texts to the longest, and the padding moves
+            # MiniLM's float result (~1e-7), so a vector would depend on the texts it was first encoded
+            # beside, and a resumed run (its cache empty) would route with other bits than the
+            # uninterrupted one.
+            vectors = torch.cat([self.encoder.encode([q]) for q in todo]).float()
             if vectors.shape != (len(todo), self.text_dim):
                 raise ValueError(f"encoder returned {tuple(vectors.shape)}, expected [{len(todo)}, {self.text_dim}]")
             for q, v in zip(todo, vectors, strict=True):
