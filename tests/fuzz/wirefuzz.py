@@ -7,8 +7,8 @@
   cases get past the first check and reach the model.
 * ``raw_payloads``: undecodable and adversarial request bytes (truncations, bit flips, huge length
   prefixes, deep nesting) for calls made with identity serializers.
-* ``ServerProcess``: a real server under test in its own process (``python -m services.cli
-  <service> serve -c <yaml>`` on 127.0.0.1, port 0), its port read from its start log line.
+* ``ServerProcess`` (from tests/service_process.py): a real server under test in its own process
+  (``python -m services.cli <service> serve -c <yaml>`` on 127.0.0.1, port 0).
 * ``LoopThread``: one asyncio loop in a thread that hosts the client channels, so synchronous
   hypothesis tests can drive the servers.
 * ``Tally``: every answer's status, checked against the codes the protos document for the method,
@@ -25,18 +25,12 @@ import functools
 import io
 import json
 import math
-import os
-import re
-import signal
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -45,6 +39,8 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message_factory
 from hypothesis import strategies as st
 from PIL import Image
+
+from tests.service_process import ServerProcess
 
 FD = _descriptor.FieldDescriptor
 C = grpc.StatusCode
@@ -443,91 +439,7 @@ def raw_payloads(valid: st.SearchStrategy[Any] | None = None) -> st.SearchStrate
     return st.one_of(*parts)
 
 
-# ---- the servers under test, each in its own process -------------------------------------------
-
-ROOT = Path(__file__).resolve().parents[2]
-# The start line each `serve` command logs once it is SERVING: reward node / orchestrator
-# ("... serving on 127.0.0.1:PORT") and sampler ("sampler: serving ... on port PORT").
-READY_LINE = re.compile(r"serving (?:on \S+:|.* on port )(\d+)\s*$")
-START_TIMEOUT_S = 240.0  # several servers import torch at once on a loaded 2-core machine
-LOG_LINES_KEPT = 200
-
-
-class ServerProcess:
-    """``python -m services.cli <service> serve -c <config>`` in a child process on 127.0.0.1.
-
-    ``launch()`` starts it and returns at once (several servers can start side by side);
-    ``wait_ready()`` waits for the start line in its log and returns the port; ``terminate()``
-    sends SIGTERM (drain and exit) and returns; ``stop()`` also waits, and sends SIGKILL after
-    ``grace_s``. A thread drains its log (stdout and stderr) into a bounded buffer: the last
-    LOG_LINES_KEPT lines, for failure messages."""
-
-    def __init__(self, service: str, config: Path, env: dict[str, str] | None = None) -> None:
-        self.service = service
-        self.config = Path(config)
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-        self.proc: subprocess.Popen[str] | None = None
-        self.port = 0
-        self.log: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
-        self._ready = threading.Event()
-        self._drainer: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "not launched"
-        return self.proc.pid
-
-    def launch(self) -> ServerProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", self.service, "serve", "-c", str(self.config)],
-                                     cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, errors="replace")
-        self._drainer = threading.Thread(target=self._drain, name=f"fuzz-{self.service}-log", daemon=True)
-        self._drainer.start()
-        return self
-
-    def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line.rstrip("\n")[:2000])
-            if not self._ready.is_set():
-                m = READY_LINE.search(line)
-                if m:
-                    self.port = int(m.group(1))
-                    self._ready.set()
-        self._ready.set()  # EOF: wait_ready() sees that the process ended
-
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> int:
-        if self.proc is None:
-            self.launch()
-        if not self._ready.wait(timeout) or not self.port:
-            self.stop()
-            raise RuntimeError(f"{self.service} serve did not start (exit {self.proc.poll()}):\n{self.log_tail()}")
-        return self.port
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n: int = 30) -> str:
-        return "\n".join(list(self.log)[-n:])
-
-    def terminate(self) -> None:
-        """Ask it to stop (SIGTERM: drain and exit) without waiting; ``stop`` waits."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL when it has not exited after ``grace_s``; waits for it."""
-        if self.proc is None:
-            return
-        self.terminate()
-        try:
-            self.proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
-        if self._drainer is not None:
-            self._drainer.join(5)
-
+# ---- the servers under test, each in its own process: tests/service_process.py ------------------
 
 # ---- the client side on a loop thread ----------------------------------------------------------
 

@@ -5,7 +5,6 @@ representative, the others run with `-m slow`."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,57 +20,12 @@ from safetensors.torch import load_file
 from services.common.config import NodeEndpoint
 from services.orchestrator.records import read_steps
 from services.orchestrator.training_run import MoRRun
+from tests.service_process import ServerProcess
 
 from .conftest import DEVICE, NODES
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-
-class ServiceProcess:
-    """`mor reward-node serve` or `mor sampler serve` in its own process, restartable on the same port."""
-
-    def __init__(self, config: Path, service: str = "reward-node") -> None:
-        self.config = config
-        self.service = service
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-        self.log: list[str] = []
-
-    def start(self, timeout: float = 120) -> ServiceProcess:
-        cfg = yaml.safe_load(self.config.read_text())
-        cfg["server"]["port"] = self.port  # 0 the first time; the same port on a restart
-        self.config.write_text(yaml.safe_dump(cfg))
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", self.service, "serve", "-c", str(self.config)],
-                                     cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line and self.proc.poll() is not None:
-                break
-            self.log.append(line)
-            ready = re.search(r"serving (?:on \S+:|.* on port )(\d+)\s*$", line)  # node / sampler start line
-            if ready:
-                self.port = int(ready.group(1))
-                threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
-                return self
-        raise AssertionError("node did not start:\n" + "".join(self.log[-30:]))
-
-    def _drain(self, proc: subprocess.Popen) -> None:
-        for line in proc.stderr:  # keep the pipe from filling up; the log is there for failures
-            self.log.append(line)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-        if sig == signal.SIGKILL:
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(30)
 
 
 def node_config(tmp_path: Path, node_id: str, checkpoint: Path) -> Path:
@@ -99,7 +53,7 @@ def responded(steps, node_id: str) -> dict[int, bool]:
 
 
 def test_a_node_killed_with_sigkill_at_step_5_and_restarted_is_readmitted(stack, world_dir, rm_checkpoints, tmp_path, arun):
-    school = ServiceProcess(node_config(tmp_path, "school", rm_checkpoints["school"])).start()
+    school = ServerProcess("reward-node", node_config(tmp_path, "school", rm_checkpoints["school"])).start()
 
     async def scenario():
         async with stack() as s:
@@ -122,7 +76,7 @@ def test_a_node_killed_with_sigkill_at_step_5_and_restarted_is_readmitted(stack,
     try:
         result = arun(scenario(), timeout=600)
     finally:
-        school.stop()
+        school.kill()
 
     assert result.steps_done == 20
     answered = responded(read_steps(tmp_path / "run" / "steps.jsonl"), "school")
@@ -134,7 +88,7 @@ def test_a_node_killed_with_sigkill_at_step_5_and_restarted_is_readmitted(stack,
 
 @pytest.mark.slow
 def test_the_sampler_killed_mid_generate_and_restarted_gets_the_current_weights_first(stack, world_dir, tmp_path, arun):
-    sampler = ServiceProcess(sampler_config(tmp_path), "sampler").start()
+    sampler = ServerProcess("sampler", sampler_config(tmp_path)).start()
     versions: dict[int, int] = {}
 
     async def scenario():
@@ -162,10 +116,10 @@ def test_the_sampler_killed_mid_generate_and_restarted_gets_the_current_weights_
     try:
         result = arun(scenario(), timeout=600)
     finally:
-        sampler.stop()
+        sampler.kill()
 
     assert result.steps_done == 8
-    assert sum(" on port " in line for line in sampler.log) == 2  # killed once, started again
+    assert sampler.starts == 2  # killed once, started again
     steps = read_steps(tmp_path / "run" / "steps.jsonl")
     # every step sampled with the weights of the step before it: the restarted sampler (version 0)
     # got the latest push again before it generated anything
@@ -174,7 +128,7 @@ def test_the_sampler_killed_mid_generate_and_restarted_gets_the_current_weights_
 
 @pytest.mark.slow
 def test_a_node_frozen_past_the_deadline_is_dropped_per_step_and_never_stalls_one(stack, world_dir, rm_checkpoints, tmp_path, arun):
-    school = ServiceProcess(node_config(tmp_path, "school", rm_checkpoints["school"])).start()
+    school = ServerProcess("reward-node", node_config(tmp_path, "school", rm_checkpoints["school"])).start()
     deadline_s = 3.0
     times: dict[int, float] = {}
 
@@ -202,7 +156,7 @@ def test_a_node_frozen_past_the_deadline_is_dropped_per_step_and_never_stalls_on
     try:
         result = arun(scenario(), timeout=600)
     finally:
-        school.stop()
+        school.kill()
 
     assert result.steps_done == 8
     answered = responded(read_steps(tmp_path / "run" / "steps.jsonl"), "school")
@@ -214,7 +168,7 @@ def test_a_node_frozen_past_the_deadline_is_dropped_per_step_and_never_stalls_on
 @pytest.mark.slow
 @pytest.mark.skipif(DEVICE != "cpu", reason="bit-identical resume is promised on CPU")
 def test_the_orchestrator_killed_with_sigkill_resumes_to_bit_identical_parameters(world_dir, rm_checkpoints, tmp_path):
-    nodes = {n: ServiceProcess(node_config(tmp_path, n, rm_checkpoints[n])).start() for n in NODES}
+    nodes = {n: ServerProcess("reward-node", node_config(tmp_path, n, rm_checkpoints[n])).start() for n in NODES}
 
     def run_config(out: Path) -> Path:
         path = tmp_path / f"{out.name}.yaml"
@@ -257,7 +211,7 @@ def test_the_orchestrator_killed_with_sigkill_resumes_to_bit_identical_parameter
         assert resumed.returncode == 0, out_resumed[-3000:]
     finally:
         for p in nodes.values():
-            p.stop()
+            p.kill()
 
     # Step by step first, so that a mismatch names the step and the quantity that parted first.
     def trace(run_dir: Path) -> list[dict]:  # repr: NaN (a node that did not answer) equals itself
