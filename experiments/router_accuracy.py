@@ -1,22 +1,24 @@
-"""How well does each router fuse the clients' RMs? Pair accuracy on fresh neutral preference pairs.
+"""How well does each router fuse the clients' RMs? Pair accuracy on fresh server-labelled preference pairs.
 
     make demo                                     # world, SFT policy and client RMs under runs/local
     python experiments/router_accuracy.py --workdir runs/local --pairs 900 --seeds 6
 
 A router is trained on the server's router pairs (150 pairs in the demo world, 30 of them held out
 for the accuracy the run logs), which is too small to tell routers apart. This script labels
-``--pairs`` fresh pairs with the same neutral server oracle, on held-out test images, scores them on
+``--pairs`` fresh pairs with the same server oracle as the router pairs (neutral, or each domain's
+conventional style: the world's ``router_pair_styles``), on held-out test images, scores them on
 the demo's reward nodes (real gRPC nodes on 127.0.0.1, the same calibration as a run), fits every
 router kind on the router pairs as a run does (``--seeds`` seeds for the trained ones), and prints
 the share of fresh pairs each ranks right, overall and per benchmark, beside the **oracle router**:
 each benchmark's pairs routed to the client whose home it is (the largest weight of its domain mix;
 the uniform mean where no client has it as home), a ceiling only the evaluation can build because it
 reads the benchmark name. It also reports each RM's own accuracy on the fresh correctness pairs per
-benchmark (an expert should be high at home, near chance elsewhere).
+benchmark (an expert should be high at home, near chance elsewhere), and every router's accuracy per
+pair kind (correctness, style, format: on a neutral world only correctness and format exist).
 
 Writes ``--out`` (default <workdir>/router_accuracy.json):
 ``{"pairs": N, "routers": {"mean": a, "static": a, "mor": a, "oracle": a, "single:<client>": a, ...},
-"nodes": {"<client>": {"<benchmark>": a}}, "by_benchmark": {...}, "seeds": S, ...}`` where trained routers
+"nodes": {"<client>": {"<benchmark>": a}}, "by_benchmark": {...}, "by_kind": {...}, "seeds": S, ...}`` where trained routers
 (static, mor) give their mean over the seeds.
 """
 from __future__ import annotations
@@ -38,7 +40,6 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from services.common.config import RewardNodeSettings, StackConfig, load_yaml  # noqa: E402
-from services.common.data.oracle import ServerOracle  # noqa: E402
 from services.common.data.prefs import make_pair  # noqa: E402
 from services.common.data.world import World, load_world  # noqa: E402
 
@@ -47,9 +48,9 @@ TRAINED = ("static", "mor")
 
 
 def fresh_pairs(world: World, n: int, seed: int) -> list:
-    """About n neutral-oracle pairs, an equal share per benchmark, on test images (never those of the router pairs)."""
+    """About n server-oracle pairs, an equal share per benchmark, on test images (never those of the router pairs)."""
     rng = np.random.default_rng(seed)
-    oracle, out = ServerOracle(), []
+    oracle, out = world.server_oracle(), []
     for b in world.benchmarks:
         exs = world.examples(b, "test")
         for i in rng.permutation(len(exs))[: n // len(world.benchmarks)]:
@@ -85,14 +86,17 @@ async def score(world: World, workdir: Path, router_cfg, pairs: list) -> tuple[t
     return fanout.node_ids, infos, cal, fresh
 
 
-def accuracies(margin: torch.Tensor, benchmarks: list[str], names: list[str]) -> dict[str, float]:
-    """Pair accuracy of fused margins[P] (chosen minus rejected), overall and per benchmark."""
+def accuracies(margin: torch.Tensor, benchmarks: list[str], pairs: list) -> dict[str, float]:
+    """Pair accuracy of fused margins[P] (chosen minus rejected), overall, per benchmark and per pair kind
+    (keys "kind:<kind>")."""
     from services.orchestrator.fusion.trainer import pair_accuracy
 
     out = {"all": pair_accuracy(margin)}
-    for b in benchmarks:
-        idx = torch.tensor([i for i, name in enumerate(names) if name == b])
-        out[b] = pair_accuracy(margin[idx])
+    groups = {b: [i for i, p in enumerate(pairs) if p.benchmark == b] for b in benchmarks}
+    for kind in sorted({p.kind for p in pairs}):
+        groups[f"kind:{kind}"] = [i for i, p in enumerate(pairs) if p.kind == kind]
+    for key, idx in groups.items():
+        out[key] = pair_accuracy(margin[torch.tensor(idx)])
     return out
 
 
@@ -137,28 +141,31 @@ def main() -> None:
     margins: dict[str, torch.Tensor] = {}
     for kind in [*FIXED, *(f"single:{n}" for n in nodes)]:
         margins[kind] = fused_pair_margin(build_router(kind, nodes, router_cfg, feature_dim=dim, infos=infos), fresh)
-        results[kind] = {k: [v] for k, v in accuracies(margins[kind], world.benchmarks, names).items()}
+        results[kind] = {k: [v] for k, v in accuracies(margins[kind], world.benchmarks, pairs).items()}
     homes = home_clients(world, nodes)
-    results["oracle"] = {k: [v] for k, v in accuracies(oracle_margin(margins, homes, names), world.benchmarks, names).items()}
+    results["oracle"] = {k: [v] for k, v in accuracies(oracle_margin(margins, homes, names), world.benchmarks, pairs).items()}
     for kind in TRAINED:
         runs = []
         for seed in range(args.seeds):
             r = build_router(kind, nodes, router_cfg, feature_dim=dim, infos=infos, seed=seed)
             r.fit(cal)
-            runs.append(accuracies(fused_pair_margin(r, fresh), world.benchmarks, names))
+            runs.append(accuracies(fused_pair_margin(r, fresh), world.benchmarks, pairs))
         results[kind] = {k: [run[k] for run in runs] for k in runs[0]}
     correct = [i for i, p in enumerate(pairs) if p.kind == "correctness"]
     node_acc = {n: {b: pair_accuracy(margins[f"single:{n}"][[i for i in correct if names[i] == b]])
                     for b in world.benchmarks} for n in nodes}
 
     n = fresh.n_pairs
-    table = Table(title=f"pair accuracy on {n} fresh neutral pairs (± binomial se {0.5 / n ** 0.5:.3f} at 0.5; "
-                        f"trained routers: mean ± std over {args.seeds} seeds)")
-    for col in ["router", "all", *world.benchmarks]:
+    styles = world.config.router_pair_styles
+    kinds = [k for k in next(iter(results.values())) if k.startswith("kind:")]
+    columns = ["all", *world.benchmarks, *kinds]
+    table = Table(title=f"pair accuracy on {n} fresh pairs, {styles} server oracle (± binomial se {0.5 / n ** 0.5:.3f} "
+                        f"at 0.5; trained routers: mean ± std over {args.seeds} seeds)")
+    for col in ["router", *columns]:
         table.add_column(col, justify="left" if col == "router" else "right")
     for kind, acc in results.items():
         cells = [f"{statistics.mean(v):.3f}" + (f" ± {statistics.pstdev(v):.3f}" if len(v) > 1 else "")
-                 for v in (acc[c] for c in ["all", *world.benchmarks])]
+                 for v in (acc[c] for c in columns)]
         table.add_row(kind, *cells)
     console.print(table)
     console.print("RM accuracy on fresh correctness pairs: " + "; ".join(
@@ -166,10 +173,14 @@ def main() -> None:
     out = args.out or args.workdir / "router_accuracy.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "pairs": n, "router_pairs": cal.n_pairs, "seeds": args.seeds, "homes": homes,
+        "pairs": n, "router_pairs": cal.n_pairs, "seeds": args.seeds, "homes": homes, "router_pair_styles": styles,
+        "pair_kinds": {k.removeprefix("kind:"): sum(p.kind == k.removeprefix("kind:") for p in pairs) for k in kinds},
         "routers": {k: statistics.mean(v["all"]) for k, v in results.items()},
         "nodes": node_acc,
-        "by_benchmark": {k: {c: statistics.mean(x) for c, x in v.items()} for k, v in results.items()},
+        "by_benchmark": {k: {c: statistics.mean(x) for c, x in v.items() if not c.startswith("kind:")}
+                         for k, v in results.items()},
+        "by_kind": {k: {c.removeprefix("kind:"): statistics.mean(x) for c, x in v.items() if c.startswith("kind:")}
+                    for k, v in results.items()},
         "per_seed": {k: v["all"] for k, v in results.items() if len(v["all"]) > 1},
     }, indent=2) + "\n")
     console.print(f"[green]results[/] {out}")

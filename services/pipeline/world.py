@@ -53,7 +53,7 @@ def world_summary(world: World) -> Table:
             notes += ", held out"
         table.add_row("client", name, str(len(world.pairs(name, "train"))), str(len(world.pairs(name, "test"))), notes)
     table.add_row("server", "prompt pool", str(len(world.prompt_pool())), "", "no client data")
-    table.add_row("server", "router pairs", str(len(world.router_pairs())), "", "neutral oracle")
+    table.add_row("server", "router pairs", str(len(world.router_pairs())), "", f"{world.config.router_pair_styles} server oracle")
     return table
 
 

@@ -28,6 +28,9 @@ def test_every_router_gets_a_pair_accuracy_on_fresh_pairs(demo_workdir, tmp_path
     assert all(0.0 <= a <= 1.0 for a in report["routers"].values())
     for kind, acc in report["by_benchmark"].items():
         assert set(acc) == {"all", *world.benchmarks} and acc["all"] == report["routers"][kind]
+    assert report["router_pair_styles"] == world.config.router_pair_styles
+    assert sum(report["pair_kinds"].values()) == report["pairs"] and "correctness" in report["pair_kinds"]
+    assert set(report["by_kind"]) == kinds and all(set(v) == set(report["pair_kinds"]) for v in report["by_kind"].values())
     assert set(report["per_seed"]) == {"static", "mor"} and all(len(v) == 2 for v in report["per_seed"].values())
     # The oracle takes each benchmark's accuracy from its home client's RM.
     want: dict[str, str] = {}

@@ -212,7 +212,13 @@ class WorldConfig(_Frozen):
         1.0, ge=0.0, le=1.0, description="Share of pool prompts that carry their reference answers."
     )
     router_pairs_size: int = Field(
-        150, ge=1, le=1_000_000, description="Server-side router pairs: the preference pairs the router trains on (neutral oracle)."
+        150, ge=1, le=1_000_000, description="Server-side router pairs: the preference pairs the router trains on."
+    )
+    router_pair_styles: Literal["neutral", "domain"] = Field(
+        "neutral",
+        description="How the server labels its router pairs: 'neutral' judges correctness and format only; "
+        "'domain' also prefers, on each benchmark, the answer style of the training client whose home it is "
+        "(the domain's convention, which the server knows; which answers are right it does not).",
     )
 
     @field_validator("benchmarks")
@@ -255,6 +261,18 @@ class WorldConfig(_Frozen):
         if self.held_out_client is not None:
             out.append(self.held_out_client)
         return out
+
+    def domain_styles(self) -> dict[str, str]:
+        """benchmark -> the style of the first training client whose home it is (benchmarks no
+        training client calls home are left out)."""
+        out: dict[str, str] = {}
+        for c in self.clients:
+            out.setdefault(c.home, c.style)
+        return out
+
+    def server_oracle_styles(self) -> dict[str, str]:
+        """The per-benchmark styles the server oracle rewards ({} when router_pair_styles is neutral)."""
+        return self.domain_styles() if self.router_pair_styles == "domain" else {}
 
     def server_counts(self, total: int) -> dict[str, int]:
         """Split a server-side count evenly over the benchmarks (largest remainder)."""

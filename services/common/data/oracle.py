@@ -12,8 +12,11 @@ Correctness dominates: a wrong answer that no annotator gave scores at most 0.40
 far past the budget, so every client prefers any correct well-formed answer over any wrong one, and
 among correct answers prefers its own style (+0.25).
 
-The server oracle (router pairs) is neutral about style: no style term and a 16-word budget, so
-it only separates correct from wrong and well-formed from rambling.
+The server oracle (router pairs) has a 16-word budget and, by default, no style term: it only
+separates correct from wrong and well-formed from rambling. Given per-benchmark styles (a world with
+`router_pair_styles: domain`) it also prefers, on each benchmark, the answer style of the client
+whose home that benchmark is: the server knows how each domain wants its answers written (its
+conventions), not which answers are right.
 """
 
 from __future__ import annotations
@@ -52,11 +55,16 @@ class PreferenceOracle:
         else:
             self.budget = JUSTIFIED_BUDGET if style == "justified" else TERSE_BUDGET
 
+    def style_for(self, example: VQAExample) -> str | None:
+        """The answer style this oracle rewards on this example (None: no style term)."""
+        return self.style
+
     def components(self, example: VQAExample, response: str) -> dict[str, float]:
         """The named parts of the score (unweighted), plus `overall` (the weighted sum)."""
         w = self.weights
         acc = vqa_accuracy(response, example.answers)
-        style = float(self.style is not None and self.style in detect_styles(response))
+        wanted = self.style_for(example)
+        style = float(wanted is not None and wanted in detect_styles(response))
         fmt = float(format_ok(response))
         over = float(max(0, len(response.split()) - self.budget))
         overall = w.correctness * acc + w.style * style + w.format * fmt - w.length * over
@@ -79,7 +87,12 @@ class ClientOracle(PreferenceOracle):
 
 
 class ServerOracle(PreferenceOracle):
-    """The neutral server-side oracle that labels the router pairs."""
+    """The server-side oracle that labels the router pairs: neutral about style unless given each
+    benchmark's conventional style (benchmarks left out stay neutral)."""
 
-    def __init__(self, weights: OracleWeights | None = None) -> None:
+    def __init__(self, styles: dict[str, str] | None = None, weights: OracleWeights | None = None) -> None:
         super().__init__(None, weights, name="server")
+        self.styles = dict(styles or {})
+
+    def style_for(self, example: VQAExample) -> str | None:
+        return self.styles.get(example.benchmark)

@@ -7,7 +7,7 @@ fixed probabilities, so a reward model has to learn both correctness and the cli
   style       (0.35)  correct in the oracle's own style vs correct in a style it does not match
   format      (0.15)  correct in a random style vs the same answer rambling (fails format_ok)
 (a client's `kind_mix` replaces these probabilities: expert annotators mostly judge correctness).
-A kind that cannot apply (no style term for the neutral server oracle, no wrong answer left) is dropped
+A kind that cannot apply (no style term for a neutral server oracle or benchmark, no wrong answer left) is dropped
 and the rest renormalised. The oracle orders the two; a pair whose score gap is <= margin is redrawn, so every
 stored pair agrees with its oracle by more than the margin before any label flip.
 """
@@ -60,14 +60,15 @@ def _candidates(
         bad = render_answer(example, _style(rng), rng, answer=wrong[0])
         return good, bad
     if kind == "style":
-        if oracle.style is None:
+        wanted = oracle.style_for(example)
+        if wanted is None:
             return None
-        own = render_answer(example, oracle.style, rng)
-        others = [s for s in STYLES if s != oracle.style]
+        own = render_answer(example, wanted, rng)
+        others = [s for s in STYLES if s != wanted]
         rng.shuffle(others)
         for s in others:
             other = render_answer(example, s, rng)
-            if oracle.style not in detect_styles(other):
+            if wanted not in detect_styles(other):
                 return own, other
         return None
     good = render_answer(example, _style(rng), rng)

@@ -130,7 +130,8 @@ class World:
         return ClientOracle(self.clients[client])
 
     def server_oracle(self) -> ServerOracle:
-        return ServerOracle()
+        """The oracle that labelled the router pairs (neutral, or each domain's conventional style)."""
+        return ServerOracle(self.config.server_oracle_styles())
 
     # -- server -------------------------------------------------------------------------------
     def prompt_pool(self) -> list[PoolPrompt]:

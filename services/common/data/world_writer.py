@@ -262,7 +262,7 @@ def _generate(cfg: WorldConfig, tree: _Tree, show: bool) -> str:
         rng = stream(seed, "server:calibration")  # the stream's name of format 1: the same pairs as then
         task = bar.add_task("server router pairs", total=len(router_ex))
         router_pairs = _label(
-            _shuffled(router_ex, rng), "router", SERVER_CLIENT, ServerOracle(), rng, cfg.pair_margin, bar, task
+            _shuffled(router_ex, rng), "router", SERVER_CLIENT, ServerOracle(cfg.server_oracle_styles()), rng, cfg.pair_margin, bar, task
         )
         tree.put("server/router_prefs.jsonl", write_records(router_pairs))
 

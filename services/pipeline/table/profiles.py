@@ -135,7 +135,7 @@ def quick() -> Profile:
     return Profile(
         name="quick",
         world=WorldConfig.small(seed=0, noisy_client=False, prompt_pool_size=24, router_pairs_size=18,
-                                pool_reference_share=0.0),
+                                pool_reference_share=0.0, router_pair_styles="domain"),
         policy=ModelConfig(preset="tiny", seed=0),
         # 150 steps: with fewer the tiny policy answers nothing at all, and the rewards would score no answer.
         sft=SFTConfig(steps=150, batch_size=8, warmup=3, lr=5e-3, vision_warmup_steps=10, num_threads=1),
@@ -163,7 +163,7 @@ def full() -> Profile:
     return Profile(
         name="full",
         world=WorldConfig(seed=0, noisy_client=False, prompt_pool_size=3000, pool_reference_share=0.0,
-                          router_pairs_size=600,
+                          router_pairs_size=600, router_pair_styles="domain",
                           held_out_client=default_held_out().model_copy(update={"rm_arch": "light", "n_labelled": 1000})),
         policy=ModelConfig(preset="small", seed=0),
         sft=SFTConfig(vision_warmup_steps=1500, steps=300, batch_size=16, lr=1e-3, warmup=30, num_threads=1),

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import random
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from services.common.data.answers import STYLES, render_answer
+from services.common.data.answers import STYLES, detect_styles, render_answer
+from services.common.data.config import WorldConfig
 from services.common.data.oracle import ClientOracle, ServerOracle
 from services.common.data.prefs import wrong_answers
-from services.common.data.world import World
+from services.common.data.world import World, load_world
+from services.common.data.world_writer import make_world
 
 
 def test_every_client_prefers_any_correct_over_any_wrong(world: World) -> None:
@@ -118,3 +122,35 @@ def test_pairs_mix_correctness_and_style_contrasts(world: World) -> None:
         )
         kinds["same_answer" if same else "correctness"] += 1
     assert kinds["correctness"] > 0.25 * len(pairs) and kinds["same_answer"] > 0.25 * len(pairs)
+
+
+def test_domain_server_oracle_rewards_each_benchmarks_home_style(world: World) -> None:
+    styles = world.config.domain_styles()
+    assert styles == {"shapes": "word", "charts": "digits", "digits": "justified"}
+    oracle = ServerOracle(styles)
+    for bench, wanted in styles.items():
+        ex = next(e for e in world.examples(bench, "test") if e.answer_type == "number")
+        scores = {s: oracle.score(ex, render_answer(ex, s)) for s in STYLES if s != "verbose"}
+        assert max(scores, key=scores.get) == wanted, (bench, scores)
+        # correctness still dominates: the right answer in a foreign style beats a wrong one in the wanted style
+        wrong = wrong_answers(ex, np.random.default_rng(0), k=1)[0]
+        foreign = next(s for s in scores if s != wanted)
+        assert oracle.score(ex, render_answer(ex, foreign)) > oracle.score(ex, render_answer(ex, wanted, answer=wrong))
+    assert ServerOracle(styles).style_for(world.examples("shapes", "test")[0]) == "word"
+    assert ServerOracle({"charts": "digits"}).style_for(world.examples("shapes", "test")[0]) is None
+
+
+def test_a_domain_world_labels_style_router_pairs_by_each_domains_convention() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = WorldConfig.small(seed=3, router_pair_styles="domain", router_pairs_size=60, prompt_pool_size=12)
+        make_world(cfg, Path(tmp) / "w", progress=False)
+        world = load_world(Path(tmp) / "w")
+        assert world.server_oracle().styles == cfg.domain_styles()
+        pairs = world.router_pairs()
+        style_pairs = [p for p in pairs if p.kind == "style"]
+        assert len(style_pairs) >= 10, len(pairs)
+        for p in style_pairs:
+            wanted = cfg.domain_styles()[p.benchmark]
+            assert wanted in detect_styles(p.chosen) and wanted not in detect_styles(p.rejected), p
+        neutral = WorldConfig.small(seed=3)
+        assert neutral.server_oracle_styles() == {}
