@@ -18,8 +18,9 @@ pair kind (correctness, style, format: on a neutral world only correctness and f
 
 Writes ``--out`` (default <workdir>/router_accuracy.json):
 ``{"pairs": N, "routers": {"mean": a, "static": a, "mor": a, "oracle": a, "single:<client>": a, ...},
-"nodes": {"<client>": {"<benchmark>": a}}, "by_benchmark": {...}, "by_kind": {...}, "seeds": S, ...}`` where trained routers
-(static, mor) give their mean over the seeds.
+"nodes": {"<client>": {"<benchmark>": a}}, "by_benchmark": {...}, "by_kind": {...}, "seeds": S,
+"mor_minus": {"<router>": {"diff": d, "se": se}}, ...}`` where trained routers (static, mor) give their mean over
+the seeds, and mor_minus is mor's per-pair credit minus each other router's with its paired standard error.
 """
 from __future__ import annotations
 
@@ -100,6 +101,20 @@ def accuracies(margin: torch.Tensor, benchmarks: list[str], pairs: list) -> dict
     return out
 
 
+def hits(margin: torch.Tensor) -> torch.Tensor:
+    """Per-pair credit of a fused margin: 1 right, 0 wrong, 0.5 a tie (pair_accuracy is its mean)."""
+    return (margin > 0).float() + 0.5 * (margin == 0).float()
+
+
+def paired_against(mine: torch.Tensor, others: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Mean per-pair difference mine - other, with its paired standard error over the pairs."""
+    out = {}
+    for kind, other in others.items():
+        d = mine - other
+        out[kind] = {"diff": float(d.mean()), "se": float(d.std(unbiased=True) / len(d) ** 0.5)}
+    return out
+
+
 def home_clients(world: World, nodes: tuple[str, ...]) -> dict[str, str]:
     """benchmark -> the client whose home it is (largest domain weight, the first such client)."""
     out: dict[str, str] = {}
@@ -139,18 +154,26 @@ def main() -> None:
     names, dim = [p.benchmark for p in pairs], int(cal.features.shape[1])
     results: dict[str, dict] = {}
     margins: dict[str, torch.Tensor] = {}
+    credit: dict[str, torch.Tensor] = {}  # per-pair credit (trained routers: mean over seeds)
     for kind in [*FIXED, *(f"single:{n}" for n in nodes)]:
         margins[kind] = fused_pair_margin(build_router(kind, nodes, router_cfg, feature_dim=dim, infos=infos), fresh)
         results[kind] = {k: [v] for k, v in accuracies(margins[kind], world.benchmarks, pairs).items()}
+        credit[kind] = hits(margins[kind])
     homes = home_clients(world, nodes)
-    results["oracle"] = {k: [v] for k, v in accuracies(oracle_margin(margins, homes, names), world.benchmarks, pairs).items()}
+    oracle = oracle_margin(margins, homes, names)
+    results["oracle"] = {k: [v] for k, v in accuracies(oracle, world.benchmarks, pairs).items()}
+    credit["oracle"] = hits(oracle)
     for kind in TRAINED:
-        runs = []
+        runs, seed_hits = [], []
         for seed in range(args.seeds):
             r = build_router(kind, nodes, router_cfg, feature_dim=dim, infos=infos, seed=seed)
             r.fit(cal)
-            runs.append(accuracies(fused_pair_margin(r, fresh), world.benchmarks, pairs))
+            m = fused_pair_margin(r, fresh)
+            runs.append(accuracies(m, world.benchmarks, pairs))
+            seed_hits.append(hits(m))
         results[kind] = {k: [run[k] for run in runs] for k in runs[0]}
+        credit[kind] = torch.stack(seed_hits).mean(0)
+    paired = paired_against(credit["mor"], {k: v for k, v in credit.items() if k != "mor"})
     correct = [i for i, p in enumerate(pairs) if p.kind == "correctness"]
     node_acc = {n: {b: pair_accuracy(margins[f"single:{n}"][[i for i in correct if names[i] == b]])
                     for b in world.benchmarks} for n in nodes}
@@ -168,6 +191,8 @@ def main() -> None:
                  for v in (acc[c] for c in columns)]
         table.add_row(kind, *cells)
     console.print(table)
+    console.print("mor minus each router, per pair (± paired se over the pairs): " + "; ".join(
+        f"{k} {v['diff']:+.3f} ± {v['se']:.3f}" for k, v in paired.items()))
     console.print("RM accuracy on fresh correctness pairs: " + "; ".join(
         f"{n} " + " ".join(f"{b} {a:.3f}" for b, a in node_acc[n].items()) for n in nodes))
     out = args.out or args.workdir / "router_accuracy.json"
@@ -182,6 +207,7 @@ def main() -> None:
         "by_kind": {k: {c.removeprefix("kind:"): statistics.mean(x) for c, x in v.items() if c.startswith("kind:")}
                     for k, v in results.items()},
         "per_seed": {k: v["all"] for k, v in results.items() if len(v["all"]) > 1},
+        "mor_minus": paired,
     }, indent=2) + "\n")
     console.print(f"[green]results[/] {out}")
 

@@ -31,6 +31,9 @@ def test_every_router_gets_a_pair_accuracy_on_fresh_pairs(demo_workdir, tmp_path
     assert report["router_pair_styles"] == world.config.router_pair_styles
     assert sum(report["pair_kinds"].values()) == report["pairs"] and "correctness" in report["pair_kinds"]
     assert set(report["by_kind"]) == kinds and all(set(v) == set(report["pair_kinds"]) for v in report["by_kind"].values())
+    assert set(report["mor_minus"]) == kinds - {"mor"} and all(v["se"] >= 0 for v in report["mor_minus"].values())
+    for kind, v in report["mor_minus"].items():  # the paired mean difference is the difference of the accuracies
+        assert v["diff"] == pytest.approx(report["routers"]["mor"] - report["routers"][kind], abs=1e-6)
     assert set(report["per_seed"]) == {"static", "mor"} and all(len(v) == 2 for v in report["per_seed"].values())
     # The oracle takes each benchmark's accuracy from its home client's RM.
     want: dict[str, str] = {}
