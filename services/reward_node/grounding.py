@@ -11,9 +11,12 @@ read answers of any style against the image; the Bradley-Terry stage that follow
 organisation's taste. Nothing of it leaves the node: the examples are read from its data folder
 and only the trained weights are kept.
 
-Candidate answers of an example: its majority reference answer (correct) and the distinct majority
+Candidate answers of an example: its majority reference answer (correct), the distinct majority
 answers of the node's other labelled examples of the same question type (the generator's `qtype`
-in `meta` where present, else the question text), at most ``max_negatives`` of them.
+in `meta` where present, else the question text), at most ``max_negatives`` of them, and up to
+``max_foreign`` answers of *other* question types ("odd" to "what digit is shown?"). Without the
+foreign ones an RM never saw an answer that does not fit its question, scored it as it liked, and
+a policy trained on it learned to answer every digits question with "odd" (full table, seed 2).
 """
 from __future__ import annotations
 
@@ -49,7 +52,9 @@ def _qtype_key(ex: VQAExample) -> str:
     return ex.qtype if ex.qtype is not None else ex.question
 
 
-def candidate_set(examples: Sequence[VQAExample], seed: int, max_negatives: int = 9) -> GroundingSet:
+def candidate_set(
+    examples: Sequence[VQAExample], seed: int, max_negatives: int = 9, max_foreign: int = 3
+) -> GroundingSet:
     """Every example's correct answer and its negatives, each rendered in a random style (seeded)."""
     rng = np.random.default_rng(seed)
     answers: dict[str, dict[str, str]] = defaultdict(dict)  # qtype key -> normalised -> surface form
@@ -66,7 +71,13 @@ def candidate_set(examples: Sequence[VQAExample], seed: int, max_negatives: int 
         if len(wrong) > max_negatives:
             wrong = [wrong[int(i)] for i in sorted(rng.choice(len(wrong), size=max_negatives, replace=False))]
         if not wrong:
-            continue  # nothing to tell the correct answer from
+            continue  # nothing of its kind to tell the correct answer from
+        own = answers[_qtype_key(ex)]
+        foreign = sorted({n: a for key, other in answers.items() if key != _qtype_key(ex)
+                          for n, a in other.items() if n not in own}.items())
+        if foreign and max_foreign > 0:
+            picks = rng.choice(len(foreign), size=min(max_foreign, len(foreign)), replace=False)
+            wrong += [foreign[int(i)][1] for i in sorted(picks)]
         for ans in [correct, *wrong]:
             prompts.append(ex.question)
             keys.append(ex.image)

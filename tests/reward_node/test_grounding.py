@@ -17,7 +17,7 @@ from services.reward_node.train import accuracy_by
 def test_candidates_put_the_correct_answer_first_and_negatives_of_the_same_question_type(world_dir: Path) -> None:
     examples = load_world(world_dir).labelled("school")
     assert examples, "the modest world gives every training client labelled examples"
-    gset = candidate_set(examples, seed=0, max_negatives=3)
+    gset = candidate_set(examples, seed=0, max_negatives=3, max_foreign=0)
     # An example whose question type has one answer in the data has nothing to be told from: skipped.
     assert 0.8 * len(examples) <= gset.n_examples <= len(examples) and gset.starts[-1] == len(gset.responses)
     by_id = {ex.image: ex for ex in examples}
@@ -29,7 +29,28 @@ def test_candidates_put_the_correct_answer_first_and_negatives_of_the_same_quest
         assert 1 <= len(said) - 1 <= 3 and said[0] not in said[1:]
         assert {gset.prompts[r] for r in rows} == {ex.question}
     # The same seed gives the same rendering (styles are drawn from it).
-    assert candidate_set(examples, seed=0, max_negatives=3) == gset
+    assert candidate_set(examples, seed=0, max_negatives=3, max_foreign=0) == gset
+
+
+def test_candidates_add_answers_of_other_question_types(world_dir: Path) -> None:
+    examples = load_world(world_dir).labelled("school")
+    by_type: dict[str, set[str]] = {}
+    for ex in examples:
+        by_type.setdefault(ex.qtype, set()).add(normalize_answer(majority_answer(ex.answers)))
+    assert len(by_type) >= 2
+    gset = candidate_set(examples, seed=0, max_negatives=3, max_foreign=2)
+    by_id = {ex.image: ex for ex in examples}
+    seen_foreign = 0
+    for i in range(gset.n_examples):
+        rows = range(gset.starts[i], gset.starts[i + 1])
+        ex = by_id[gset.image_keys[rows[0]]]
+        said = [normalize_answer(extract_answer(gset.responses[r])) for r in rows]
+        foreign = [a for a in said[1:] if a not in by_type[ex.qtype]]
+        assert said[0] == normalize_answer(majority_answer(ex.answers)) and said[0] not in said[1:]
+        assert len(foreign) <= 2 and len(said) - 1 - len(foreign) <= 3
+        assert all(any(a in answers for t, answers in by_type.items() if t != ex.qtype) for a in foreign)
+        seen_foreign += len(foreign)
+    assert seen_foreign >= gset.n_examples  # most examples get both foreign answers
 
 
 def test_grounding_teaches_the_rm_to_rank_the_correct_answer_first(world_dir: Path) -> None:
