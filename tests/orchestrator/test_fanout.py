@@ -158,7 +158,7 @@ def test_a_node_down_at_start_is_unhealthy_not_fatal_and_joins_later(arun, nodes
     async def scenario() -> tuple[dict, FanoutResult, FanoutResult]:
         async with nodes({"fb1": offset(0.0), "fb2": offset(5.0)}) as running:
             await running[1].stop()
-            async with RewardFanout([n.endpoint() for n in running], FanoutSection(health_timeout_s=0.5)) as fan:
+            async with RewardFanout([n.endpoint() for n in running], FanoutSection(health_timeout_s=10.0)) as fan:
                 health = dict(fan.healthy)
                 first = await fan.score(numbered([1]))
                 await running[1].start()
