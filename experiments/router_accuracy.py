@@ -101,11 +101,6 @@ def accuracies(margin: torch.Tensor, benchmarks: list[str], pairs: list) -> dict
     return out
 
 
-def hits(margin: torch.Tensor) -> torch.Tensor:
-    """Per-pair credit of a fused margin: 1 right, 0 wrong, 0.5 a tie (pair_accuracy is its mean)."""
-    return (margin > 0).float() + 0.5 * (margin == 0).float()
-
-
 def paired_against(mine: torch.Tensor, others: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """Mean per-pair difference mine - other, with its paired standard error over the pairs."""
     out = {}
@@ -149,7 +144,7 @@ def main() -> None:
     console.print(f"scoring {len(world.router_pairs()[: router_cfg.pairs])} router pairs and "
                   f"{len(pairs)} fresh pairs on {len(world.training_clients())} nodes")
     nodes, infos, cal, fresh = asyncio.run(score(world, args.workdir, router_cfg, pairs))
-    from services.orchestrator.fusion.trainer import fused_pair_margin, pair_accuracy
+    from services.orchestrator.fusion.trainer import fused_pair_margin, pair_accuracy, pair_credit
 
     names, dim = [p.benchmark for p in pairs], int(cal.features.shape[1])
     results: dict[str, dict] = {}
@@ -158,11 +153,11 @@ def main() -> None:
     for kind in [*FIXED, *(f"single:{n}" for n in nodes)]:
         margins[kind] = fused_pair_margin(build_router(kind, nodes, router_cfg, feature_dim=dim, infos=infos), fresh)
         results[kind] = {k: [v] for k, v in accuracies(margins[kind], world.benchmarks, pairs).items()}
-        credit[kind] = hits(margins[kind])
+        credit[kind] = pair_credit(margins[kind])
     homes = home_clients(world, nodes)
     oracle = oracle_margin(margins, homes, names)
     results["oracle"] = {k: [v] for k, v in accuracies(oracle, world.benchmarks, pairs).items()}
-    credit["oracle"] = hits(oracle)
+    credit["oracle"] = pair_credit(oracle)
     for kind in TRAINED:
         runs, seed_hits = [], []
         for seed in range(args.seeds):
@@ -170,7 +165,7 @@ def main() -> None:
             r.fit(cal)
             m = fused_pair_margin(r, fresh)
             runs.append(accuracies(m, world.benchmarks, pairs))
-            seed_hits.append(hits(m))
+            seed_hits.append(pair_credit(m))
         results[kind] = {k: [run[k] for run in runs] for k in runs[0]}
         credit[kind] = torch.stack(seed_hits).mean(0)
     paired = paired_against(credit["mor"], {k: v for k, v in credit.items() if k != "mor"})

@@ -61,6 +61,7 @@ def candidate_set(
     for ex in examples:
         a = majority_answer(ex.answers)
         answers[_qtype_key(ex)].setdefault(normalize_answer(a), a)
+    every = sorted({n: a for known in answers.values() for n, a in known.items()}.items())
     prompts: list[str] = []
     keys: list[str] = []
     responses: list[str] = []
@@ -73,8 +74,7 @@ def candidate_set(
         if not wrong:
             continue  # nothing of its kind to tell the correct answer from
         own = answers[_qtype_key(ex)]
-        foreign = sorted({n: a for key, other in answers.items() if key != _qtype_key(ex)
-                          for n, a in other.items() if n not in own}.items())
+        foreign = [(n, a) for n, a in every if n not in own]  # answers of other question types only
         if foreign and max_foreign > 0:
             picks = rng.choice(len(foreign), size=min(max_foreign, len(foreign)), replace=False)
             wrong += [foreign[int(i)][1] for i in sorted(picks)]

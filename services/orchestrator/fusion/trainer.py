@@ -101,11 +101,16 @@ def bt_loss(margin: torch.Tensor) -> torch.Tensor:
     return -torch.nn.functional.logsigmoid(margin).mean()
 
 
+def pair_credit(margin: torch.Tensor) -> torch.Tensor:
+    """Per-pair credit of fused margins: 1 right (margin > 0), 0 wrong, one half for a tie."""
+    return (margin > 0).float() + 0.5 * (margin == 0).float()
+
+
 def pair_accuracy(margin: torch.Tensor) -> float:
-    """Share of pairs with margin > 0, ties counting one half (NaN for no pairs)."""
+    """Share of pairs with margin > 0, ties counting one half (NaN for no pairs): the mean pair credit."""
     if margin.numel() == 0:
         return float("nan")
-    return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
+    return float(pair_credit(margin).mean())
 
 
 def logit_margin(logits: torch.Tensor, data: ScoredRouterPairs) -> torch.Tensor:
@@ -232,5 +237,5 @@ async def score_router_pairs(
     return ScoredRouterPairs(features, z[:, 0::2], z[:, 1::2], mask[:, 0::2] & mask[:, 1::2])
 
 
-__all__ = ["LogitRouter", "bt_loss", "fused_pair_margin", "pair_accuracy", "router_margin", "score_router_pairs",
+__all__ = ["LogitRouter", "bt_loss", "fused_pair_margin", "pair_accuracy", "pair_credit", "router_margin", "score_router_pairs",
            "split_pairs", "train_bradley_terry"]

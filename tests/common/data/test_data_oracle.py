@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -140,17 +139,16 @@ def test_domain_server_oracle_rewards_each_benchmarks_home_style(world: World) -
     assert ServerOracle({"charts": "digits"}).style_for(world.examples("shapes", "test")[0]) is None
 
 
-def test_a_domain_world_labels_style_router_pairs_by_each_domains_convention() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = WorldConfig.small(seed=3, router_pair_styles="domain", router_pairs_size=60, prompt_pool_size=12)
-        make_world(cfg, Path(tmp) / "w", progress=False)
-        world = load_world(Path(tmp) / "w")
-        assert world.server_oracle().styles == cfg.domain_styles()
-        pairs = world.router_pairs()
-        style_pairs = [p for p in pairs if p.kind == "style"]
-        assert len(style_pairs) >= 10, len(pairs)
-        for p in style_pairs:
-            wanted = cfg.domain_styles()[p.benchmark]
-            assert wanted in detect_styles(p.chosen) and wanted not in detect_styles(p.rejected), p
-        neutral = WorldConfig.small(seed=3)
-        assert neutral.server_oracle_styles() == {}
+def test_a_domain_world_labels_style_router_pairs_by_each_domains_convention(tmp_path: Path) -> None:
+    cfg = WorldConfig.small(seed=3, router_pair_styles="domain", router_pairs_size=60, prompt_pool_size=12)
+    make_world(cfg, tmp_path / "w", progress=False)
+    world = load_world(tmp_path / "w")
+    assert world.server_oracle().styles == cfg.domain_styles()
+    pairs = world.router_pairs()
+    style_pairs = [p for p in pairs if p.kind == "style"]
+    assert len(style_pairs) >= 10, len(pairs)
+    for p in style_pairs:
+        wanted = cfg.domain_styles()[p.benchmark]
+        assert wanted in detect_styles(p.chosen) and wanted not in detect_styles(p.rejected), p
+    neutral = WorldConfig.small(seed=3)
+    assert neutral.server_oracle_styles() == {}
