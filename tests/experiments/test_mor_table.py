@@ -147,6 +147,27 @@ def test_verifiable_row_runs_in_a_world_with_references_and_the_same_client_data
     assert results["summary"]["main"]["methods"]["mor_rules"]["agg"]["acc_mean"]["mean"] >= 0
 
 
+def test_reward_weights_of_each_row_follow_its_method(tmp_path):
+    from services.common.config import NodeEndpoint
+    from services.pipeline.table.jobs import JobInputs, RunJob, run_config
+    from services.pipeline.table.prepare import Workspace
+
+    p = quick()
+    node = [NodeEndpoint(node_id="bank", address="127.0.0.1:1")]
+
+    def hybrid(m: str) -> dict:
+        job = RunJob("main", method(m).world, m, 0, 2)
+        return run_config(JobInputs(job, p, Workspace(tmp_path)), node, tmp_path / m).hybrid.model_dump()
+
+    assert hybrid("mor")["rm_weight"] == 1.0 and hybrid("mor")["accuracy_weight"] == 0.0
+    assert hybrid("mor_rules")["rm_weight"] == 1.0 and hybrid("mor_rules")["accuracy_weight"] == p.verifiable_accuracy_weight
+    # The RL ceiling: the same exact-match reward with the RMs weighed 0, in the world with references.
+    ceiling = hybrid("verifiable")
+    assert ceiling["rm_weight"] == 0.0 and ceiling["accuracy_weight"] == p.verifiable_accuracy_weight
+    assert method("verifiable").world == "verifiable"
+    assert hybrid("mor_norules")["format_weight"] == 0.0
+
+
 def test_oracle_homes_are_each_benchmarks_expert():
     from types import SimpleNamespace
 

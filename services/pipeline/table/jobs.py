@@ -80,6 +80,8 @@ def run_config(inputs: JobInputs, endpoints: list[NodeEndpoint], out: Path) -> R
     hybrid = dict(p.hybrid) if m.rules else {**p.hybrid, "format_weight": 0.0, "accuracy_weight": 0.0}
     if m.verifiable:
         hybrid["accuracy_weight"] = p.verifiable_accuracy_weight
+    if not m.rm_reward:
+        hybrid["rm_weight"] = 0.0
     router: dict[str, Any] = {**p.router, "kind": m.router}
     if m.router == "oracle":
         router["homes"] = home_nodes(load_world(inputs.ws.world_dir(job.world)), [e.node_id for e in endpoints])
