@@ -163,8 +163,8 @@ def full() -> Profile:
     The world, SFT and RM training are examples/local.yaml's (clients are domain experts, the pool
     has no reference answers); the GRPO budget is smaller than the demo's (60 steps of 16 prompts x 8
     answers instead of 80) so that 39 main runs and the claims fit in about 90 minutes on 2 cores
-    when the reward models are cached. The held-out client of the adaptability claim uses a light RM (a VLM RM does not train
-    in that time on CPU)."""
+    when the reward models are cached. The held-out client of the adaptability claim uses a light RM
+    (a VLM RM does not train in that time on CPU)."""
     return Profile(
         name="full",
         world=WorldConfig(seed=0, noisy_client=False, prompt_pool_size=3000, pool_reference_share=0.0,
@@ -175,8 +175,9 @@ def full() -> Profile:
         rm_train={"grounding_epochs": 24, "epochs": 6, "batch_size": 32, "lr": 1e-3},
         client_rm_kinds="spec",
         fedavg_rounds=3, fedavg_local_epochs=2,
-        # Every weight trains (lora: false) at 5e-5: at the LoRA default of 1e-3 every RM row fell below the SFT
-        # start, and even the exact-match reward alone did (0.485 / 0.457 on two seeds, SFT 0.487).
+        # Every weight trains (lora: false) at 5e-5. With LoRA at 1e-3 (the setting before) every RM row fell
+        # below the SFT start, and so did the exact-match reward alone (0.485 / 0.457 on two seeds at 60 x 16,
+        # SFT 0.487; experiments/grpo_settings.py).
         grpo={"steps": 60, "prompts_per_step": 16, "group_size": 8, "lr": 5e-5, "lora": False, "beta": 0.04,
               "temperature": 0.3, "scale_rewards": "batch"},
         router={"train_steps": 200, "pairs": 600},
