@@ -98,32 +98,40 @@ def test_claim_sections_hold_their_numbers(table):
     assert set(w) == {"0.0", "0.4"} and all(0.0 <= w[x][k]["mean"] <= 1.0 for x in w for k in ("all", "home"))
     assert "Router weight on bank" in md
     ad = s["adaptability"]
-    assert ad["client"] == "lab" and ad["n"] == 1
+    assert ad["client"] == "bank" and ad["others"] == ["clinic", "school"] and ad["benchmark"] == "charts"
+    assert ad["n"] == 1 and 0.0 <= ad["seeds"]["0"]["domain_acc_end"] <= 1.0
+    assert "the `charts` expert, joins mid-run" in md
     assert "Generalisation" in md and "Robustness" in md and "adaptability" in md
 
 
-def test_the_held_out_client_joins_the_adaptability_run_only(table):
+def test_the_uncovered_benchmarks_expert_joins_the_adaptability_run_only(table):
     _, results, _ = table
     join, control = results["jobs"]["adapt/mor/s0"], results["jobs"]["adapt_control/mor/s0"]
     step = quick().claims.adapt_join_step
 
+    # Both runs are in the generalisation world (no charts expert); bank, the charts expert, joins one.
+    assert join["job"]["world"] == control["job"]["world"] == "general"
     weights = join["curves"]["weights"]
-    assert weights["lab"][:step] == [0.0] * step and all(w > 0 for w in weights["lab"][step:])
-    assert "lab" not in control["curves"]["weights"]
+    assert weights["bank"][:step] == [0.0] * step and all(w > 0 for w in weights["bank"][step:])
+    assert set(control["curves"]["weights"]) == {"clinic", "school"}
     assert [t["step"] for t in join["track"]] == list(range(0, quick().claims.adapt_steps + 1))
-    assert join["router_domains"] and set(next(iter(join["router_domains"].values()))) == {"clinic", "bank", "school", "lab"}
+    assert "bank" in join["track"][0]["client_preference"]  # the joiner's preference is measured from step 0
+    assert join["router_domains"] and set(next(iter(join["router_domains"].values()))) == {"clinic", "bank", "school"}
+    # It serves the RM it serves in the main table: the same checkpoint, not one trained on the general world.
+    assert join["rm_accuracy"]["bank"] == results["jobs"]["main/single:bank/s0"]["rm_accuracy"]["bank"]
 
 
 def test_plan_adds_zero_noise_rows_and_never_repeats_a_job():
     p = quick()
 
-    jobs = plan(p, "lab")
+    jobs = plan(p, "bank")
 
     keys = [j.key for j in jobs]
     assert len(keys) == len(set(keys))
     assert {f"main/{m}/s{s}" for m in p.claims.noise_methods for s in p.claims.noise_seeds} <= set(keys)
-    assert [j.scenario for j in jobs[:2]] == ["adapt", "adapt_control"] and jobs[0].join == "lab"
-    assert plan(p, None)[0].scenario == "main"  # no held-out client: no adaptability jobs
+    assert [j.scenario for j in jobs[:2]] == ["adapt", "adapt_control"] and jobs[0].join == "bank"
+    assert {j.world for j in jobs[:2]} == {"general"} and jobs[1].join is None
+    assert plan(p, None)[0].scenario == "main"  # no joiner: no adaptability jobs
 
 
 def test_verifiable_row_runs_in_a_world_with_references_and_the_same_client_data(table, tmp_path):
@@ -180,7 +188,8 @@ def test_oracle_homes_are_each_benchmarks_expert():
 
     assert home_nodes(world, ["clinic", "bank", "school"]) == {"shapes": "clinic", "charts": "bank", "digits": "school"}
     assert home_nodes(world, ["clinic", "school"])["charts"] in {"clinic", "school"}
-    assert "charts" not in home_nodes(gen_world, ["clinic", "bank", "school"])
+    assert "charts" not in home_nodes(gen_world, ["clinic", "school"])
+    assert home_nodes(gen_world, ["clinic", "bank", "school"])["charts"] == "bank"  # once the expert has joined
 
 
 def test_claim_worlds_change_only_what_the_claim_needs():
@@ -191,6 +200,7 @@ def test_claim_worlds_change_only_what_the_claim_needs():
 
     assert all("charts" not in c.domain_mix for c in gen.clients) and set(gen.benchmarks) == set(base.benchmarks)
     assert [c.name for c in gen.clients] == ["clinic", "school"]  # bank, the charts expert, is not in it
+    assert gen.held_out_client == next(c for c in base.clients if c.name == "bank")  # it may join (adaptability)
     assert {c.name: c.label_noise for c in noisy.clients} == {"clinic": 0.0, "bank": 0.2, "school": 0.0}
     with pytest.raises(ValueError, match="noise_client"):
         noisy_world(base, "nobody", 0.2)

@@ -1,7 +1,7 @@
 """The driver of `python experiments/mor_table.py --profile quick|full --out DIR`.
 
     plan     the jobs of a profile: main table (methods x seeds), generalisation, robustness
-             (noise levels), adaptability (held-out client joins mid-run, and a control run)
+             (noise levels), adaptability (the uncovered benchmark's expert joins mid-run, and a control run)
     prepare  worlds, the SFT start, every reward model the jobs need (cached under --work)
     run      every job (jobs.run_job), in worker processes when --workers > 1
     report   results.json, results.md and the PNG plots in --out
@@ -37,6 +37,7 @@ from services.pipeline.table.prepare import (  # noqa: E402
     RMSpec,
     Workspace,
     client_kind,
+    home_expert,
     noise_name,
     prepare_rm,
     prepare_sft,
@@ -48,14 +49,15 @@ from services.pipeline.table.profiles import Profile, method, profile  # noqa: E
 from services.pipeline.table.report import write_report  # noqa: E402
 
 
-def plan(p: Profile, held_out: str | None) -> list[RunJob]:
-    """Every job of the profile, adaptability first (the longest), without duplicates."""
+def plan(p: Profile, joiner: str | None) -> list[RunJob]:
+    """Every job of the profile, adaptability first (the longest), without duplicates. The adaptability
+    runs are in the generalisation world, where ``joiner`` (the uncovered benchmark's expert) joins."""
     c, steps = p.claims, int(p.grpo["steps"])
     jobs: list[RunJob] = []
-    if held_out is not None:
+    if joiner is not None:
         for s in c.adapt_seeds:
-            jobs.append(RunJob("adapt", "main", "mor", s, c.adapt_steps, track=True, join=held_out))
-            jobs.append(RunJob("adapt_control", "main", "mor", s, c.adapt_steps, track=True))
+            jobs.append(RunJob("adapt", "general", "mor", s, c.adapt_steps, track=True, join=joiner))
+            jobs.append(RunJob("adapt_control", "general", "mor", s, c.adapt_steps, track=True))
     jobs += [RunJob("main", method(m).world, m, s, steps) for m in p.methods for s in p.seeds]
     # Robustness at 0% noise is the main world: make sure those rows exist.
     jobs += [RunJob("main", "main", m, s, steps) for m in c.noise_methods for s in c.noise_seeds]
@@ -112,27 +114,19 @@ def _train_rm(args: tuple[Profile, Workspace, RMSpec]) -> tuple[str, float]:
     return str(path), acc
 
 
-def run_table(p: Profile, out: Path, work: Path, *, workers: int | None = None,
-              console: Console | None = None, command: str | None = None) -> dict[str, Any]:
-    """Prepare, run and report a profile; returns the results dict written to out/results.json."""
-    torch.set_num_threads(1)
-    logging.getLogger("services.common.grpc").setLevel(logging.ERROR)  # loopback plaintext is the point here
-    console = console or Console(stderr=True)
-    workers = p.workers if workers is None else workers
-    ws = Workspace(work)
-    timing: dict[str, float] = {}
-    t0 = t = time.perf_counter()
-    prepare_worlds(p, ws, console)
-    timing["worlds"] = time.perf_counter() - t
-    t = time.perf_counter()
-    sft_report = prepare_sft(p, ws, console)
-    timing["sft"] = time.perf_counter() - t
+def adapt_joiner(p: Profile) -> str | None:
+    """The node that joins the adaptability runs: the expert of the benchmark the generalisation world
+    leaves uncovered (None when no client's home is that benchmark: no adaptability jobs)."""
+    expert = home_expert(p.world, p.claims.gen_benchmark)
+    return expert.name if expert is not None else None
 
-    main_world = load_world(ws.world_dir("main"))
-    held_out = p.world.held_out_client.name if p.world.held_out_client is not None else None
-    jobs = plan(p, held_out)
+
+def run_jobs(p: Profile, ws: Workspace, jobs: Sequence[RunJob], workers: int, console: Console,
+             timing: dict[str, float]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train (or reuse) every reward model the jobs serve, then run (or reuse) the jobs; returns each
+    job's result, in order, and the reward models' table. Adds "reward_models" and "runs" to timing."""
+    t0 = t = time.perf_counter()
     planned, specs = inputs_for(p, ws, jobs)
-    t = time.perf_counter()
     # Specs with the same checkpoint folder (same data, settings and seed) are trained once.
     by_dir: dict[Path, RMSpec] = {}
     for s in specs:
@@ -164,9 +158,32 @@ def run_table(p: Profile, out: Path, work: Path, *, workers: int | None = None,
     timing["runs"] = time.perf_counter() - t
     rm_table = [{"node_id": s.node_id, "world": s.world, "kind": s.kind, "source": s.source, "seed": s.seed,
                  "held_out_accuracy": ckpt[s][1]} for s in specs]
+    return results, rm_table
+
+
+def run_table(p: Profile, out: Path, work: Path, *, workers: int | None = None,
+              console: Console | None = None, command: str | None = None) -> dict[str, Any]:
+    """Prepare, run and report a profile; returns the results dict written to out/results.json."""
+    torch.set_num_threads(1)
+    logging.getLogger("services.common.grpc").setLevel(logging.ERROR)  # loopback plaintext is the point here
+    console = console or Console(stderr=True)
+    workers = p.workers if workers is None else workers
+    ws = Workspace(work)
+    timing: dict[str, float] = {}
+    t0 = t = time.perf_counter()
+    prepare_worlds(p, ws, console)
+    timing["worlds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sft_report = prepare_sft(p, ws, console)
+    timing["sft"] = time.perf_counter() - t
+
+    main_world = load_world(ws.world_dir("main"))
+    held_out = p.world.held_out_client.name if p.world.held_out_client is not None else None
+    joiner = adapt_joiner(p)
+    results, rm_table = run_jobs(p, ws, plan(p, joiner), workers, console, timing)
     context = {
         "profile": p.describe(), "command": command, "sft": {k: sft_report.get(k) for k in ("seconds", "final_loss")},
-        "training_clients": main_world.training_clients(), "held_out_client": held_out,
+        "training_clients": main_world.training_clients(), "held_out_client": held_out, "adapt_client": joiner,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "workers": workers},
         "reward_models": rm_table,
@@ -197,4 +214,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["inputs_for", "main", "plan", "run_table"]
+__all__ = ["adapt_joiner", "inputs_for", "main", "plan", "run_jobs", "run_table"]

@@ -8,8 +8,9 @@ world, the SFT start and the reward models it serves; ``<run dir>/job.json`` hol
 finished job with the same inputs is not run again, so an interrupted table resumes where it stopped.
 
 Adaptability jobs also evaluate the policy during the run (greedy, a fixed subset of the test
-split) every ``claims.adapt_eval_every`` steps, and one of them lets the held-out client's node
-join after step ``claims.adapt_join_step`` through ``MoRRun.request_add_node``.
+split) every ``claims.adapt_eval_every`` steps, and one of them lets a joiner's node (the expert of
+the benchmark the generalisation world leaves uncovered) join after step ``claims.adapt_join_step``
+through ``MoRRun.request_add_node``.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
     router_weights.png  mean router weight of each node on each benchmark's prompts (learned routers)
     accuracy_bars.png   VQA accuracy per benchmark and method, error bars = std over seeds
     robustness.png      mean accuracy and preference vs the share of flipped labels
-    adaptability.png    the joining client's oracle preference during the run, joined vs control
+    adaptability.png    the joining expert's preference and its home benchmark's accuracy, joined vs control
 """
 from __future__ import annotations
 
@@ -119,25 +119,34 @@ def robustness(s: dict[str, Any], path: Path) -> None:
 
 
 def adaptability(s: dict[str, Any], jobs: dict[str, dict[str, Any]], path: Path) -> None:
+    """Left: the joiner's and the other clients' oracle preference; right: accuracy on the joiner's home
+    benchmark; joined (solid) vs control (dashed), mean over seeds."""
     plt = _plt()
     ad = s["adaptability"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     if ad:
+        b = ad["benchmark"]
         for scenario, style in (("adapt", "-"), ("adapt_control", "--")):
             tracks = [r["track"] for r in jobs.values() if r["spec"]["job"]["scenario"] == scenario and r.get("track")]
             if not tracks:
                 continue
             steps = [t["step"] for t in tracks[0]]
-            for who, colour in ((ad["client"], "C3"), ("others", "C0")):
-                vals = [[t["client_preference"][ad["client"]] if who != "others"
-                         else float(np.mean([t["client_preference"][o] for o in ad["others"]])) for t in tr] for tr in tracks]
-                mean, _ = _stack(vals)
-                label = f"{who if who != 'others' else 'other clients (mean)'}, {'joined' if scenario == 'adapt' else 'control'}"
+            run = "joined" if scenario == "adapt" else "control"
+            series = [
+                (axes[0], f"{ad['client']}, {run}", "C3", lambda t: t["client_preference"][ad["client"]]),
+                (axes[0], f"other clients (mean), {run}", "C0",
+                 lambda t: float(np.mean([t["client_preference"][o] for o in ad["others"]]))),
+                (axes[1], f"{b}, {run}", "C3", lambda t: t["vqa_accuracy"][b]),
+            ]
+            for ax, label, colour, value in series:
+                mean, _ = _stack([[value(t) for t in tr] for tr in tracks])
                 ax.plot(steps[: len(mean)], mean, style, color=colour, marker="o", ms=3, label=label)
-        ax.axvline(ad["join_step"], color="grey", lw=0.8)
-        ax.set(xlabel="GRPO step", ylabel="oracle preference (greedy, test subset)",
-               title=f"{ad['client']} joins after step {ad['join_step']}")
-        ax.legend(fontsize=8)
+        for ax, ylabel in zip(axes, ("oracle preference (greedy, test subset)", f"VQA accuracy on {b} (test subset)"),
+                              strict=True):
+            ax.axvline(ad["join_step"], color="grey", lw=0.8)
+            ax.set(xlabel="GRPO step", ylabel=ylabel)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{ad['client']} (the {b} expert) joins after step {ad['join_step']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

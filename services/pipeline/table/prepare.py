@@ -11,6 +11,7 @@ Each is reused under the pipeline's one cache rule (services/pipeline/cache.py).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from services.common.config import RewardNodeSettings
-from services.common.data.config import WorldConfig
+from services.common.data.config import ClientSpec, WorldConfig
 from services.common.data.world import load_world
 from services.pipeline import cache
 from services.pipeline.reward_models import ensure_rm, rm_inputs
@@ -64,10 +65,16 @@ def _validated(cfg: WorldConfig, **update: Any) -> WorldConfig:
     return WorldConfig.model_validate({**cfg.model_dump(), **update})
 
 
+def home_expert(cfg: WorldConfig, benchmark: str) -> ClientSpec | None:
+    """The training client whose home is ``benchmark`` (None when no client's is)."""
+    return next((c for c in cfg.clients if c.home == benchmark), None)
+
+
 def general_world(cfg: WorldConfig, benchmark: str) -> WorldConfig:
-    """The main world where no client covers ``benchmark``: its home expert leaves, the others drop it
-    from their domain mix (the server's prompt pool and router pairs still span all benchmarks);
-    no noisy or held-out clients."""
+    """The main world where no training client covers ``benchmark``: the others drop it from their
+    domain mix, and its home expert leaves the training clients to become the world's held-out client
+    (evaluated, not served; the adaptability claim lets its main-world node join mid-run). The
+    server's prompt pool and router pairs still span all benchmarks; no noisy client."""
     if benchmark not in cfg.benchmarks:
         raise ValueError(f"claims.gen_benchmark {benchmark!r} is not a benchmark of the world ({', '.join(cfg.benchmarks)})")
     clients = []
@@ -78,7 +85,9 @@ def general_world(cfg: WorldConfig, benchmark: str) -> WorldConfig:
         clients.append({**c.model_dump(), "domain_mix": mix})
     if not clients:
         raise ValueError(f"every client's home is {benchmark!r}; it cannot be held out")
-    return _validated(cfg, clients=clients, held_out_client=None, noisy_client=False)
+    expert = home_expert(cfg, benchmark)
+    return _validated(cfg, clients=clients, held_out_client=expert.model_dump() if expert else None,
+                      noisy_client=False)
 
 
 def noisy_world(cfg: WorldConfig, client: str, share: float) -> WorldConfig:
@@ -105,8 +114,10 @@ def scenario_worlds(p: Profile) -> dict[str, WorldConfig]:
     return worlds
 
 
-def prepare_worlds(p: Profile, ws: Workspace, console: Console) -> dict[str, Path]:
-    return {name: ensure_world(cfg, ws.world_dir(name), console).root for name, cfg in scenario_worlds(p).items()}
+def prepare_worlds(p: Profile, ws: Workspace, console: Console, names: Sequence[str] | None = None) -> dict[str, Path]:
+    """Make (or reuse) the profile's worlds, or only those ``names``."""
+    return {name: ensure_world(cfg, ws.world_dir(name), console).root for name, cfg in scenario_worlds(p).items()
+            if names is None or name in names}
 
 
 def prepare_sft(p: Profile, ws: Workspace, console: Console) -> dict[str, Any]:

@@ -87,7 +87,8 @@ class Claims:
     noise_levels: tuple[float, ...] = (0.2, 0.4)
     noise_methods: tuple[str, ...] = ("mean", "static", "mor")
     noise_seeds: tuple[int, ...] = (0,)
-    adapt_join_step: int = 4  # the held-out client's node joins before this step + 1
+    # Adaptability: in the generalisation world, gen_benchmark's expert (absent there) joins mid-run.
+    adapt_join_step: int = 4  # its node joins before this step + 1
     adapt_steps: int = 10
     adapt_eval_every: int = 2
     adapt_eval_examples: int = 40  # per benchmark, for the in-run oracle curves
@@ -163,8 +164,9 @@ def full() -> Profile:
     The world, SFT and RM training are examples/local.yaml's (clients are domain experts, the pool
     has no reference answers); the GRPO budget is smaller than the demo's (60 steps of 16 prompts x 8
     answers instead of 80) so that 39 main runs and the claims fit in about 90 minutes on 2 cores
-    when the reward models are cached. The held-out client of the adaptability claim uses a light RM
-    (a VLM RM does not train in that time on CPU)."""
+    when the reward models are cached. The main world's held-out client (lab, a light RM here: a VLM
+    RM does not train in that time on CPU) is only evaluated; the adaptability claim's joiner is the
+    charts expert, absent from the generalisation world, with 3 seeds."""
     return Profile(
         name="full",
         world=WorldConfig(seed=0, noisy_client=False, prompt_pool_size=3000, pool_reference_share=0.0,
@@ -186,7 +188,8 @@ def full() -> Profile:
                  "mean", "min", "static", "oracle", "mor", "mor_rules", "verifiable"),
         eval_examples=300,
         claims=Claims(gen_methods=("sft", "mean", "mor"), noise_methods=("mor",), noise_levels=(0.2, 0.4),
-                      adapt_join_step=10, adapt_steps=30, adapt_eval_every=5, adapt_eval_examples=60),
+                      adapt_join_step=10, adapt_steps=30, adapt_eval_every=5, adapt_eval_examples=60,
+                      adapt_seeds=(0, 1, 2)),
         workers=2,
     )
 

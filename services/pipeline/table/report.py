@@ -50,7 +50,7 @@ def build_summary(p: Profile, jobs: dict[str, dict[str, Any]], context: dict[str
                for share, scen in [(0.0, "main"), *((x, noise_name(x)) for x in c.noise_levels)]}
     join = {r["spec"]["job"]["seed"]: r for r in jobs.values() if r["spec"]["job"]["scenario"] == "adapt"}
     control = {r["spec"]["job"]["seed"]: r for r in jobs.values() if r["spec"]["job"]["scenario"] == "adapt_control"}
-    held_out = context["held_out_client"]
+    joiner = context.get("adapt_client")
     return {
         "main": {"order": list(p.methods), "methods": {m: {"label": method(m).label, **main[m]} for m in p.methods},
                  "mor_vs": sm.comparisons({m: main[m] for m in p.methods}),
@@ -60,8 +60,8 @@ def build_summary(p: Profile, jobs: dict[str, dict[str, Any]], context: dict[str
                                              against="mor_norules")},
         "generalisation": sm.generalisation(general, c.gen_benchmark, covered),
         "robustness": sm.robustness(levels, c.noise_client, weights),
-        "adaptability": (sm.adaptability(join, control, held_out, clients, c.adapt_join_step, c.improve_margin)
-                         if held_out and join else None),
+        "adaptability": (sm.adaptability(join, control, joiner, [x.name for x in p.world.clients if x.name != joiner],
+                                         c.gen_benchmark, c.adapt_join_step, c.improve_margin) if joiner and join else None),
     }
 
 
@@ -147,19 +147,26 @@ def render(p: Profile, s: dict[str, Any], context: dict[str, Any], timing: dict[
                 f"{cell(w.get(str(x), {}).get('all'))} / {cell(w.get(str(x), {}).get('home'))}" for x in lv) + " |")
     ad = s["adaptability"]
     if ad:
+        b = ad["benchmark"]
         out += ["", f"## Cross-client adaptability: `{ad['client']}` joins after step {ad['join_step']}", "",
-                f"MoR run in which {ad['client']}'s node joins mid-run (router rebuilt and refitted) vs the same run "
+                f"MoR in the generalisation world (no training client covers `{b}`), in which {ad['client']}'s node, "
+                f"the `{b}` expert, joins mid-run (router rebuilt and refitted on the router pairs), vs the same run "
                 f"without it (control). Steps to improve = steps after joining until {ad['client']}'s oracle "
-                f"preference exceeds its at-join value by {ad['margin']}.", "",
-                "| seed | steps to improve | same, control | pref at join | pref end | pref end, control | "
-                "others end | others end, control |", "|---|---|---|---|---|---|---|---|"]
+                f"preference exceeds its at-join value by {ad['margin']}; others = {', '.join(ad['others'])}.", "",
+                f"| seed | steps to improve | same, control | pref at join | pref end | pref end, control | "
+                f"acc {b} at join | acc {b} end | acc {b} end, control | others end | others end, control |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+        def steps(x: int | None) -> str:
+            return str(x) if x is not None else "never"
         for seed, v in ad["seeds"].items():
-            out.append(f"| {seed} | {v['steps_to_improve'] if v['steps_to_improve'] is not None else 'never'} | "
-                       f"{v['steps_to_improve_control'] if v['steps_to_improve_control'] is not None else 'never'} | "
+            out.append(f"| {seed} | {steps(v['steps_to_improve'])} | {steps(v['steps_to_improve_control'])} | "
                        f"{v['client_at_join']:.3f} | {v['client_end']:.3f} | {v['client_end_control']:.3f} | "
+                       f"{v['domain_acc_at_join']:.3f} | {v['domain_acc_end']:.3f} | {v['domain_acc_end_control']:.3f} | "
                        f"{v['others_end']:.3f} | {v['others_end_control']:.3f} |")
-        out += ["", f"{ad['client']} preference at the end, joined minus control: {cell(ad['client_gain_vs_control'])}; "
-                f"other clients, joined minus control: {cell(ad['others_change_vs_control'])}; improved in "
+        out += ["", f"Joined minus control at the end (mean ± std over seeds): {ad['client']} preference "
+                f"{cell(ad['client_gain_vs_control'])}; `{b}` accuracy {cell(ad['domain_acc_gain_vs_control'])}; "
+                f"other clients' preference {cell(ad['others_change_vs_control'])}; {ad['client']} improved in "
                 f"{ad['improved_in']} of {ad['n']} seeds."]
     out += ["", "## Reward models (held-out pair accuracy)", "", "| node | world | kind | source | seed | accuracy |",
             "|---|---|---|---|---|---|"]

@@ -151,15 +151,19 @@ def first_improvement(track: list[dict[str, Any]], client: str, after: int, marg
 
 
 def adaptability(join: dict[int, dict[str, Any]], control: dict[int, dict[str, Any]], client: str,
-                 others: Sequence[str], join_step: int, margin: float) -> dict[str, Any]:
-    """How fast the joined client's preference rises, and what joining does to the others (vs control)."""
+                 others: Sequence[str], benchmark: str, join_step: int, margin: float) -> dict[str, Any]:
+    """How fast the joined client's preference rises, what happens to accuracy on its home ``benchmark``,
+    and what joining does to the others (each against the control run of the same seed)."""
     seeds: dict[int, Any] = {}
     for s in sorted(set(join) & set(control)):
         jt, ct = join[s]["track"], control[s]["track"]
         at = {t["step"]: t["client_preference"] for t in jt}
         cat = {t["step"]: t["client_preference"] for t in ct}
+        acc = {t["step"]: t["vqa_accuracy"][benchmark] for t in jt}
+        cacc = {t["step"]: t["vqa_accuracy"][benchmark] for t in ct}
         end = max(at)
         seeds[s] = {
+            "domain_acc_at_join": acc[join_step], "domain_acc_end": acc[end], "domain_acc_end_control": cacc[end],
             "steps_to_improve": first_improvement(jt, client, join_step, margin),
             "steps_to_improve_control": first_improvement(ct, client, join_step, margin),
             "client_at_join": at[join_step][client], "client_end": at[end][client],
@@ -171,11 +175,14 @@ def adaptability(join: dict[int, dict[str, Any]], control: dict[int, dict[str, A
     def agg(key: str) -> dict[str, float]:
         return mean_std(float(v[key]) for v in seeds.values() if v[key] is not None)
     summary = {k: agg(k) for k in ("client_end", "client_end_control", "others_end", "others_end_control",
-                                     "client_at_join", "others_at_join")}
-    gain = [v["client_end"] - v["client_end_control"] for v in seeds.values()]
-    hurt = [v["others_end"] - v["others_end_control"] for v in seeds.values()]
-    return {"client": client, "others": list(others), "join_step": join_step, "margin": margin, "seeds": seeds,
-            "summary": summary, "client_gain_vs_control": mean_std(gain), "others_change_vs_control": mean_std(hurt),
+                                     "client_at_join", "others_at_join", "domain_acc_at_join", "domain_acc_end",
+                                     "domain_acc_end_control")}
+
+    def gain(key: str) -> dict[str, float]:
+        return mean_std(v[f"{key}_end"] - v[f"{key}_end_control"] for v in seeds.values())
+    return {"client": client, "others": list(others), "benchmark": benchmark, "join_step": join_step, "margin": margin,
+            "seeds": seeds, "summary": summary, "client_gain_vs_control": gain("client"),
+            "others_change_vs_control": gain("others"), "domain_acc_gain_vs_control": gain("domain_acc"),
             "improved_in": sum(v["steps_to_improve"] is not None for v in seeds.values()), "n": len(seeds)}
 
 
