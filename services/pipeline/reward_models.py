@@ -30,15 +30,21 @@ SOURCES = ("client", "pooled", "fedavg")  # one client's pairs; every client's p
 def rm_inputs(settings: RewardNodeSettings, world_dir: Path, clients: Sequence[str], source: str = "client",
               **extra: Any) -> dict[str, Any]:
     """The inputs of the RM ``settings`` trains on the pairs of ``clients`` in ``world_dir``: its kind and
-    training config, the content hashes of those clients' data and of the backbone checkpoint (the
-    SFT policy; a preset backbone by its config), and ``extra`` (e.g. the FedAvg rounds)."""
+    training config, the content hashes of those clients' data and, for a VLM RM, of its backbone
+    checkpoint (the SFT policy; a preset backbone by its config; a light RM has none), and ``extra``
+    (e.g. the FedAvg rounds)."""
     if source not in SOURCES:
         raise ValueError(f"unknown RM source {source!r}; known: {', '.join(SOURCES)}")
     backbone = settings.model.backbone
+    if settings.model.kind != "vlm":
+        backbone_key = None
+    elif backbone.path is not None:
+        backbone_key = cache.content_hash(backbone.path)
+    else:
+        backbone_key = backbone.model_dump(mode="json")
     return {"kind": settings.model.kind, "source": source,
             "data": [load_node_data(world_dir, c).data_sha256 for c in clients],
-            "backbone": cache.content_hash(backbone.path) if backbone.path is not None
-            else backbone.model_dump(mode="json"),
+            "backbone": backbone_key,
             "train": settings.train.model_dump(mode="json"), **extra}
 
 

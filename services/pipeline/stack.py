@@ -1,7 +1,8 @@
 """`mor stack up` / `mor demo`: the whole MoR system on loopback, as separate processes.
 
-    world (generated) -> SFT warm start of the policy -> dev PKI (CA, mTLS certs, tokens)
-      -> each client trains its RM on its own pairs -> K `mor reward-node serve` processes
+    world (generated) -> dev PKI (CA, mTLS certs, tokens) -> SFT warm start of the policy, while each
+      client trains its RM on its own data (a VLM RM after the SFT: it starts from that policy)
+      -> K `mor reward-node serve` processes
       -> one `mor sampler serve` -> `mor orchestrator run` -> held-out evaluation, SFT vs MoR
 
 Every service gets a config file under <workdir>/configs/ (ports picked at start-up), logs under
@@ -18,6 +19,7 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +122,11 @@ class Stack:
             "prototype": {"publish": True, "noise_sigma": 0.02},
         }
 
-    def train_rms(self, world: World, names: list[str]) -> None:
-        """Each client trains its RM with `mor reward-node train` in its own process, as many at once
-        as there are cores (each with the node's torch_threads); an RM is reused under the cache rule
-        with the key of reward_models.rm_inputs (its data, backbone = the SFT policy, training config)."""
-        todo: list[tuple[str, Path, dict[str, Any]]] = []
+    def _start_rms(self, world: World, names: list[str]) -> list[tuple[str, Path, dict[str, Any], Path, subprocess.Popen]]:
+        """Start `mor reward-node train` for each of ``names`` whose RM is not current, one process each
+        (with the node's torch_threads); an RM is reused under the cache rule with the key of
+        reward_models.rm_inputs (its data, training config and, for a VLM RM, its backbone: the SFT policy)."""
+        started = []
         for name in names:
             settings = RewardNodeSettings(**yaml.safe_load((self.configs / f"node-{name}.yaml").read_text()))
             ckpt = Path(settings.model.checkpoint)
@@ -134,25 +136,60 @@ class Stack:
                     self.console.print(f"[green]reward node {name}[/] reusing RM {ckpt} (same data, backbone and training config)")
                     continue
             cache.begin(ckpt)
-            todo.append((name, ckpt, want))
-        width = max(1, min(len(todo), os.cpu_count() or 1))
-        for start in range(0, len(todo), width):
-            batch = todo[start : start + width]
-            self.console.print(f"[green]reward nodes {', '.join(n for n, _, _ in batch)}[/] grounding and training "
-                               "their RMs on their own data (one process each)")
-            procs = []
-            for name, _, _ in batch:
-                log = (self.workdir / "logs" / f"train-{name}.log")
-                log.parent.mkdir(parents=True, exist_ok=True)
-                cmd = mor_command("reward-node", "train", "--quiet", "--config", str(self.configs / f"node-{name}.yaml"))
-                procs.append((log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("wb"))))
-            for (name, ckpt, want), (log, proc) in zip(batch, procs, strict=True):
-                out, _ = proc.communicate()
-                if proc.returncode != 0:
-                    raise RuntimeError(f"training the RM of {name} failed (exit {proc.returncode}); "
-                                       f"log {log}:\n{log.read_text()[-3000:]}")
-                cache.complete(ckpt, want)
-                self.console.print(rm_summary(json.loads(out.decode().strip().splitlines()[-1])))
+            log = self.workdir / "logs" / f"train-{name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            cmd = mor_command("reward-node", "train", "--quiet", "--config", str(self.configs / f"node-{name}.yaml"))
+            started.append((name, ckpt, want, log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("wb"))))
+        return started
+
+    def _finish_rms(self, started: list[tuple[str, Path, dict[str, Any], Path, subprocess.Popen]]) -> None:
+        for name, ckpt, want, log, proc in started:
+            out, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"training the RM of {name} failed (exit {proc.returncode}); "
+                                   f"log {log}:\n{log.read_text()[-3000:]}")
+            cache.complete(ckpt, want)
+            self.console.print(rm_summary(json.loads(out.decode().strip().splitlines()[-1])))
+
+    @staticmethod
+    def _kill(started: list[tuple[str, Path, dict[str, Any], Path, subprocess.Popen]]) -> None:
+        for *_, proc in started:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+
+    def train_rms(self, world: World, names: list[str], *, alongside: Callable[[], Any] | None = None) -> Any:
+        """Each client trains its RM in its own process, as many at once as there are cores. With
+        ``alongside`` (the server's SFT), every RM that does not start from the SFT policy (light RMs)
+        trains while ``alongside()`` runs, as organisations do on their own machines; VLM RMs follow it.
+        Returns what ``alongside`` returned."""
+        early = [n for n in names if world.clients[n].rm_arch != "vlm"] if alongside is not None else []
+        result = None
+        if alongside is not None:
+            if early:
+                self.console.print(f"[green]reward nodes {', '.join(early)}[/] grounding and training their RMs on "
+                                   "their own data (one process each), while the server trains its SFT start")
+            started = self._start_rms(world, early)
+            try:
+                result = alongside()
+            except BaseException:
+                self._kill(started)
+                raise
+            self._finish_rms(started)
+        rest = [n for n in names if n not in early]
+        width = max(1, os.cpu_count() or 1)
+        for i in range(0, len(rest), width):
+            batch = rest[i : i + width]
+            started = self._start_rms(world, batch)
+            if started:
+                self.console.print(f"[green]reward nodes {', '.join(n for n, *_ in started)}[/] grounding and training "
+                                   "their RMs on their own data (one process each)")
+            try:
+                self._finish_rms(started)
+            except BaseException:
+                self._kill(started)
+                raise
+        return result
 
     def write_node_configs(self, world: World, ports: dict[str, tuple[int, int]]) -> None:
         """<configs>/node-<name>.yaml per client in ``ports`` (name -> serving port, metrics port); train_rms
@@ -164,12 +201,11 @@ class Stack:
         """Everything before the services start: world, SFT policy, PKI, service configs on free ports and
         the client RMs. Returns (world, SFT policy folder, client names, ports by service)."""
         world = self.prepare_world()
-        policy = self.prepare_policy(world)
         names = world.training_clients()
         self.prepare_pki(names)
         ports = {n: (free_port(), free_port()) for n in [*names, "sampler", "orchestrator"]}
         self.write_node_configs(world, {n: ports[n] for n in names})
-        self.train_rms(world, names)
+        policy = self.train_rms(world, names, alongside=lambda: self.prepare_policy(world))
         return world, policy, names, ports
 
     # ---- the run ---------------------------------------------------------------------------------

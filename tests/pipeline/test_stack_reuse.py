@@ -3,12 +3,14 @@ content hashes and configs, not file times (the cache rule itself: test_cache.py
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from services.common.config import StackConfig
 from services.pipeline.stack import Stack
+from services.reward_node.checkpoint import read_metadata
 
 
 def _mtime(path):
@@ -53,3 +55,45 @@ def test_policy_and_rms_are_rebuilt_when_their_inputs_change_not_when_file_times
     assert _mtime(weights) > first_policy
     reseeded.train_rms(world, names)
     assert all(_mtime(m) > second_rms[n] for n, m in rm_meta.items())
+
+
+def _rm_trainings(workdir) -> set[str]:
+    """Node names of the `mor reward-node train` processes running on ``workdir``'s configs (from /proc)."""
+    names = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = [a.decode(errors="replace") for a in args]
+        if "reward-node" in text and "train" in text and any(str(workdir) in a for a in text):
+            names.add(Path(text[-2] if text[-1] == "" else text[-1]).stem.removeprefix("node-"))
+    return names
+
+
+def test_light_rms_train_while_the_sft_runs_and_stop_when_it_fails(tmp_path):
+    stack = Stack(StackConfig(workdir=tmp_path / "local"), quick=True, console=Console(quiet=True))
+    world = stack.prepare_world()
+    names = world.training_clients()
+    assert {world.clients[n].rm_arch for n in names} == {"light"}
+    stack.prepare_pki(names)
+    stack.write_node_configs(world, {n: (1, 2) for n in names})
+    seen: dict[str, set[str]] = {}
+
+    def failing_sft():
+        seen["failed"] = _rm_trainings(stack.workdir)
+        raise RuntimeError("the SFT failed")
+
+    with pytest.raises(RuntimeError, match="the SFT failed"):
+        stack.train_rms(world, names, alongside=failing_sft)
+    assert seen["failed"] == set(names)  # every light RM was training while the SFT ran
+    assert _rm_trainings(stack.workdir) == set()  # and none outlives the failure
+    assert not any((stack.workdir / "rm" / n / "metadata.json").is_file() for n in names)
+
+    def sft():
+        seen["ok"] = _rm_trainings(stack.workdir)
+        return "the policy"
+
+    assert stack.train_rms(world, names, alongside=sft) == "the policy"
+    assert seen["ok"] == set(names)
+    assert all(read_metadata(stack.workdir / "rm" / n) for n in names)
