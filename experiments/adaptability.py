@@ -8,8 +8,9 @@ the very RM it serves in the main table) joins after ``claims.adapt_join_step``:
 the fan-out, the router is rebuilt and refitted on the server's router pairs. The control is the
 same run (same seed, prompts and sampling) without it. Every ``claims.adapt_eval_every`` steps the
 policy is evaluated (greedy, a fixed test subset): the joiner's oracle preference, accuracy on its
-home benchmark and the other clients' preference. Writes ``adaptability.json`` (the summary the
-table also holds, plus each run's curve and router weights) and ``adaptability.png``.
+home benchmark and the other clients' preference; the end values compared are each run's final
+evaluation (``eval_examples`` per benchmark). Writes ``adaptability.json`` (the summary the table
+also holds, plus each run's curve, final evaluation and router weights) and ``adaptability.png``.
 
 It runs the table's own jobs through its driver, in the table's ``--work`` folder (default
 ``runs/experiments/<profile>``): a later `mor_table.py` run reuses them, and this reuses the table's.
@@ -70,8 +71,9 @@ def run(profile_name: str, out: Path, work: Path, workers: int | None, command: 
         "command": command, "profile": p.name, "summary": summary, "reward_models": rm_table, "timing": timing,
         "claims": {k: getattr(p.claims, k) for k in ("gen_benchmark", "adapt_join_step", "adapt_steps",
                                                       "adapt_eval_every", "adapt_eval_examples", "adapt_seeds")},
-        "jobs": {k: {"track": r["track"], "router_domains": r["router_domains"], "rm_accuracy": r["rm_accuracy"],
-                     "weights": r["curves"]["weights"], "seconds": r["seconds"]} for k, r in jobs_by_key.items()},
+        "jobs": {k: {"track": r["track"], "eval": r["eval"], "router_domains": r["router_domains"],
+                     "rm_accuracy": r["rm_accuracy"], "weights": r["curves"]["weights"], "seconds": r["seconds"]}
+                 for k, r in jobs_by_key.items()},
     }
     (out / "adaptability.json").write_text(json.dumps(doc, indent=1, sort_keys=True, allow_nan=True))
     return doc

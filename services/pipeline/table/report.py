@@ -152,7 +152,9 @@ def render(p: Profile, s: dict[str, Any], context: dict[str, Any], timing: dict[
                 f"MoR in the generalisation world (no training client covers `{b}`), in which {ad['client']}'s node, "
                 f"the `{b}` expert, joins mid-run (router rebuilt and refitted on the router pairs), vs the same run "
                 f"without it (control). Steps to improve = steps after joining until {ad['client']}'s oracle "
-                f"preference exceeds its at-join value by {ad['margin']}; others = {', '.join(ad['others'])}.", "",
+                f"preference exceeds its at-join value by {ad['margin']} on the in-run track "
+                f"({p.claims.adapt_eval_examples} test examples per benchmark); end values are each run's final "
+                f"evaluation ({p.eval_examples} per benchmark); others = {', '.join(ad['others'])}.", "",
                 f"| seed | steps to improve | same, control | pref at join | pref end | pref end, control | "
                 f"acc {b} at join | acc {b} end | acc {b} end, control | others end | others end, control |",
                 "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -153,24 +153,29 @@ def first_improvement(track: list[dict[str, Any]], client: str, after: int, marg
 def adaptability(join: dict[int, dict[str, Any]], control: dict[int, dict[str, Any]], client: str,
                  others: Sequence[str], benchmark: str, join_step: int, margin: float) -> dict[str, Any]:
     """How fast the joined client's preference rises, what happens to accuracy on its home ``benchmark``,
-    and what joining does to the others (each against the control run of the same seed)."""
+    and what joining does to the others, each against the control run of the same seed. At-join values
+    and steps to improve come from the in-run track (a small test subset); end values from each run's
+    final evaluation (the table's eval_examples per benchmark, the same examples for both runs)."""
     seeds: dict[int, Any] = {}
+
+    def final(run: dict[str, Any]) -> tuple[dict[str, float], float]:
+        ev = run.get("eval") or {"client_preference": run["track"][-1]["client_preference"],
+                                 "benchmarks": {benchmark: {"vqa_accuracy": run["track"][-1]["vqa_accuracy"][benchmark]}}}
+        return ev["client_preference"], ev["benchmarks"][benchmark]["vqa_accuracy"]
+
     for s in sorted(set(join) & set(control)):
         jt, ct = join[s]["track"], control[s]["track"]
-        at = {t["step"]: t["client_preference"] for t in jt}
-        cat = {t["step"]: t["client_preference"] for t in ct}
-        acc = {t["step"]: t["vqa_accuracy"][benchmark] for t in jt}
-        cacc = {t["step"]: t["vqa_accuracy"][benchmark] for t in ct}
-        end = max(at)
+        at = next(t for t in jt if t["step"] == join_step)
+        (pref, acc), (cpref, cacc) = final(join[s]), final(control[s])
         seeds[s] = {
-            "domain_acc_at_join": acc[join_step], "domain_acc_end": acc[end], "domain_acc_end_control": cacc[end],
             "steps_to_improve": first_improvement(jt, client, join_step, margin),
             "steps_to_improve_control": first_improvement(ct, client, join_step, margin),
-            "client_at_join": at[join_step][client], "client_end": at[end][client],
-            "client_end_control": cat[end][client],
-            "others_at_join": fmean(at[join_step][o] for o in others),
-            "others_end": fmean(at[end][o] for o in others),
-            "others_end_control": fmean(cat[end][o] for o in others),
+            "client_at_join": at["client_preference"][client], "client_end": pref[client],
+            "client_end_control": cpref[client],
+            "domain_acc_at_join": at["vqa_accuracy"][benchmark], "domain_acc_end": acc, "domain_acc_end_control": cacc,
+            "others_at_join": fmean(at["client_preference"][o] for o in others),
+            "others_end": fmean(pref[o] for o in others),
+            "others_end_control": fmean(cpref[o] for o in others),
         }
     def agg(key: str) -> dict[str, float]:
         return mean_std(float(v[key]) for v in seeds.values() if v[key] is not None)
