@@ -163,9 +163,10 @@ def test_every_field_documented(kind):
 def test_example_configs_load():
     stack = load_yaml(StackConfig, EXAMPLES / "local.yaml")
     assert len(stack.world.clients) == 3
-    # The three experts ground light RMs; the held-out client (adaptability) keeps the VLM RM kind.
+    # The three experts ground light RMs (which train beside the SFT); the held-out client keeps the VLM RM kind.
     assert {c.rm_arch for c in stack.world.clients} == {"light"}
     assert {c.rm_arch for c in stack.world.all_clients()} == {"vlm", "light"}
+    assert stack.sft.num_threads == 1  # one SFT start whatever the machine's core count
     load_yaml(RewardNodeSettings, EXAMPLES / "reward_node.yaml")
     load_yaml(SamplerSettings, EXAMPLES / "sampler.yaml")
     run = load_yaml(RunConfig, EXAMPLES / "run.yaml")
