@@ -7,6 +7,7 @@ examples, which styles, where files go and what is printed.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from services.common.data.world import World, load_world
 from services.common.evaluation import evaluate_examples, evaluate_policy
 from services.common.models.config import ModelConfig, SFTConfig
 from services.common.models.factory import build_vlm
-from services.common.models.sft import SFTExample, sft_train
+from services.common.models.sft import SFTExample, cpu_threads, sft_train
 from services.common.models.vision_warmup import encode, vision_warmup
 from services.pipeline import cache
 from services.pipeline.world import world_hash
@@ -53,7 +54,8 @@ def warm_up_vision(vlm, world: World | ImageSource, sft: SFTConfig, examples: li
     examples = world.sft_examples() if examples is None else examples
     encoded = encode(vlm, [world.load_image(e.image) for e in examples], [e.question for e in examples],
                      [normalize_answer(e.canonical_answer) for e in examples])
-    return vision_warmup(vlm, encoded, steps=sft.vision_warmup_steps, seed=sft.seed)
+    with cpu_threads(sft.num_threads) if vlm.device.type == "cpu" else contextlib.nullcontext():
+        return vision_warmup(vlm, encoded, steps=sft.vision_warmup_steps, seed=sft.seed)
 
 
 def _progress(console: Console) -> Progress:

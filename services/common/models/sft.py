@@ -7,10 +7,11 @@ step costs only the forward/backward.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -90,6 +91,18 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` (None: every core this process may run on) inside the block;
+    the numbers a CPU run computes depend on it, so a fixed ``n`` gives the same model on every machine."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n or default_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 def sft_train(
     vlm: VLM,
     train: Sequence[SFTExample],
@@ -109,11 +122,8 @@ def sft_train(
     cfg = cfg or SFTConfig()
     if not train:
         raise ValueError("sft_train needs at least one example")
-    prev_threads = torch.get_num_threads()
-    if vlm.device.type == "cpu":
-        torch.set_num_threads(cfg.num_threads or default_threads())
     start = time.perf_counter()
-    try:
+    with cpu_threads(cfg.num_threads) if vlm.device.type == "cpu" else contextlib.nullcontext():
         mode, lr = cfg.plan(pretrained)
         if mode == "full":
             return _train(vlm, train, cfg, lr, eval_fn, progress, start)
@@ -124,8 +134,6 @@ def sft_train(
             return _train(vlm, train, cfg, lr, eval_fn, progress, start)
         finally:
             vlm.model = merged(vlm.model)
-    finally:
-        torch.set_num_threads(prev_threads)
 
 
 def _train(

@@ -71,3 +71,32 @@ def test_sft_reduces_loss_on_llava():
     vlm = build_vlm(ModelConfig(arch="llava", preset="tiny", seed=0))
     result = sft_train(vlm, train, SFTConfig(steps=30, batch_size=8, lr=3e-3, warmup=3, log_every=5, num_threads=1), progress=False)
     assert result.losses[-1][1] < 0.5 * result.losses[0][1]
+
+
+def test_the_vision_warm_up_runs_on_the_configured_threads_and_restores_the_process_setting(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    import services.pipeline.sft as pipeline_sft
+
+    seen = []
+    real = pipeline_sft.vision_warmup
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_sft, "vision_warmup", spy)
+    train = colour_examples(16, seed=3)
+    images = SimpleNamespace(load_image=lambda key: train[int(key)].image)
+    examples = [SimpleNamespace(image=str(i), question=ex.question, canonical_answer=ex.answer)
+                for i, ex in enumerate(train)]
+    vlm = build_vlm(ModelConfig(arch="qwen2_vl", preset="tiny", seed=0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pipeline_sft.warm_up_vision(vlm, images, SFTConfig(vision_warmup_steps=2, num_threads=1), examples=examples)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
