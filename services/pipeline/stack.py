@@ -85,6 +85,7 @@ class Stack:
         self.certs = self.workdir / "certs"
         self.configs = self.workdir / "configs"
         self.policy_dir = self.workdir / "policy-sft"
+        self.rm_training: dict[str, subprocess.Popen] = {}  # client -> its running `mor reward-node train`
 
     # ---- preparation (in process, but for the RMs) -----------------------------------------------
     def prepare_world(self) -> World:
@@ -139,24 +140,27 @@ class Stack:
             log = self.workdir / "logs" / f"train-{name}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             cmd = mor_command("reward-node", "train", "--quiet", "--config", str(self.configs / f"node-{name}.yaml"))
-            started.append((name, ckpt, want, log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("wb"))))
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("wb"))
+            self.rm_training[name] = proc
+            started.append((name, ckpt, want, log, proc))
         return started
 
     def _finish_rms(self, started: list[tuple[str, Path, dict[str, Any], Path, subprocess.Popen]]) -> None:
         for name, ckpt, want, log, proc in started:
             out, _ = proc.communicate()
+            self.rm_training.pop(name, None)
             if proc.returncode != 0:
                 raise RuntimeError(f"training the RM of {name} failed (exit {proc.returncode}); "
                                    f"log {log}:\n{log.read_text()[-3000:]}")
             cache.complete(ckpt, want)
             self.console.print(rm_summary(json.loads(out.decode().strip().splitlines()[-1])))
 
-    @staticmethod
-    def _kill(started: list[tuple[str, Path, dict[str, Any], Path, subprocess.Popen]]) -> None:
-        for *_, proc in started:
+    def _kill(self, started: list[tuple[str, Path, dict[str, Any], Path, subprocess.Popen]]) -> None:
+        for name, *_, proc in started:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait()
+            self.rm_training.pop(name, None)
 
     def train_rms(self, world: World, names: list[str], *, alongside: Callable[[], Any] | None = None) -> Any:
         """Each client trains its RM in its own process, as many at once as there are cores. With

@@ -3,7 +3,7 @@ content hashes and configs, not file times (the cache rule itself: test_cache.py
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import subprocess
 
 import pytest
 from rich.console import Console
@@ -57,19 +57,6 @@ def test_policy_and_rms_are_rebuilt_when_their_inputs_change_not_when_file_times
     assert all(_mtime(m) > second_rms[n] for n, m in rm_meta.items())
 
 
-def _rm_trainings(workdir) -> set[str]:
-    """Node names of the `mor reward-node train` processes running on ``workdir``'s configs (from /proc)."""
-    names = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        text = [a.decode(errors="replace") for a in args]
-        if "reward-node" in text and "train" in text and any(str(workdir) in a for a in text):
-            names.add(Path(text[-2] if text[-1] == "" else text[-1]).stem.removeprefix("node-"))
-    return names
-
 
 def test_light_rms_train_while_the_sft_runs_and_stop_when_it_fails(tmp_path):
     stack = Stack(StackConfig(workdir=tmp_path / "local"), quick=True, console=Console(quiet=True))
@@ -78,22 +65,25 @@ def test_light_rms_train_while_the_sft_runs_and_stop_when_it_fails(tmp_path):
     assert {world.clients[n].rm_arch for n in names} == {"light"}
     stack.prepare_pki(names)
     stack.write_node_configs(world, {n: (1, 2) for n in names})
-    seen: dict[str, set[str]] = {}
+    seen: dict[str, dict[str, subprocess.Popen]] = {}
 
     def failing_sft():
-        seen["failed"] = _rm_trainings(stack.workdir)
+        seen["failed"] = dict(stack.rm_training)
+        seen["running"] = {n for n, p in stack.rm_training.items() if p.poll() is None}
         raise RuntimeError("the SFT failed")
 
     with pytest.raises(RuntimeError, match="the SFT failed"):
         stack.train_rms(world, names, alongside=failing_sft)
-    assert seen["failed"] == set(names)  # every light RM was training while the SFT ran
-    assert _rm_trainings(stack.workdir) == set()  # and none outlives the failure
+    # Every light RM was training (started, not yet waited for) while the SFT ran, and none outlives it.
+    assert set(seen["failed"]) == seen["running"] == set(names)
+    assert all(p.returncode is not None for p in seen["failed"].values()) and stack.rm_training == {}
     assert not any((stack.workdir / "rm" / n / "metadata.json").is_file() for n in names)
 
     def sft():
-        seen["ok"] = _rm_trainings(stack.workdir)
+        seen["ok"] = dict(stack.rm_training)
         return "the policy"
 
     assert stack.train_rms(world, names, alongside=sft) == "the policy"
-    assert seen["ok"] == set(names)
+    assert set(seen["ok"]) == set(names) and stack.rm_training == {}
+    assert all(p.returncode == 0 for p in seen["ok"].values())
     assert all(read_metadata(stack.workdir / "rm" / n) for n in names)
