@@ -46,6 +46,8 @@ QUICK_WORLD_STEPS = {"steps": 4, "prompts_per_step": 4, "group_size": 4, "max_ne
 QUICK_ROUTER = {"train_steps": 60, "pairs": 48}
 QUICK_RM_EPOCHS = 3
 STARTUP_TIMEOUT_S = 180.0
+# One RM training in flight: client, checkpoint folder, its cache inputs, log file, process.
+_Training = tuple[str, Path, dict[str, Any], Path, subprocess.Popen]
 ORCHESTRATOR_STOP_S = 120.0
 
 
@@ -123,7 +125,7 @@ class Stack:
             "prototype": {"publish": True, "noise_sigma": 0.02},
         }
 
-    def _start_rms(self, world: World, names: list[str]) -> list[tuple[str, Path, dict[str, Any], Path, subprocess.Popen]]:
+    def _start_rms(self, world: World, names: list[str]) -> list[_Training]:
         """Start `mor reward-node train` for each of ``names`` whose RM is not current, one process each
         (with the node's torch_threads); an RM is reused under the cache rule with the key of
         reward_models.rm_inputs (its data, training config and, for a VLM RM, its backbone: the SFT policy)."""
@@ -145,7 +147,15 @@ class Stack:
             started.append((name, ckpt, want, log, proc))
         return started
 
-    def _finish_rms(self, started: list[tuple[str, Path, dict[str, Any], Path, subprocess.Popen]]) -> None:
+    def _finish_rms(self, started: list[_Training]) -> None:
+        """Wait for each training; on a failure (or Ctrl-C) the ones still running are killed."""
+        try:
+            self._wait_rms(started)
+        except BaseException:
+            self._kill(started)
+            raise
+
+    def _wait_rms(self, started: list[_Training]) -> None:
         for name, ckpt, want, log, proc in started:
             out, _ = proc.communicate()
             self.rm_training.pop(name, None)
@@ -155,7 +165,7 @@ class Stack:
             cache.complete(ckpt, want)
             self.console.print(rm_summary(json.loads(out.decode().strip().splitlines()[-1])))
 
-    def _kill(self, started: list[tuple[str, Path, dict[str, Any], Path, subprocess.Popen]]) -> None:
+    def _kill(self, started: list[_Training]) -> None:
         for name, *_, proc in started:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -170,10 +180,11 @@ class Stack:
         early = [n for n in names if world.clients[n].rm_arch != "vlm"] if alongside is not None else []
         result = None
         if alongside is not None:
-            if early:
-                self.console.print(f"[green]reward nodes {', '.join(early)}[/] grounding and training their RMs on "
-                                   "their own data (one process each), while the server trains its SFT start")
             started = self._start_rms(world, early)
+            if started:
+                self.console.print(f"[green]reward nodes {', '.join(n for n, *_ in started)}[/] grounding and "
+                                   "training their RMs on their own data (one process each), while the server "
+                                   "trains its SFT start")
             try:
                 result = alongside()
             except BaseException:
@@ -188,11 +199,7 @@ class Stack:
             if started:
                 self.console.print(f"[green]reward nodes {', '.join(n for n, *_ in started)}[/] grounding and training "
                                    "their RMs on their own data (one process each)")
-            try:
-                self._finish_rms(started)
-            except BaseException:
-                self._kill(started)
-                raise
+            self._finish_rms(started)
         return result
 
     def write_node_configs(self, world: World, ports: dict[str, tuple[int, int]]) -> None:
