@@ -34,10 +34,10 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from services.pipeline.table import plots  # noqa: E402
-from services.pipeline.table import summary as sm  # noqa: E402
 from services.pipeline.table.driver import adapt_joiner, plan, run_jobs  # noqa: E402
 from services.pipeline.table.prepare import Workspace, prepare_sft, prepare_worlds  # noqa: E402
 from services.pipeline.table.profiles import PROFILES, profile  # noqa: E402
+from services.pipeline.table.report import adaptability_summary  # noqa: E402
 
 SCENARIOS = ("adapt", "adapt_control")
 
@@ -57,13 +57,8 @@ def run(profile_name: str, out: Path, work: Path, workers: int | None, command: 
     prepare_sft(p, ws, console)
     jobs = [j for j in plan(p, joiner) if j.scenario in SCENARIOS]
     results, rm_table = run_jobs(p, ws, jobs, p.workers if workers is None else workers, console, timing)
-    by_scenario: dict[str, dict[int, dict[str, Any]]] = {s: {} for s in SCENARIOS}
-    for r in results:
-        by_scenario[r["spec"]["job"]["scenario"]][r["spec"]["job"]["seed"]] = r
-    others = [c.name for c in p.world.clients if c.name != joiner]
-    summary = sm.adaptability(by_scenario["adapt"], by_scenario["adapt_control"], joiner, others,
-                              p.claims.gen_benchmark, p.claims.adapt_join_step, p.claims.improve_margin)
     jobs_by_key = {r["key"]: r for r in results}
+    summary = adaptability_summary(p, jobs_by_key, joiner)
     out.mkdir(parents=True, exist_ok=True)
     plots.adaptability({"adaptability": summary}, jobs_by_key, out / "adaptability.png")
     timing["total"] = time.perf_counter() - t0

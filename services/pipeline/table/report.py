@@ -48,9 +48,6 @@ def build_summary(p: Profile, jobs: dict[str, dict[str, Any]], context: dict[str
                            "home": sm.router_weight(sm.runs_of(jobs, scen, m), c.noise_client, _home(p, c.noise_client))}
                        for m in c.noise_methods}
                for share, scen in [(0.0, "main"), *((x, noise_name(x)) for x in c.noise_levels)]}
-    join = {r["spec"]["job"]["seed"]: r for r in jobs.values() if r["spec"]["job"]["scenario"] == "adapt"}
-    control = {r["spec"]["job"]["seed"]: r for r in jobs.values() if r["spec"]["job"]["scenario"] == "adapt_control"}
-    joiner = context.get("adapt_client")
     return {
         "main": {"order": list(p.methods), "methods": {m: {"label": method(m).label, **main[m]} for m in p.methods},
                  "mor_vs": sm.comparisons({m: main[m] for m in p.methods}),
@@ -60,9 +57,20 @@ def build_summary(p: Profile, jobs: dict[str, dict[str, Any]], context: dict[str
                                              against="mor_norules")},
         "generalisation": sm.generalisation(general, c.gen_benchmark, covered),
         "robustness": sm.robustness(levels, c.noise_client, weights),
-        "adaptability": (sm.adaptability(join, control, joiner, [x.name for x in p.world.clients if x.name != joiner],
-                                         c.gen_benchmark, c.adapt_join_step, c.improve_margin) if joiner and join else None),
+        "adaptability": adaptability_summary(p, jobs, context.get("adapt_client")),
     }
+
+
+def adaptability_summary(p: Profile, jobs: dict[str, dict[str, Any]], joiner: str | None) -> dict[str, Any] | None:
+    """The adaptability claim from the jobs' results: ``joiner``'s runs against their controls, the
+    profile's other training clients as the others (None without a joiner or its runs)."""
+    c = p.claims
+    join = {r["spec"]["job"]["seed"]: r for r in sm.runs_of(jobs, "adapt", "mor")}
+    control = {r["spec"]["job"]["seed"]: r for r in sm.runs_of(jobs, "adapt_control", "mor")}
+    if not joiner or not join:
+        return None
+    others = [x.name for x in p.world.clients if x.name != joiner]
+    return sm.adaptability(join, control, joiner, others, c.gen_benchmark, c.adapt_join_step, c.improve_margin)
 
 
 def _home(p: Profile, client: str) -> str | None:

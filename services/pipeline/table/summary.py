@@ -159,9 +159,7 @@ def adaptability(join: dict[int, dict[str, Any]], control: dict[int, dict[str, A
     seeds: dict[int, Any] = {}
 
     def final(run: dict[str, Any]) -> tuple[dict[str, float], float]:
-        ev = run.get("eval") or {"client_preference": run["track"][-1]["client_preference"],
-                                 "benchmarks": {benchmark: {"vqa_accuracy": run["track"][-1]["vqa_accuracy"][benchmark]}}}
-        return ev["client_preference"], ev["benchmarks"][benchmark]["vqa_accuracy"]
+        return run["eval"]["client_preference"], run["eval"]["benchmarks"][benchmark]["vqa_accuracy"]
 
     for s in sorted(set(join) & set(control)):
         jt, ct = join[s]["track"], control[s]["track"]
