@@ -34,16 +34,19 @@ QUICK_SFT = {"steps": 30, "batch_size": 8, "warmup": 3, "lr": 3e-3, "vision_warm
 REPORT = "sft_report.json"
 
 
-def sft_examples(world: World, seed: int = 0) -> list[SFTExample]:
-    """Warm-start examples: train examples no client, pool prompt or router pair uses, each answered in one
-    of the client styles (round robin over a seeded shuffle), so RL starts from a policy that can
-    write every style and the reward nodes have something to choose between."""
+def sft_examples(world: World, seed: int = 0, answer_styles: str = "all") -> list[SFTExample]:
+    """Warm-start examples: train examples no client, pool prompt or router pair uses. Each is answered
+    in one of the client styles (round robin over a seeded shuffle), so RL starts from a policy that
+    can write every style and the reward nodes have something to choose between; with
+    ``answer_styles="domain"`` a benchmark with a home client is answered in that client's style
+    instead (the server knows each domain's convention, not its answers)."""
     rng = random.Random(seed)
     examples = world.sft_examples()
     rng.shuffle(examples)
+    conventions = world.config.domain_styles() if answer_styles == "domain" else {}
     return [
         SFTExample(image=world.load_image(ex.image), question=ex.question,
-                   answer=render_answer(ex, STYLES[i % len(STYLES)], rng))
+                   answer=render_answer(ex, conventions.get(ex.benchmark, STYLES[i % len(STYLES)]), rng))
         for i, ex in enumerate(examples)
     ]
 
@@ -111,7 +114,7 @@ def run_sft(world_dir: Path, out: Path, policy: ModelConfig, sft: SFTConfig, eva
         with _progress(con) as bar:
             return evaluate_policy(vlm, world, per_benchmark=eval_examples, progress=bar)
 
-    report = _warm_start(out, policy, sft, console, world, None, lambda: sft_examples(world, seed=sft.seed), "",
+    report = _warm_start(out, policy, sft, console, world, None, lambda: sft_examples(world, seed=sft.seed, answer_styles=sft.answer_styles), "",
                          evaluate)
     return _write_report(out, report)
 

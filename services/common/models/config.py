@@ -77,6 +77,11 @@ class SFTConfig(_Frozen):
     eval_every: int = Field(0, ge=0, description="Call eval_fn every N steps (0: only once, after the last step).")
     log_every: int = Field(10, ge=1, description="Record the running loss every N steps.")
     seed: int = Field(0, description="Seed of example order.")
+    answer_styles: Literal["all", "domain"] = Field(
+        "all", description="How a world's SFT answers are written. all: the client styles in turn, so the start "
+        "writes every style and the clients' rewards choose; domain: each benchmark in its convention (its home "
+        "client's style, the one the server's router pairs reward), the rest in turn. Ignored for outside data."
+    )
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU for the vision warm-up and SFT; None uses every core the process may run on. The trained weights depend on it: a fixed value gives the same policy on every machine.")
 
     def plan(self, pretrained: bool) -> tuple[Literal["lora", "full"], float]:
