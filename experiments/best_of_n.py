@@ -13,7 +13,9 @@ from the workdir, as its node serves it) and reports per benchmark:
 - best-of-n exact match when the answer is picked by the home RM, by the mean of the RMs' scores
   (each standardised over the whole sample, as the orchestrator's calibration does), by the clients'
   true preference oracles, and at random (= sampled exact match);
-- on the mixed groups, the within-group correlation of each pick rule's score with correctness.
+- on the mixed groups, the within-group correlation of each pick rule's score with correctness;
+- the share of sampled answers in each answer style (``answers.detect_styles``; an answer with no
+  number in it, like "odd", reads as both terse styles).
 
 A reward that picks the right answer in mixed groups well above the random pick is one GRPO can climb.
 Writes ``--out`` (JSON) if given.
@@ -35,7 +37,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from services.common.data.answers import exact_match  # noqa: E402
+from services.common.data.answers import detect_styles, exact_match  # noqa: E402
 from services.common.data.world import load_world  # noqa: E402
 from services.common.models.factory import load_vlm  # noqa: E402
 from services.reward_node.checkpoint import load_checkpoint  # noqa: E402
@@ -56,6 +58,12 @@ def within_group_corr(scores: torch.Tensor, right: torch.Tensor) -> float:
     s = (s - s.mean(1, keepdim=True)) / s.std(1, keepdim=True, unbiased=False)
     r = (r - r.mean(1, keepdim=True)) / r.std(1, keepdim=True, unbiased=False)
     return float((s * r).mean())
+
+
+def style_shares(texts: list[str]) -> dict[str, float]:
+    """Share of the answers in each style label: one style, "digits/word" (both terse), or "malformed"."""
+    labels = ["/".join(sorted(detect_styles(t))) or "malformed" for t in texts]
+    return {k: labels.count(k) / len(labels) for k in sorted(set(labels))}
 
 
 def main() -> None:
@@ -123,17 +131,19 @@ def main() -> None:
                 "best_of_n": {k: pick_accuracy(v, right) for k, v in rules.items()},
                 "corr_in_mixed": {k: within_group_corr(v, right) for k, v in rules.items()},
                 "distinct_answers": fmean(len(set(grp)) for grp in texts),
+                "styles": style_shares(flat_t),
             }
     table = Table(title=f"{args.n} answers at T={args.temperature}, {args.examples} held-out questions per benchmark")
     cols = ["benchmark", "greedy", "sampled", f"pass@{args.n}", "mixed", "distinct",
-            "bo-n home", "bo-n mean", "bo-n true", "corr home", "corr mean"]
+            "bo-n home", "bo-n mean", "bo-n true", "corr home", "corr mean", "justified"]
     for c in cols:
         table.add_column(c, justify="right")
     for b, r in results.items():
         table.add_row(b, *(f"{x:.3f}" for x in (r["greedy"], r["sampled"], r["pass@n"], r["mixed"])),
                       f"{r['distinct_answers']:.1f}",
                       *(f"{r['best_of_n'][k]:.3f}" for k in ("home RM", "mean of RMs", "true preference")),
-                      *(f"{r['corr_in_mixed'][k]:.3f}" for k in ("home RM", "mean of RMs")))
+                      *(f"{r['corr_in_mixed'][k]:.3f}" for k in ("home RM", "mean of RMs")),
+                      f"{r['styles'].get('justified', 0.0):.3f}")
     console.print(table)
     if args.out:
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "benchmarks": results},

@@ -33,6 +33,13 @@ def test_within_group_correlation_counts_mixed_groups_only():
     assert torch.isnan(torch.tensor(best_of_n.within_group_corr(agree[1:2], right[1:2])))
 
 
+def test_style_shares_label_each_answer_once():
+    shares = best_of_n.style_shares(["7 because the digit is 7", "7", "seven", "odd", "", "8 because it is"])
+
+    assert shares == pytest.approx({"justified": 2 / 6, "digits": 1 / 6, "word": 1 / 6, "digits/word": 1 / 6,
+                                    "malformed": 1 / 6})
+
+
 @pytest.mark.slow
 def test_the_script_reports_every_pick_rule_per_benchmark(demo_workdir, tmp_path):
     out = tmp_path / "bon.json"
@@ -48,3 +55,4 @@ def test_the_script_reports_every_pick_rule_per_benchmark(demo_workdir, tmp_path
         # pass@n bounds every pick: no rule picks a right answer from a group without one.
         assert all(0.0 <= a <= r["pass@n"] + 1e-9 for a in r["best_of_n"].values())
         assert r["sampled"] <= r["pass@n"] + 1e-9 and 1.0 <= r["distinct_answers"] <= 3.0
+        assert sum(r["styles"].values()) == pytest.approx(1.0)
