@@ -108,15 +108,18 @@ def evaluate_examples(vlm: VLM, images: ImageSource, examples: Sequence[VQAExamp
 
 def paired_change(before: dict, after: dict, benchmark: str) -> dict:
     """Two ``per_example`` evaluations of the same examples, compared pair by pair: answers that
-    turned right / wrong (exact match) and the mean preference change with its paired standard error
-    (NaN for outside data, which has no preference oracle)."""
+    turned right / wrong, the exact-match change and the mean preference change, each with its paired
+    standard error (preference NaN for outside data, which has no preference oracle)."""
     a, b = before["per_example"][benchmark], after["per_example"][benchmark]
     if a["id"] != b["id"]:
         raise ValueError(f"{benchmark}: the two evaluations are not of the same examples")
     diff = [y - x for x, y in zip(a.get("preference", []), b.get("preference", []), strict=True)]
+    em = [y - x for x, y in zip(a["exact_match"], b["exact_match"], strict=True)]
     return {
-        "turned_right": sum(y > x for x, y in zip(a["exact_match"], b["exact_match"], strict=True)),
-        "turned_wrong": sum(y < x for x, y in zip(a["exact_match"], b["exact_match"], strict=True)),
+        "turned_right": sum(d > 0 for d in em),
+        "turned_wrong": sum(d < 0 for d in em),
+        "exact_match_change": fmean(em) if em else math.nan,
+        "exact_match_se": stdev(em) / math.sqrt(len(em)) if len(em) > 1 else math.nan,
         "preference_change": fmean(diff) if diff else math.nan,
         "preference_se": stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan,
     }

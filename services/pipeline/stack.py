@@ -312,20 +312,23 @@ class Stack:
 def demo_table(report: dict[str, Any]) -> Table:
     """SFT start vs MoR per benchmark (exact match, mean client preference) and per client (oracle
     preference). The paired column says whether a change is more than noise: how many answers
-    turned right and wrong, and the paired standard error of the preference change."""
+    turned right and wrong, and the paired standard errors (over examples) of the changes."""
     before, after = report["before"], report["after"]
-    table = Table(title=f"held-out results: SFT start vs MoR ({report['router']} router, {len(report['steps'])} GRPO steps)")
+    table = Table(title=f"held-out results: SFT start vs MoR ({report['router']} router, {len(report['steps'])} GRPO steps)",
+                  caption="one GRPO seed: ± is the paired se over examples; the seed moves a benchmark's change "
+                          "more (experiments/demo_seeds.py measures it)")
     for col in ("", "chance", "SFT start", "MoR", "change", "paired"):
         table.add_column(col, justify="right")
     paired = {b: paired_change(before, after, b) for b in after["benchmarks"]}
     for b, row in after["benchmarks"].items():
         s, m = before["benchmarks"][b]["exact_match"], row["exact_match"]
-        table.add_row(f"{b} exact match", f"{row['chance']:.3f}", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}",
+        table.add_row(f"{b} exact match", f"{row['chance']:.3f}", f"{s:.3f}", f"{m:.3f}",
+                      f"{m - s:+.3f} ± {paired[b]['exact_match_se']:.3f}",
                       f"{paired[b]['turned_right']} right / {paired[b]['turned_wrong']} wrong")
     for b, row in after["benchmarks"].items():
         s, m = before["benchmarks"][b]["preference"], row["preference"]
-        table.add_row(f"{b} mean client preference", "", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}",
-                      f"± {paired[b]['preference_se']:.3f} se")
+        table.add_row(f"{b} mean client preference", "", f"{s:.3f}", f"{m:.3f}",
+                      f"{m - s:+.3f} ± {paired[b]['preference_se']:.3f}", "")
     for c, m in after["client_preference"].items():
         s = before["client_preference"][c]
         table.add_row(f"{c} preference", "", f"{s:.3f}", f"{m:.3f}", f"{m - s:+.3f}", "")

@@ -86,6 +86,12 @@ def test_paired_change_counts_flips_and_the_paired_preference_change(world):
         assert up["preference_change"] == pytest.approx(change) and down["preference_change"] == pytest.approx(-change)
         assert up["preference_se"] == pytest.approx(down["preference_se"]) and up["preference_se"] >= 0
         assert paired_change(right, right, b)["preference_se"] == 0.0
+        assert (up["exact_match_change"], up["exact_match_se"]) == (1.0, 0.0)
+
+    before = {"per_example": {"digits": {"id": [1, 2, 3, 4], "exact_match": [1, 0, 0, 1]}}}
+    after = {"per_example": {"digits": {"id": [1, 2, 3, 4], "exact_match": [1, 1, 0, 0]}}}
+    mixed = paired_change(before, after, "digits")  # per-example changes 0, +1, 0, -1
+    assert mixed["exact_match_change"] == 0.0 and mixed["exact_match_se"] == pytest.approx((2 / 3) ** 0.5 / 2)
 
     shuffled = {"per_example": {b: {**r, "id": r["id"][::-1]} for b, r in right["per_example"].items()}}
     with pytest.raises(ValueError, match="not of the same examples"):
