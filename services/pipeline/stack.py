@@ -311,8 +311,8 @@ class Stack:
 
 def demo_table(report: dict[str, Any]) -> Table:
     """SFT start vs MoR per benchmark (exact match, mean client preference) and per client (oracle
-    preference). The paired column says whether a change is more than noise: how many answers
-    turned right and wrong, and the paired standard errors (over examples) of the changes."""
+    preference). Whether a change is more than noise: each change carries its paired standard error
+    over examples, and the paired column says how many answers turned right and wrong."""
     before, after = report["before"], report["after"]
     table = Table(title=f"held-out results: SFT start vs MoR ({report['router']} router, {len(report['steps'])} GRPO steps)",
                   caption="one GRPO seed: ± is the paired se over examples; the seed moves a benchmark's change "
