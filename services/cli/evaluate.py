@@ -88,13 +88,13 @@ def eval_policy(
         report["baseline"] = {"policy": str(baseline), **base}
         report["paired"] = {b: paired_change(base, report, b) for b in report["benchmarks"]}
         table = Table(title=f"{policy} vs baseline {baseline}, the same {examples} examples per benchmark")
-        for col in ("benchmark", "exact match", "turned right / wrong", "preference", "± paired se"):
+        for col in ("benchmark", "exact match", "± paired se", "turned right / wrong", "preference", "± paired se"):
             table.add_column(col, justify="left" if col == "benchmark" else "right")
         for b, row in report["benchmarks"].items():
             p, s = report["paired"][b], base["benchmarks"][b]
             pref = (f"{s['preference']:.3f} → {row['preference']:.3f}", f"{p['preference_se']:.3f}") if vqa is None else ("-", "-")
-            table.add_row(b, f"{s['exact_match']:.3f} → {row['exact_match']:.3f}", f"{p['turned_right']} / {p['turned_wrong']}",
-                          *pref)
+            table.add_row(b, f"{s['exact_match']:.3f} → {row['exact_match']:.3f}", f"{p['exact_match_se']:.3f}",
+                          f"{p['turned_right']} / {p['turned_wrong']}", *pref)
         console.print(table)
     text = json.dumps(report, indent=2, sort_keys=True)
     if out is not None:

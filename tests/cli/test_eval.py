@@ -58,8 +58,9 @@ def test_eval_against_a_baseline_compares_the_same_examples_pair_by_pair(tiny, t
         paired, base = report["paired"][b], report["baseline"]["benchmarks"][b]
         assert paired["turned_right"] - paired["turned_wrong"] == round(6 * (row["exact_match"] - base["exact_match"]))
         assert paired["preference_change"] == pytest.approx(row["preference"] - base["preference"])
-        assert self_report["paired"][b] == {"turned_right": 0, "turned_wrong": 0, "preference_change": 0.0,
-                                            "preference_se": 0.0}
+        assert paired["exact_match_change"] == pytest.approx(row["exact_match"] - base["exact_match"])
+        assert self_report["paired"][b] == {"turned_right": 0, "turned_wrong": 0, "exact_match_change": 0.0,
+                                            "exact_match_se": 0.0, "preference_change": 0.0, "preference_se": 0.0}
     assert "turned right / wrong" in proc.stderr
 
 
