@@ -129,7 +129,7 @@ def summary(results: dict[str, Any], benchmarks: list[str]) -> dict[str, dict[st
     """Per benchmark and for their mean ("all"): the exact-match and preference changes, mean ± se over seeds.
 
     A run's paired se over examples misses the run's own randomness; the spread over seeds from the
-    same start holds both (the demo's per-benchmark gains moved by 0.02-0.05 between seeds)."""
+    same start holds both (the demo's per-benchmark gains moved by up to 0.06 between seeds)."""
     changes: dict[str, dict[str, list[float]]] = {b: {"exact_match": [], "preference": []} for b in [*benchmarks, "all"]}
     for r in results["seeds"].values():
         em = {b: r["exact_match"][b] - results["start"][b] for b in benchmarks}
