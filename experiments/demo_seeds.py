@@ -35,6 +35,7 @@ from services.common.config import RewardNodeSettings, RunConfig, StackConfig, l
 from services.common.config.base import ConfigError, build  # noqa: E402
 from services.common.data.world import World, load_world  # noqa: E402
 from services.common.evaluation import evaluate_policy, paired_change  # noqa: E402
+from services.pipeline.table.summary import mean_std  # noqa: E402
 
 
 def apply_overrides(data: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
@@ -121,8 +122,8 @@ def main() -> None:
 
 def over_seeds(values: list[float]) -> dict[str, float]:
     """Mean and standard error over seeds (se 0 with one seed: no spread to measure)."""
-    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return {"mean": statistics.mean(values), "se": se}
+    m = mean_std(values)
+    return {"mean": m["mean"], "se": m["std"] / m["n"] ** 0.5}
 
 
 def summary(results: dict[str, Any], benchmarks: list[str]) -> dict[str, dict[str, dict[str, float]]]:

@@ -125,10 +125,11 @@ class Stack:
             "prototype": {"publish": True, "noise_sigma": 0.02},
         }
 
-    def _start_rms(self, world: World, names: list[str]) -> list[_Training]:
+    def _start_rms(self, world: World, names: list[str], meanwhile: str = "") -> list[_Training]:
         """Start `mor reward-node train` for each of ``names`` whose RM is not current, one process each
-        (with the node's torch_threads); an RM is reused under the cache rule with the key of
-        reward_models.rm_inputs (its data, training config and, for a VLM RM, its backbone: the SFT policy)."""
+        (with the node's torch_threads), and say so (``meanwhile``: what else runs); an RM is reused under
+        the cache rule with the key of reward_models.rm_inputs (its data, training config and, for a VLM
+        RM, its backbone: the SFT policy)."""
         started = []
         for name in names:
             settings = RewardNodeSettings(**yaml.safe_load((self.configs / f"node-{name}.yaml").read_text()))
@@ -145,6 +146,9 @@ class Stack:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("wb"))
             self.rm_training[name] = proc
             started.append((name, ckpt, want, log, proc))
+        if started:
+            self.console.print(f"[green]reward nodes {', '.join(n for n, *_ in started)}[/] grounding and training "
+                               f"their RMs on their own data (one process each){meanwhile}")
         return started
 
     def _finish_rms(self, started: list[_Training]) -> None:
@@ -180,11 +184,7 @@ class Stack:
         early = [n for n in names if world.clients[n].rm_arch != "vlm"] if alongside is not None else []
         result = None
         if alongside is not None:
-            started = self._start_rms(world, early)
-            if started:
-                self.console.print(f"[green]reward nodes {', '.join(n for n, *_ in started)}[/] grounding and "
-                                   "training their RMs on their own data (one process each), while the server "
-                                   "trains its SFT start")
+            started = self._start_rms(world, early, ", while the server trains its SFT start")
             try:
                 result = alongside()
             except BaseException:
@@ -196,9 +196,6 @@ class Stack:
         for i in range(0, len(rest), width):
             batch = rest[i : i + width]
             started = self._start_rms(world, batch)
-            if started:
-                self.console.print(f"[green]reward nodes {', '.join(n for n, *_ in started)}[/] grounding and training "
-                                   "their RMs on their own data (one process each)")
             self._finish_rms(started)
         return result
 
