@@ -1,0 +1,102 @@
+"""How well does a client's light RM learn its home domain from grounding? Per question type.
+
+Grounds a fresh light RM (architecture options as JSON) on one client's labelled examples of a
+world, as its node does before Bradley-Terry, then measures on the world's held-out examples of
+the client's home benchmark: top-1 accuracy of the correct answer among its candidates (the
+grounding task itself, per question type) and pair accuracy on the client's held-out correctness
+pairs at home (what `mor reward-node train` reports, before the Bradley-Terry stage).
+
+    python experiments/rm_grounding.py --world runs/local/world --client clinic \
+        --arch '{"attention_heads": 4}' --epochs 24 --out experiments/results/rm_grounding_clinic.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from services.common.data.world import load_world
+from services.reward_node.grounding import candidate_set, ground
+from services.reward_node.rm.light import LightRM
+
+
+def candidate_accuracy(model: LightRM, examples, load_image, seed: int) -> dict[str, dict[str, float]]:
+    """Share of examples whose correct answer scores above all its candidates, per question type."""
+    gset = candidate_set(examples, seed)
+    assert gset.n_examples == len(examples), "an example had no negative candidates"
+    prepared = model.prepare(gset.prompts, [load_image(k) for k in gset.image_keys], gset.responses)
+    model.eval()
+    with torch.no_grad():
+        scores = torch.cat([model(prepared.select(range(i, min(i + 512, len(gset.responses)))))
+                            for i in range(0, len(gset.responses), 512)])
+    right: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        ok = int(int(scores[gset.starts[i]:gset.starts[i + 1]].argmax()) == 0)
+        right[ex.qtype or "?"].append(ok)
+        right["all"].append(ok)
+    return {q: {"accuracy": sum(v) / len(v), "n": len(v)} for q, v in sorted(right.items())}
+
+
+def pair_accuracy(model: LightRM, pairs, load_image) -> dict[str, float]:
+    if not pairs:
+        return {"accuracy": float("nan"), "n": 0}
+    images = [load_image(p.image) for p in pairs]
+    prompts = [p.question for p in pairs]
+    with torch.no_grad():
+        a = model(model.prepare(prompts, images, [p.chosen for p in pairs]))
+        b = model(model.prepare(prompts, images, [p.rejected for p in pairs]))
+    return {"accuracy": float((a > b).float().mean()), "n": len(pairs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world", type=Path, default=Path("runs/local/world"))
+    ap.add_argument("--client", default="clinic")
+    ap.add_argument("--arch", default="{}", help="LightRM keyword arguments as JSON")
+    ap.add_argument("--epochs", type=int, default=24)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-examples", type=int, default=1000)
+    ap.add_argument("--extra-labelled", type=int, default=0,
+                    help="add this many of the world's home-benchmark train examples to the client's labelled set "
+                         "(what would more private labelled data give? an experiment, not what a node does)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    world = load_world(args.world)
+    spec = world.clients[args.client]
+    home = max(spec.domain_mix, key=spec.domain_mix.get)
+    labelled = world.labelled(args.client)
+    if args.extra_labelled:
+        own = {ex.id for ex in labelled}
+        labelled += [ex for ex in world.examples(home, "train") if ex.id not in own][: args.extra_labelled]
+    torch.manual_seed(args.seed)
+    model = LightRM(**json.loads(args.arch))
+    t0 = time.perf_counter()
+    losses = ground(model, candidate_set(labelled, args.seed), world.load_image, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, weight_decay=0.01, max_grad_norm=1.0, seed=args.seed)
+    seconds = time.perf_counter() - t0
+    test = world.examples(home, "test")[: args.eval_examples]
+    pairs = [p for p in world.pairs(args.client, "test") if p.kind == "correctness" and p.benchmark == home]
+    result = {
+        "client": args.client, "home": home, "arch": json.loads(args.arch), "epochs": args.epochs, "lr": args.lr,
+        "seed": args.seed, "labelled": len(labelled), "extra_labelled": args.extra_labelled, "seconds": round(seconds, 1),
+        "loss_per_epoch": [round(x, 4) for x in losses],
+        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "candidate_accuracy": candidate_accuracy(model, test, world.load_image, args.seed + 1),
+        "home_correctness_pairs": pair_accuracy(model, pairs, world.load_image),
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
