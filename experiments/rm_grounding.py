@@ -22,12 +22,14 @@ import torch
 from services.common.data.world import load_world
 from services.reward_node.grounding import candidate_set, ground
 from services.reward_node.rm.light import LightRM
+from services.reward_node.train import pair_accuracy
 
 
 def candidate_accuracy(model: LightRM, examples, load_image, seed: int) -> dict[str, dict[str, float]]:
     """Share of examples whose correct answer scores above all its candidates, per question type."""
     gset = candidate_set(examples, seed)
-    assert gset.n_examples == len(examples), "an example had no negative candidates"
+    if gset.n_examples != len(examples):
+        raise SystemExit("some held-out question type has a single answer: no candidates to rank it against")
     prepared = model.prepare(gset.prompts, [load_image(k) for k in gset.image_keys], gset.responses)
     model.eval()
     with torch.no_grad():
@@ -41,7 +43,8 @@ def candidate_accuracy(model: LightRM, examples, load_image, seed: int) -> dict[
     return {q: {"accuracy": sum(v) / len(v), "n": len(v)} for q, v in sorted(right.items())}
 
 
-def pair_accuracy(model: LightRM, pairs, load_image) -> dict[str, float]:
+def correctness_pairs(model: LightRM, pairs, load_image) -> dict[str, float]:
+    """Pair accuracy (chosen above rejected) on ``pairs``."""
     if not pairs:
         return {"accuracy": float("nan"), "n": 0}
     images = [load_image(p.image) for p in pairs]
@@ -49,7 +52,7 @@ def pair_accuracy(model: LightRM, pairs, load_image) -> dict[str, float]:
     with torch.no_grad():
         a = model(model.prepare(prompts, images, [p.chosen for p in pairs]))
         b = model(model.prepare(prompts, images, [p.rejected for p in pairs]))
-    return {"accuracy": float((a > b).float().mean()), "n": len(pairs)}
+    return {"accuracy": pair_accuracy(a, b), "n": len(pairs)}
 
 
 def main() -> None:
@@ -90,7 +93,7 @@ def main() -> None:
         "loss_per_epoch": [round(x, 4) for x in losses],
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "candidate_accuracy": candidate_accuracy(model, test, world.load_image, args.seed + 1),
-        "home_correctness_pairs": pair_accuracy(model, pairs, world.load_image),
+        "home_correctness_pairs": correctness_pairs(model, pairs, world.load_image),
     }
     print(json.dumps(result, indent=1))
     if args.out:
