@@ -7,7 +7,7 @@ grounding task itself, per question type) and pair accuracy on the client's held
 pairs at home (what `mor reward-node train` reports, before the Bradley-Terry stage).
 
     python experiments/rm_grounding.py --world runs/local/world --client clinic \
-        --arch '{"attention_heads": 4}' --epochs 24 --out experiments/results/rm_grounding_clinic.json
+        --arch '{"hidden": 128}' --epochs 24 --out experiments/results/rm_grounding/clinic_default.json
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 from services.common.data.world import load_world
 from services.reward_node.grounding import candidate_set, ground
 from services.reward_node.rm.light import LightRM
-from services.reward_node.train import pair_accuracy
+from services.reward_node.train import pair_accuracy, raw_scores
 
 
 def candidate_accuracy(model: LightRM, examples, load_image, seed: int) -> dict[str, dict[str, float]]:
@@ -30,11 +30,7 @@ def candidate_accuracy(model: LightRM, examples, load_image, seed: int) -> dict[
     gset = candidate_set(examples, seed)
     if gset.n_examples != len(examples):
         raise SystemExit("some held-out question type has a single answer: no candidates to rank it against")
-    prepared = model.prepare(gset.prompts, [load_image(k) for k in gset.image_keys], gset.responses)
-    model.eval()
-    with torch.no_grad():
-        scores = torch.cat([model(prepared.select(range(i, min(i + 512, len(gset.responses)))))
-                            for i in range(0, len(gset.responses), 512)])
+    scores = raw_scores(model, model.prepare(gset.prompts, [load_image(k) for k in gset.image_keys], gset.responses))
     right: dict[str, list[int]] = defaultdict(list)
     for i, ex in enumerate(examples):
         ok = int(int(scores[gset.starts[i]:gset.starts[i + 1]].argmax()) == 0)
@@ -44,15 +40,13 @@ def candidate_accuracy(model: LightRM, examples, load_image, seed: int) -> dict[
 
 
 def correctness_pairs(model: LightRM, pairs, load_image) -> dict[str, float]:
-    """Pair accuracy (chosen above rejected) on ``pairs``."""
+    """Pair accuracy (chosen above rejected) on ``pairs``: one pass over chosen, then rejected answers."""
     if not pairs:
         return {"accuracy": float("nan"), "n": 0}
     images = [load_image(p.image) for p in pairs]
-    prompts = [p.question for p in pairs]
-    with torch.no_grad():
-        a = model(model.prepare(prompts, images, [p.chosen for p in pairs]))
-        b = model(model.prepare(prompts, images, [p.rejected for p in pairs]))
-    return {"accuracy": pair_accuracy(a, b), "n": len(pairs)}
+    scores = raw_scores(model, model.prepare([p.question for p in pairs] * 2, images * 2,
+                                             [p.chosen for p in pairs] + [p.rejected for p in pairs]))
+    return {"accuracy": pair_accuracy(scores[: len(pairs)], scores[len(pairs):]), "n": len(pairs)}
 
 
 def main() -> None:
@@ -71,16 +65,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    try:
+        arch = json.loads(args.arch)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--arch: not JSON ({exc})") from None
     torch.set_num_threads(args.threads)
     world = load_world(args.world)
-    spec = world.clients[args.client]
-    home = max(spec.domain_mix, key=spec.domain_mix.get)
+    home = world.clients[args.client].home
     labelled = world.labelled(args.client)
     if args.extra_labelled:
         own = {ex.id for ex in labelled}
         labelled += [ex for ex in world.examples(home, "train") if ex.id not in own][: args.extra_labelled]
     torch.manual_seed(args.seed)
-    model = LightRM(**json.loads(args.arch))
+    model = LightRM(**arch)
     t0 = time.perf_counter()
     losses = ground(model, candidate_set(labelled, args.seed), world.load_image, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, weight_decay=0.01, max_grad_norm=1.0, seed=args.seed)
@@ -88,7 +85,7 @@ def main() -> None:
     test = world.examples(home, "test")[: args.eval_examples]
     pairs = [p for p in world.pairs(args.client, "test") if p.kind == "correctness" and p.benchmark == home]
     result = {
-        "client": args.client, "home": home, "arch": json.loads(args.arch), "epochs": args.epochs, "lr": args.lr,
+        "client": args.client, "home": home, "arch": arch, "epochs": args.epochs, "lr": args.lr,
         "seed": args.seed, "labelled": len(labelled), "extra_labelled": args.extra_labelled, "seconds": round(seconds, 1),
         "loss_per_epoch": [round(x, 4) for x in losses],
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
