@@ -1,17 +1,18 @@
 """How well does a client's light RM learn its home domain from grounding? Per question type.
 
 Grounds a fresh light RM (architecture options as JSON) on one client's labelled examples of a
-world, as its node does before Bradley-Terry, then measures on the world's held-out examples of
+world, as its node does before Bradley-Terry (its classifier stage first, then ranking candidates), then measures on the world's held-out examples of
 the client's home benchmark: top-1 accuracy of the correct answer among its candidates (the
 grounding task itself, per question type) and pair accuracy on the client's held-out correctness
 pairs at home (what `mor reward-node train` reports, before the Bradley-Terry stage).
 
     python experiments/rm_grounding.py --world runs/local/world --client clinic \
-        --arch '{"hidden": 128}' --epochs 24 --out experiments/results/rm_grounding/clinic_default.json
+        --arch '{"hidden": 128}' --classify-epochs 30 --epochs 24 --out experiments/results/rm_grounding/clinic_default.json
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections import defaultdict
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from services.common.data.world import load_world
-from services.reward_node.grounding import candidate_set, ground
+from services.reward_node.grounding import candidate_set, classify, ground
 from services.reward_node.rm.light import LightRM
 from services.reward_node.train import pair_accuracy, raw_scores
 
@@ -54,7 +55,8 @@ def main() -> None:
     ap.add_argument("--world", type=Path, default=Path("runs/local/world"))
     ap.add_argument("--client", default="clinic")
     ap.add_argument("--arch", default="{}", help="LightRM keyword arguments as JSON")
-    ap.add_argument("--epochs", type=int, default=24)
+    ap.add_argument("--epochs", type=int, default=24, help="grounding epochs (ranking candidates)")
+    ap.add_argument("--classify-epochs", type=int, default=30, help="epochs of the classifier stage before it")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -71,6 +73,7 @@ def main() -> None:
         raise SystemExit(f"--arch: not JSON ({exc})") from None
     torch.set_num_threads(args.threads)
     world = load_world(args.world)
+    load_image = functools.lru_cache(maxsize=None)(world.load_image)  # one image object per file, as a node keeps
     home = world.clients[args.client].home
     labelled = world.labelled(args.client)
     if args.extra_labelled:
@@ -79,18 +82,20 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = LightRM(**arch)
     t0 = time.perf_counter()
-    losses = ground(model, candidate_set(labelled, args.seed), world.load_image, epochs=args.epochs,
-                    batch_size=args.batch_size, lr=args.lr, weight_decay=0.01, max_grad_norm=1.0, seed=args.seed)
+    opts = {"batch_size": args.batch_size, "lr": args.lr, "weight_decay": 0.01, "max_grad_norm": 1.0, "seed": args.seed}
+    classified = classify(model, labelled, load_image, epochs=args.classify_epochs, **opts)
+    losses = ground(model, candidate_set(labelled, args.seed), load_image, epochs=args.epochs, **opts)
     seconds = time.perf_counter() - t0
     test = world.examples(home, "test")[: args.eval_examples]
     pairs = [p for p in world.pairs(args.client, "test") if p.kind == "correctness" and p.benchmark == home]
     result = {
-        "client": args.client, "home": home, "arch": arch, "epochs": args.epochs, "lr": args.lr,
+        "client": args.client, "home": home, "arch": arch, "classify_epochs": args.classify_epochs,
+        "classify_loss_per_epoch": [round(x, 4) for x in classified], "epochs": args.epochs, "lr": args.lr,
         "seed": args.seed, "labelled": len(labelled), "extra_labelled": args.extra_labelled, "seconds": round(seconds, 1),
         "loss_per_epoch": [round(x, 4) for x in losses],
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "candidate_accuracy": candidate_accuracy(model, test, world.load_image, args.seed + 1),
-        "home_correctness_pairs": correctness_pairs(model, pairs, world.load_image),
+        "candidate_accuracy": candidate_accuracy(model, test, load_image, args.seed + 1),
+        "home_correctness_pairs": correctness_pairs(model, pairs, load_image),
     }
     print(json.dumps(result, indent=1))
     if args.out:

@@ -35,7 +35,7 @@ from services.common.config.services import RewardNodeSettings
 from services.common.text_encoder import get_encoder
 from services.reward_node.checkpoint import save_checkpoint
 from services.reward_node.data import SPLITS, NodeData, load_node_data
-from services.reward_node.grounding import candidate_set, ground
+from services.reward_node.grounding import candidate_set, classify, ground
 from services.reward_node.hybrid import parts_matrix
 from services.reward_node.rm import RewardModel, build_rm
 from services.reward_node.train import (
@@ -106,13 +106,16 @@ def merge_moments(moments: Sequence[tuple[int, float, float]]) -> tuple[float, f
 def _fedavg_grounding(model: RewardModel, datas: Sequence[NodeData], settings: RewardNodeSettings,
                       rounds: int) -> dict[str, object]:
     """Grounding the FedAvg way: each round every client grounds the global RM on its own labelled
-    examples for grounding_epochs / rounds epochs, and the server averages (weighted by examples)."""
+    examples for grounding_epochs / rounds epochs (after classify_epochs / rounds of its classifier stage,
+    with its own answer head), and the server averages (weighted by examples)."""
     cfg = settings.train
-    sets = [candidate_set(grounding_examples(d, cfg), cfg.seed) for d in datas]
+    examples = [grounding_examples(d, cfg) for d in datas]
+    sets = [candidate_set(ex, cfg.seed) for ex in examples]
     counts = [g.n_examples for g in sets]
     if cfg.grounding_epochs == 0 or sum(counts) == 0:
         return {"examples": 0, "epochs": 0}
     local = max(1, math.ceil(cfg.grounding_epochs / rounds))
+    local_classify = math.ceil(cfg.classify_epochs / rounds)
     for r in range(rounds):
         global_state = copy.deepcopy(model.state_dict())
         states, weights = [], []
@@ -120,12 +123,15 @@ def _fedavg_grounding(model: RewardModel, datas: Sequence[NodeData], settings: R
             if gset.n_examples == 0:
                 continue
             model.load_state_dict(global_state)
-            ground(model, gset, d.image, epochs=local, batch_size=cfg.batch_size, lr=cfg.grounding_lr,
-                   weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed + 1000 * r + i)
+            opts = {"batch_size": cfg.batch_size, "lr": cfg.grounding_lr, "weight_decay": cfg.weight_decay,
+                    "max_grad_norm": cfg.max_grad_norm, "seed": cfg.seed + 1000 * r + i}
+            classify(model, examples[i], d.image, epochs=local_classify, **opts)  # a fresh answer head each round
+            ground(model, gset, d.image, epochs=local, **opts)
             states.append(copy.deepcopy(model.state_dict()))
             weights.append(gset.n_examples)
         model.load_state_dict(average_states(states, weights))
-    return {"examples": sum(counts), "rounds": rounds, "local_epochs": local, "lr": cfg.grounding_lr}
+    return {"examples": sum(counts), "rounds": rounds, "local_epochs": local, "local_classify_epochs": local_classify,
+            "lr": cfg.grounding_lr}
 
 
 def train_fedavg_rm(settings: RewardNodeSettings, world_dir: str | Path, clients: Sequence[str], *,

@@ -22,6 +22,7 @@ from services.pipeline.baselines import train_fedavg_rm, train_pooled_rm
 from services.reward_node.app import build_app
 from services.reward_node.checkpoint import read_metadata
 from services.reward_node.data import load_node_data
+from services.reward_node.rm import LightRM
 from services.reward_node.train import train_rm
 
 SOURCES = ("client", "pooled", "fedavg")  # one client's pairs; every client's pooled (central); FedAvg over them
@@ -31,7 +32,8 @@ def rm_inputs(settings: RewardNodeSettings, world_dir: Path, clients: Sequence[s
               **extra: Any) -> dict[str, Any]:
     """The inputs of the RM ``settings`` trains on the pairs of ``clients`` in ``world_dir``: its kind and
     training config, the content hashes of those clients' data and, for a VLM RM, of its backbone
-    checkpoint (the SFT policy; a preset backbone by its config; a light RM has none), and ``extra``
+    checkpoint (the SFT policy; a preset backbone by its config; a light RM has none, but its
+    architecture), and ``extra``
     (e.g. the FedAvg rounds)."""
     if source not in SOURCES:
         raise ValueError(f"unknown RM source {source!r}; known: {', '.join(SOURCES)}")
@@ -42,9 +44,11 @@ def rm_inputs(settings: RewardNodeSettings, world_dir: Path, clients: Sequence[s
         backbone_key = cache.content_hash(backbone.path)
     else:
         backbone_key = backbone.model_dump(mode="json")
+    # A light RM's architecture is the code's default, not a setting: a new default retrains it.
+    architecture = LightRM.build(settings.model).architecture() if settings.model.kind == "light" else None
     return {"kind": settings.model.kind, "source": source,
             "data": [load_node_data(world_dir, c).data_sha256 for c in clients],
-            "backbone": backbone_key,
+            "backbone": backbone_key, "architecture": architecture,
             "train": settings.train.model_dump(mode="json"), **extra}
 
 

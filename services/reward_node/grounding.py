@@ -17,6 +17,12 @@ in `meta` where present, else the question text), at most ``max_negatives`` of t
 ``max_foreign`` answers of *other* question types ("odd" to "what digit is shown?"). Without the
 foreign ones an RM never saw an answer that does not fit its question, scored it as it liked, and
 a policy trained on it learned to answer every digits question with "odd" (full table, seed 2).
+
+Before it, an RM whose image pathway reads the image with the question (a light RM's cells) first
+learns to answer the labelled questions itself (``classify``): a classifier over the answers the
+examples know, through a head that is thrown away after it. Through the RM's own score alone the
+cells pathway sat on a plateau (clinic's shapes RM at chance after 24 epochs); after 30 epochs as a
+classifier, grounding converged in a few epochs (experiments/results/rm_grounding/).
 """
 from __future__ import annotations
 
@@ -26,11 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from services.common.data.answers import STYLES, majority_answer, normalize_answer, render_answer
 from services.common.data.records import VQAExample
+from services.common.text_encoder import EMBED_DIM
 from services.reward_node.optim import train_loop
-from services.reward_node.rm import RewardModel
+from services.reward_node.rm import LightRM, RewardModel
 
 
 @dataclass(frozen=True)
@@ -113,11 +121,67 @@ def ground(
         logits = torch.full(mask.shape, float("-inf")).masked_scatter(mask, scores)
         return torch.nn.functional.cross_entropy(logits, torch.zeros(len(ex), dtype=torch.long))
 
-    # Constant rate after a short warm-up: the loss sits on a plateau for the first epochs, and a
-    # decaying schedule ended training just as it left it.
     return train_loop(model, batch_loss, n, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      max_grad_norm=max_grad_norm, seed=seed,
-                      schedule=lambda s, total: min(1.0, (s + 1) / max(1, total // 20)), on_step=on_step)
+                      max_grad_norm=max_grad_norm, seed=seed, schedule=_constant_after_warmup, on_step=on_step)
 
 
-__all__ = ["GroundingSet", "candidate_set", "ground"]
+def _constant_after_warmup(step: int, total: int) -> float:
+    """Constant rate after a 5 % warm-up: the loss sits on a plateau for the first epochs, and a
+    decaying schedule ended training just as it left it."""
+    return min(1.0, (step + 1) / max(1, total // 20))
+
+
+class _Classifier(nn.Module):
+    """The RM's question-conditioned image pathway with a throw-away answer head on top."""
+
+    def __init__(self, model: LightRM, n_answers: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.model = model
+        self.head = nn.Sequential(nn.Linear(model.image_dim + EMBED_DIM, hidden), nn.GELU(), nn.Linear(hidden, n_answers))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [*self.model.cnn.parameters(), *self.head.parameters()]
+
+
+def reads_with_question(model: RewardModel) -> bool:
+    """Whether ``model`` has an image pathway that ``classify`` can train (a light RM's cells)."""
+    return isinstance(model, LightRM) and model.pathway == "cells"
+
+
+def classify(
+    model: RewardModel,
+    examples: Sequence[VQAExample],
+    load_image: Callable[[str], object],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    max_grad_norm: float,
+    seed: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train the image pathway as a classifier of each example's majority answer (normalised) among
+    every answer of ``examples``; mean loss per epoch ([] when the model has no such pathway)."""
+    if not reads_with_question(model) or epochs == 0 or not examples:
+        return []
+    assert isinstance(model, LightRM)
+    answers = sorted({normalize_answer(majority_answer(ex.answers)) for ex in examples})
+    index = {a: i for i, a in enumerate(answers)}
+    target = torch.tensor([index[normalize_answer(majority_answer(ex.answers))] for ex in examples])
+    prepared = model.prepare([ex.question for ex in examples], [load_image(ex.image) for ex in examples],
+                             [""] * len(examples))
+    clf = _Classifier(model, len(answers))
+
+    def batch_loss(ex: list[int]) -> torch.Tensor:
+        part = prepared.select(ex)
+        v = model.image_features(part)
+        logits = clf.head(torch.cat([nn.functional.gelu(v), part.prompt_emb], dim=-1))
+        return nn.functional.cross_entropy(logits, target[ex])
+
+    return train_loop(clf, batch_loss, len(examples), epochs=epochs, batch_size=batch_size, lr=lr,  # type: ignore[arg-type]
+                      weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed,
+                      schedule=_constant_after_warmup, on_step=on_step)
+
+
+__all__ = ["GroundingSet", "candidate_set", "classify", "ground", "reads_with_question"]

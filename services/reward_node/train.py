@@ -26,7 +26,7 @@ from services.common.data.records import PreferencePair
 from services.common.text_encoder import EMBEDDER, get_encoder
 from services.reward_node.checkpoint import save_checkpoint
 from services.reward_node.data import NodeData, load_node_data
-from services.reward_node.grounding import candidate_set, ground
+from services.reward_node.grounding import candidate_set, classify, ground, reads_with_question
 from services.reward_node.hybrid import PART_NAMES, part_stats, parts_matrix
 from services.reward_node.optim import train_loop
 from services.reward_node.rm import Prepared, RewardModel, build_rm
@@ -145,14 +145,20 @@ def _ground(model: RewardModel, data: NodeData, settings: RewardNodeSettings, pr
         return {"examples": 0, "epochs": 0}
     t0 = time.perf_counter()
     gset = candidate_set(examples, cfg.seed)
-    total = cfg.grounding_epochs * math.ceil(gset.n_examples / cfg.batch_size)
+    classify_epochs = cfg.classify_epochs if reads_with_question(model) else 0
+    total = (classify_epochs * math.ceil(len(examples) / cfg.batch_size)
+             + cfg.grounding_epochs * math.ceil(gset.n_examples / cfg.batch_size))
+    opts = {"batch_size": cfg.batch_size, "lr": cfg.grounding_lr, "weight_decay": cfg.weight_decay,
+            "max_grad_norm": cfg.max_grad_norm, "seed": cfg.seed}
     with _progress(progress, f"ground {settings.node_id} on {gset.n_examples} labelled examples", total) as advance:
-        history = ground(model, gset, data.image, epochs=cfg.grounding_epochs, batch_size=cfg.batch_size,
-                         lr=cfg.grounding_lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-                         seed=cfg.seed, on_step=advance)
+        classified = classify(model, examples, data.image, epochs=classify_epochs, on_step=advance, **opts)
+        t1 = time.perf_counter()
+        history = ground(model, gset, data.image, epochs=cfg.grounding_epochs, on_step=advance, **opts)
     return {"examples": gset.n_examples, "candidates": len(gset.responses), "epochs": cfg.grounding_epochs,
             "lr": cfg.grounding_lr, "seconds": round(time.perf_counter() - t0, 2),
-            "loss_per_epoch": [round(x, 5) for x in history]}
+            "loss_per_epoch": [round(x, 5) for x in history],
+            "classify": {"epochs": classify_epochs, "seconds": round(t1 - t0, 2),
+                         "loss_per_epoch": [round(x, 5) for x in classified]}}
 
 
 def held_out_metadata(test_scores: torch.Tensor, n_te: int, parts: Any, settings: RewardNodeSettings,

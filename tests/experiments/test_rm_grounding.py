@@ -11,7 +11,7 @@ from .conftest import script
 def test_the_script_reports_each_question_type_and_the_home_correctness_pairs(demo_workdir, tmp_path):
     out = tmp_path / "clinic.json"
     done = script("rm_grounding.py", "--world", str(demo_workdir / "world"), "--client", "clinic", "--epochs", "1",
-                  "--eval-examples", "24", "--extra-labelled", "8", "--arch", '{"hidden": 32}', "--out", str(out))
+                  "--classify-epochs", "2", "--eval-examples", "24", "--extra-labelled", "8", "--arch", '{"hidden": 32}', "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
 
     result = json.loads(out.read_text())
@@ -24,4 +24,4 @@ def test_the_script_reports_each_question_type_and_the_home_correctness_pairs(de
     assert all(0.0 <= v["accuracy"] <= 1.0 for v in result["candidate_accuracy"].values())
     pairs = [p for p in world.pairs("clinic", "test") if p.kind == "correctness" and p.benchmark == "shapes"]
     assert result["home_correctness_pairs"]["n"] == len(pairs)
-    assert len(result["loss_per_epoch"]) == 1
+    assert len(result["loss_per_epoch"]) == 1 and len(result["classify_loss_per_epoch"]) == 2

@@ -9,7 +9,7 @@ import torch
 from services.common.data import load_world
 from services.common.data.answers import extract_answer, majority_answer, normalize_answer
 from services.reward_node.data import load_node_data
-from services.reward_node.grounding import candidate_set, ground
+from services.reward_node.grounding import candidate_set, classify, ground
 from services.reward_node.rm import LightRM
 from services.reward_node.train import accuracy_by
 
@@ -73,6 +73,25 @@ def test_grounding_teaches_the_rm_to_rank_the_correct_answer_first(world_dir: Pa
     # the loss fell from 1.77 to 0.12 in 12 epochs), so the bar here is a clear fall, not memorisation.
     assert history[0] > 0.9 * uniform and history[-1] < 0.8 * history[0], (history, uniform)
     assert first_share(model) >= before + 0.2, (before, first_share(model))
+
+
+def test_classify_trains_only_the_image_pathway_and_skips_an_rm_without_one(world_dir: Path) -> None:
+    data = load_node_data(world_dir, "school")
+    opts = {"batch_size": 8, "lr": 3e-3, "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": 0}
+    torch.manual_seed(0)
+    model = LightRM()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = classify(model, data.labelled, data.image, epochs=30, **opts)
+    assert len(history) == 30 and history[-1] < 0.7 * history[0], history  # the classifier learns (2.48 -> 1.29)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("cnn.") for k in changed), changed  # the answer head is not the RM's
+    assert {k for k in before if k.startswith("cnn.")} == changed
+
+    flat = LightRM(pathway="flat")
+    state = {k: v.clone() for k, v in flat.state_dict().items()}
+    assert classify(flat, data.labelled, data.image, epochs=3, **opts) == []
+    assert all(torch.equal(state[k], v) for k, v in flat.state_dict().items())
 
 
 def test_accuracy_by_kind_and_benchmark(world_dir: Path) -> None:

@@ -51,7 +51,8 @@ class RMTrainSection(Section):
     seed: int = Field(0, description="Seed of the head's init, pair order and dropout.")
     max_train_pairs: int | None = Field(None, ge=1, description="Use at most this many training pairs (smoke runs); None uses all.")
     grounding_epochs: int = Field(12, ge=0, description="Passes over the node's own labelled examples (labelled.jsonl) before the pairs: the RM learns to rank the correct answer first (services.reward_node.grounding); 0, or no labelled examples, skips it.")
-    grounding_lr: float = Field(1e-3, gt=0, description="AdamW learning rate of grounding (constant after a 5 % warm-up).")
+    classify_epochs: int = Field(30, ge=0, description="Before grounding, passes in which a light RM's question-conditioned image pathway learns to answer the labelled questions itself (a classifier over the answers they know, its head then dropped; services.reward_node.grounding.classify). Without it the pathway sat on a plateau. 0 skips it; other RMs skip it.")
+    grounding_lr: float = Field(1e-3, gt=0, description="AdamW learning rate of grounding and of its classifier stage (constant after a 5 % warm-up).")
     max_labelled: int | None = Field(None, ge=1, description="Ground on at most this many labelled examples (smoke runs); None uses all.")
     held_out_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the pairs held out (seeded by `seed`) to report pair accuracy, when data_dir is a preference dataset without a test or validation split.")
 

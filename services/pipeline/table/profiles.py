@@ -174,7 +174,7 @@ def full() -> Profile:
                           held_out_client=default_held_out().model_copy(update={"rm_arch": "light", "n_labelled": 1000})),
         policy=ModelConfig(preset="small", seed=0),
         sft=SFTConfig(vision_warmup_steps=1500, steps=300, batch_size=16, lr=1e-3, warmup=30, num_threads=1),
-        rm_train={"grounding_epochs": 24, "epochs": 6, "batch_size": 32, "lr": 1e-3},
+        rm_train={"classify_epochs": 60, "grounding_epochs": 12, "epochs": 6, "batch_size": 32, "lr": 1e-3},
         client_rm_kinds="spec",
         fedavg_rounds=3, fedavg_local_epochs=2,
         # Every weight trains (lora: false) at 5e-5. With LoRA at 1e-3 (the setting before) every RM row fell
