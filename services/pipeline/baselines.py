@@ -42,6 +42,7 @@ from services.reward_node.train import (
     TrainResult,
     fit,
     grounding_examples,
+    grounding_options,
     held_out_metadata,
     pair_accuracy,
     prepare_pairs,
@@ -123,8 +124,7 @@ def _fedavg_grounding(model: RewardModel, datas: Sequence[NodeData], settings: R
             if gset.n_examples == 0:
                 continue
             model.load_state_dict(global_state)
-            opts = {"batch_size": cfg.batch_size, "lr": cfg.grounding_lr, "weight_decay": cfg.weight_decay,
-                    "max_grad_norm": cfg.max_grad_norm, "seed": cfg.seed + 1000 * r + i}
+            opts = grounding_options(cfg, cfg.seed + 1000 * r + i)
             classify(model, examples[i], d.image, epochs=local_classify, **opts)  # a fresh answer head each round
             ground(model, gset, d.image, epochs=local, **opts)
             states.append(copy.deepcopy(model.state_dict()))

@@ -137,6 +137,12 @@ def grounding_examples(data: NodeData, cfg: Any) -> list[Any]:
     return data.labelled[: cfg.max_labelled] if cfg.max_labelled else data.labelled
 
 
+def grounding_options(cfg: Any, seed: int) -> dict[str, Any]:
+    """The optimiser settings the classifier and grounding stages share (``cfg``: the node's train section)."""
+    return {"batch_size": cfg.batch_size, "lr": cfg.grounding_lr, "weight_decay": cfg.weight_decay,
+            "max_grad_norm": cfg.max_grad_norm, "seed": seed}
+
+
 def _ground(model: RewardModel, data: NodeData, settings: RewardNodeSettings, progress: bool) -> dict[str, Any]:
     """The grounding stage on the node's labelled examples (module grounding); its report."""
     cfg = settings.train
@@ -148,8 +154,7 @@ def _ground(model: RewardModel, data: NodeData, settings: RewardNodeSettings, pr
     classify_epochs = cfg.classify_epochs if reads_with_question(model) else 0
     total = (classify_epochs * math.ceil(len(examples) / cfg.batch_size)
              + cfg.grounding_epochs * math.ceil(gset.n_examples / cfg.batch_size))
-    opts = {"batch_size": cfg.batch_size, "lr": cfg.grounding_lr, "weight_decay": cfg.weight_decay,
-            "max_grad_norm": cfg.max_grad_norm, "seed": cfg.seed}
+    opts = grounding_options(cfg, cfg.seed)
     with _progress(progress, f"ground {settings.node_id} on {gset.n_examples} labelled examples", total) as advance:
         classified = classify(model, examples, data.image, epochs=classify_epochs, on_step=advance, **opts)
         t1 = time.perf_counter()
@@ -276,4 +281,4 @@ class _progress:
             self._bar.stop()
 
 
-__all__ = ["TrainResult", "accuracy_by", "bt_loss", "fit", "lr_factor", "pair_accuracy", "prepare_pairs", "raw_scores", "train_rm"]
+__all__ = ["TrainResult", "accuracy_by", "bt_loss", "fit", "grounding_options", "lr_factor", "pair_accuracy", "prepare_pairs", "raw_scores", "train_rm"]
