@@ -60,6 +60,7 @@ class StepRecord:
     grad_norm: float
     zero_std_group_fraction: float
     completion_tokens_mean: float
+    reward_std_in_group: float = float("nan")  # mean within-group std of the total reward (older records: NaN)
     beta: float = float("nan")  # the KL coefficient this step trained with (changes with grpo.target_kl)
     nodes: list[NodeStep] = field(default_factory=list)
     # seconds per PHASES entry, plus "total" and "generate_wait" (the part of generation the step
@@ -92,6 +93,14 @@ def _std(values: torch.Tensor) -> float:
     return float(v.std(unbiased=False)) if v.numel() else float("nan")
 
 
+def std_in_group(values: torch.Tensor, n_groups: int) -> float:
+    """Mean over groups of the population std of each group's non-NaN values (groups laid out one after another)."""
+    if n_groups == 0 or values.numel() == 0:
+        return float("nan")
+    stds = [s for s in (_std(g) for g in values.view(n_groups, -1)) if s == s]  # a group of NaNs has none
+    return sum(stds) / len(stds) if stds else float("nan")
+
+
 def step_record(step: int, policy_version: int, staleness: int, fan: FanoutResult, rewards: StepRewards,
                 stats: TrainStats, phases: dict[str, float]) -> StepRecord:
     """The record of a finished step: ``fan`` its raw node scores, ``rewards`` what the reward pipeline
@@ -107,7 +116,8 @@ def step_record(step: int, policy_version: int, staleness: int, fan: FanoutResul
     ref = rewards.has_reference.bool()
     return StepRecord(
         step=step, policy_version=policy_version, staleness=staleness,
-        reward_mean=_mean(rewards.total), reward_std=_std(rewards.total), fused_reward_mean=_mean(rewards.fused),
+        reward_mean=_mean(rewards.total), reward_std=_std(rewards.total),
+        reward_std_in_group=std_in_group(rewards.total, len(rewards.weights)), fused_reward_mean=_mean(rewards.fused),
         rule_reward_mean=_mean(rewards.rule),
         accuracy_mean=float(rewards.accuracy[ref].mean()) if ref.any() else float("nan"),
         format_mean=float(rewards.format.float().mean()), kl=stats.kl, beta=stats.beta, loss=stats.loss,

@@ -44,7 +44,7 @@ def step_metrics(r: StepRecord) -> Any:
         step=r.step, policy_version=r.policy_version, reward_mean=r.reward_mean, reward_std=r.reward_std,
         fused_reward_mean=r.fused_reward_mean, rule_reward_mean=r.rule_reward_mean, kl=r.kl, loss=r.loss,
         clip_fraction_low=r.clip_low, clip_fraction_high=r.clip_high,
-        zero_std_group_fraction=r.zero_std_group_fraction,
+        zero_std_group_fraction=r.zero_std_group_fraction, reward_std_in_group=r.reward_std_in_group,
         nodes=[orchestrator_pb2.NodeStepMetrics(
             node_id=n.node_id, responded=n.responded, error_code=n.error_code, score_mean=n.score_mean,
             score_std=n.score_std, weight_mean=n.weight_mean, latency_seconds=n.latency_s) for n in r.nodes],

@@ -19,7 +19,8 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,15 @@ class Stack:
         self.configs = self.workdir / "configs"
         self.policy_dir = self.workdir / "policy-sft"
         self.rm_training: dict[str, subprocess.Popen] = {}  # client -> its running `mor reward-node train`
+        self.stage_seconds: dict[str, float] = {}  # wall time of each stage of this `up`, in order
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage into ``stage_seconds`` and say how long it took (cached stages take seconds)."""
+        start = time.perf_counter()
+        yield
+        self.stage_seconds[name] = round(time.perf_counter() - start, 1)
+        self.console.print(f"[dim]stage {name}: {self.stage_seconds[name]:.0f} s[/]")
 
     # ---- preparation (in process, but for the RMs) -----------------------------------------------
     def prepare_world(self) -> World:
@@ -208,12 +218,14 @@ class Stack:
     def prepare(self) -> tuple[World, Path, list[str], dict[str, tuple[int, int]]]:
         """Everything before the services start: world, SFT policy, PKI, service configs on free ports and
         the client RMs. Returns (world, SFT policy folder, client names, ports by service)."""
-        world = self.prepare_world()
+        with self.stage("world"):
+            world = self.prepare_world()
         names = world.training_clients()
         self.prepare_pki(names)
         ports = {n: (free_port(), free_port()) for n in [*names, "sampler", "orchestrator"]}
         self.write_node_configs(world, {n: ports[n] for n in names})
-        policy = self.train_rms(world, names, alongside=lambda: self.prepare_policy(world))
+        with self.stage("sft and client RMs"):
+            policy = self.train_rms(world, names, alongside=lambda: self.prepare_policy(world))
         return world, policy, names, ports
 
     # ---- the run ---------------------------------------------------------------------------------
@@ -245,13 +257,15 @@ class Stack:
             for n in names:
                 children.spawn(f"node-{n}", ["reward-node", "serve", "--config", str(self.configs / f"node-{n}.yaml")])
             children.spawn("sampler", ["sampler", "serve", "--config", str(self.configs / "sampler.yaml")])
-            asyncio.run(self._wait_all(children, run_yaml))
+            with self.stage("services start"):
+                asyncio.run(self._wait_all(children, run_yaml))
             self.console.print(f"[green]stack[/] {len(names)} reward nodes (mTLS + tokens) and the sampler are "
                                f"serving; starting the orchestrator (logs in {children.logs})")
             orch = subprocess.Popen(mor_command("orchestrator", "run", "--config", str(run_yaml)),
                                     env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
             try:
-                code = orch.wait()
+                with self.stage("MoR run"):
+                    code = orch.wait()
             except KeyboardInterrupt:
                 # Ctrl-C: the orchestrator finishes its step and checkpoints (`--resume` continues).
                 self.console.print("[yellow]stack[/] interrupted: the orchestrator finishes its step and checkpoints")
@@ -295,11 +309,12 @@ class Stack:
     def report(self, world: World, sft_policy: Path, run_dir: Path) -> dict[str, Any]:
         n = self.cfg.eval_examples
         self.console.print(f"[green]evaluation[/] held-out split, {n} examples per benchmark, greedy")
-        before = evaluate_policy(load_vlm(sft_policy), world, per_benchmark=n, per_example=True)
-        after = evaluate_policy(load_vlm(run_dir / "policy"), world, per_benchmark=n, per_example=True)
+        with self.stage("evaluation"):
+            before = evaluate_policy(load_vlm(sft_policy), world, per_benchmark=n, per_example=True)
+            after = evaluate_policy(load_vlm(run_dir / "policy"), world, per_benchmark=n, per_example=True)
         steps = read_steps(run_dir / "steps.jsonl")
         report = {"before": before, "after": after, "steps": [json.loads(s.to_json()) for s in steps],
-                  "router": self.cfg.run.router.kind, "workdir": str(self.workdir)}
+                  "router": self.cfg.run.router.kind, "workdir": str(self.workdir), "stage_seconds": self.stage_seconds}
         (self.workdir / "results.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         self.console.print(demo_table(report))
         self.console.print(f"[green]results[/] {self.workdir / 'results.json'}")

@@ -108,6 +108,10 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert set(results["before"]["benchmarks"]) == {"shapes", "digits", "charts"}
     assert (tmp_path / "local" / "quick" / "policy-sft" / "config.json").is_file()
     assert [s["step"] for s in results["steps"]] == [1, 2, 3, 4]  # the orchestrator ran every step
+    stages = results["stage_seconds"]
+    assert set(stages) == {"world", "sft and client RMs", "services start", "MoR run", "evaluation"}
+    assert all(t >= 0 for t in stages.values()) and stages["MoR run"] > 0
+    assert "stage MoR run:" in proc.stdout
     assert all(n["responded"] for s in results["steps"] for n in s["nodes"])  # over mTLS + tokens
     logs = tmp_path / "local" / "quick" / "logs"
     assert {p.name for p in logs.glob("*.log")} >= {"sampler.log", "node-clinic.log", "node-bank.log"}

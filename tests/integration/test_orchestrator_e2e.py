@@ -36,6 +36,7 @@ def test_mor_run_logs_rewards_kl_router_weights_and_changes_the_policy(stack, wo
         weights = [n.weight_mean for n in r.nodes]
         assert abs(sum(weights) - 1.0) < 1e-4 and all(w > 0 for w in weights)
         assert r.reward_std == r.reward_std and r.kl == r.kl and r.loss == r.loss  # not NaN
+        assert 0.0 <= r.reward_std_in_group <= r.reward_std + 1e-6  # within-group spread is part of the batch's
         assert r.phases["generate"] > 0 and r.phases["train"] > 0 and r.phases["score"] > 0
     assert steps[0].kl < 1e-4 < max(r.kl for r in steps[1:])  # on-policy start, then the policy moves away
     assert result.policy_version == 3  # one push per step

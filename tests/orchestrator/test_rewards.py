@@ -53,3 +53,12 @@ def test_a_nan_fused_reward_contributes_nothing_but_the_rules_stay() -> None:
 def test_hybrid_reward_checks_shapes() -> None:
     with pytest.raises(ValueError, match=r"\[N\]"):
         hybrid_reward(torch.zeros(2), torch.zeros(3), torch.zeros(2), torch.zeros(2, dtype=torch.bool), HybridSection())
+
+
+def test_std_in_group_is_the_mean_of_each_groups_own_spread() -> None:
+    from services.orchestrator.records import std_in_group
+
+    # groups [0, 2] (std 1), [5, 5] (std 0), [1, NaN] (one value: std 0): the batch std is far larger
+    values = torch.tensor([0.0, 2.0, 5.0, 5.0, 1.0, NAN])
+    assert std_in_group(values, 3) == pytest.approx(1.0 / 3)
+    assert std_in_group(torch.tensor([]), 0) != std_in_group(torch.tensor([]), 0)  # NaN: no groups

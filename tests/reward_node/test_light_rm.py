@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from services.reward_node.rm.light import ImageCells, ImageCNN, LightRM
+from services.reward_node.rm.light import CELLS_WIDTHS, FIRST_CELLS_WIDTHS, ImageCells, ImageCNN, LightRM
 
 
 def _picture(colour: str, box: tuple[int, int, int, int]) -> Image.Image:
@@ -58,3 +58,16 @@ def test_architecture_names_the_pathway_and_older_checkpoints_load_flat() -> Non
 def test_an_unknown_pathway_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="pathway"):
         LightRM(pathway="patches")
+
+
+def test_cells_widths_round_trip_and_checkpoints_without_them_load_the_first_widths() -> None:
+    narrow = LightRM(widths=(8, 16, 16, 16))
+    arch = narrow.architecture()
+    assert arch["widths"] == [8, 16, 16, 16]
+    LightRM.from_architecture(arch).load_state_dict(narrow.state_dict())  # strict: the same shapes
+    assert LightRM().widths == CELLS_WIDTHS != FIRST_CELLS_WIDTHS
+    first = LightRM(widths=FIRST_CELLS_WIDTHS)
+    older = {k: v for k, v in first.architecture().items() if k != "widths"}  # written before widths existed
+    LightRM.from_architecture(older).load_state_dict(first.state_dict())
+    with pytest.raises(ValueError, match="widths"):
+        LightRM(widths=(16, 32, 32))

@@ -156,7 +156,7 @@ class NodeStepMetrics(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., responded: _Optional[bool] = ..., error_code: _Optional[str] = ..., score_mean: _Optional[float] = ..., score_std: _Optional[float] = ..., weight_mean: _Optional[float] = ..., latency_seconds: _Optional[float] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
-    __slots__ = ("step", "policy_version", "reward_mean", "reward_std", "fused_reward_mean", "rule_reward_mean", "kl", "loss", "clip_fraction_low", "clip_fraction_high", "zero_std_group_fraction", "nodes", "phase_times")
+    __slots__ = ("step", "policy_version", "reward_mean", "reward_std", "fused_reward_mean", "rule_reward_mean", "kl", "loss", "clip_fraction_low", "clip_fraction_high", "zero_std_group_fraction", "nodes", "phase_times", "reward_std_in_group")
     STEP_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     REWARD_MEAN_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class StepMetrics(_message.Message):
     ZERO_STD_GROUP_FRACTION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     PHASE_TIMES_FIELD_NUMBER: _ClassVar[int]
+    REWARD_STD_IN_GROUP_FIELD_NUMBER: _ClassVar[int]
     step: int
     policy_version: int
     reward_mean: float
@@ -183,7 +184,8 @@ class StepMetrics(_message.Message):
     zero_std_group_fraction: float
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStepMetrics]
     phase_times: PhaseTimes
-    def __init__(self, step: _Optional[int] = ..., policy_version: _Optional[int] = ..., reward_mean: _Optional[float] = ..., reward_std: _Optional[float] = ..., fused_reward_mean: _Optional[float] = ..., rule_reward_mean: _Optional[float] = ..., kl: _Optional[float] = ..., loss: _Optional[float] = ..., clip_fraction_low: _Optional[float] = ..., clip_fraction_high: _Optional[float] = ..., zero_std_group_fraction: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeStepMetrics, _Mapping]]] = ..., phase_times: _Optional[_Union[PhaseTimes, _Mapping]] = ...) -> None: ...
+    reward_std_in_group: float
+    def __init__(self, step: _Optional[int] = ..., policy_version: _Optional[int] = ..., reward_mean: _Optional[float] = ..., reward_std: _Optional[float] = ..., fused_reward_mean: _Optional[float] = ..., rule_reward_mean: _Optional[float] = ..., kl: _Optional[float] = ..., loss: _Optional[float] = ..., clip_fraction_low: _Optional[float] = ..., clip_fraction_high: _Optional[float] = ..., zero_std_group_fraction: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeStepMetrics, _Mapping]]] = ..., phase_times: _Optional[_Union[PhaseTimes, _Mapping]] = ..., reward_std_in_group: _Optional[float] = ...) -> None: ...
 
 class StopRunRequest(_message.Message):
     __slots__ = ("run_id",)
