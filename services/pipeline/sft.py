@@ -112,7 +112,8 @@ def run_sft(world_dir: Path, out: Path, policy: ModelConfig, sft: SFTConfig, eva
 
     def evaluate(vlm: Any, con: Console) -> dict:
         with _progress(con) as bar:
-            return evaluate_policy(vlm, world, per_benchmark=eval_examples, progress=bar)
+            # per example: the stack's table pairs the run's answers with these, without evaluating the start again
+            return evaluate_policy(vlm, world, per_benchmark=eval_examples, progress=bar, per_example=True)
 
     report = _warm_start(out, policy, sft, console, world, None, lambda: sft_examples(world, seed=sft.seed, answer_styles=sft.answer_styles), "",
                          evaluate)

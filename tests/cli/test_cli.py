@@ -112,6 +112,8 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert set(stages) == {"world", "sft and client RMs", "services start", "MoR run", "evaluation"}
     assert all(t >= 0 for t in stages.values()) and stages["MoR run"] > 0
     assert "stage MoR run:" in proc.stdout
+    sft_report = json.loads((tmp_path / "local" / "quick" / "policy-sft" / "sft_report.json").read_text())
+    assert results["before"]["per_example"] == sft_report["after"]["per_example"]  # the start, evaluated once
     assert all(n["responded"] for s in results["steps"] for n in s["nodes"])  # over mTLS + tokens
     logs = tmp_path / "local" / "quick" / "logs"
     assert {p.name for p in logs.glob("*.log")} >= {"sampler.log", "node-clinic.log", "node-bank.log"}
