@@ -93,14 +93,6 @@ def _std(values: torch.Tensor) -> float:
     return float(v.std(unbiased=False)) if v.numel() else float("nan")
 
 
-def std_in_group(values: torch.Tensor, n_groups: int) -> float:
-    """Mean over groups of the population std of each group's non-NaN values (groups laid out one after another)."""
-    if n_groups == 0 or values.numel() == 0:
-        return float("nan")
-    stds = [s for s in (_std(g) for g in values.view(n_groups, -1)) if s == s]  # a group of NaNs has none
-    return sum(stds) / len(stds) if stds else float("nan")
-
-
 def step_record(step: int, policy_version: int, staleness: int, fan: FanoutResult, rewards: StepRewards,
                 stats: TrainStats, phases: dict[str, float]) -> StepRecord:
     """The record of a finished step: ``fan`` its raw node scores, ``rewards`` what the reward pipeline
@@ -117,7 +109,7 @@ def step_record(step: int, policy_version: int, staleness: int, fan: FanoutResul
     return StepRecord(
         step=step, policy_version=policy_version, staleness=staleness,
         reward_mean=_mean(rewards.total), reward_std=_std(rewards.total),
-        reward_std_in_group=std_in_group(rewards.total, len(rewards.weights)), fused_reward_mean=_mean(rewards.fused),
+        reward_std_in_group=rewards.std_in_group, fused_reward_mean=_mean(rewards.fused),
         rule_reward_mean=_mean(rewards.rule),
         accuracy_mean=float(rewards.accuracy[ref].mean()) if ref.any() else float("nan"),
         format_mean=float(rewards.format.float().mean()), kl=stats.kl, beta=stats.beta, loss=stats.loss,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from services.common.data.answers import exact_match, format_ok
-from services.orchestrator.grpo.ops import group_advantages, zero_std_fraction
+from services.orchestrator.grpo.ops import group_advantages, mean_group_std, zero_std_fraction
 
 if TYPE_CHECKING:
     from services.common.config.run import GRPOSection, HybridSection
@@ -88,6 +88,7 @@ class StepRewards:
     total: torch.Tensor          # [N] r_total
     advantages: torch.Tensor     # [N] group-relative, finite
     zero_std_group_fraction: float  # groups whose total has no spread: no learning signal
+    std_in_group: float          # mean over groups of the total's std within the group
 
 
 def step_rewards(
@@ -117,6 +118,7 @@ def step_rewards(
         rule=rule_reward(fmt, acc, has_ref, hybrid), total=total,
         advantages=group_advantages(total, grpo.group_size, grpo.scale_rewards),
         zero_std_group_fraction=zero_std_fraction(total, grpo.group_size),
+        std_in_group=mean_group_std(total, grpo.group_size),
     )
 
 

@@ -56,9 +56,10 @@ def test_hybrid_reward_checks_shapes() -> None:
 
 
 def test_std_in_group_is_the_mean_of_each_groups_own_spread() -> None:
-    from services.orchestrator.records import std_in_group
+    from services.orchestrator.grpo.ops import mean_group_std
 
     # groups [0, 2] (std 1), [5, 5] (std 0), [1, NaN] (one value: std 0): the batch std is far larger
     values = torch.tensor([0.0, 2.0, 5.0, 5.0, 1.0, NAN])
-    assert std_in_group(values, 3) == pytest.approx(1.0 / 3)
-    assert std_in_group(torch.tensor([]), 0) != std_in_group(torch.tensor([]), 0)  # NaN: no groups
+    assert mean_group_std(values, 2) == pytest.approx(1.0 / 3)
+    assert mean_group_std(torch.tensor([]), 2) != mean_group_std(torch.tensor([]), 2)  # NaN: no groups
+    assert mean_group_std(torch.tensor([0.0, 2.0, NAN, NAN]), 2) == pytest.approx(1.0)  # an unscored group is left out

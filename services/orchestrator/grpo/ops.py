@@ -86,6 +86,21 @@ def zero_std_fraction(rewards: Tensor, group_size: int) -> float:
     return float(_spread_free(r, ~torch.isnan(r)).float().mean())
 
 
+def mean_group_std(rewards: Tensor, group_size: int) -> float:
+    """Mean over groups of the population std of each group's scored (non-NaN) rewards: the spread the
+    group-relative advantages are made of. Groups with no scored reward are left out; NaN if none has one."""
+    r = _grouped(rewards, group_size)
+    valid = ~torch.isnan(r)
+    scored = valid.any(-1)
+    if not scored.any():
+        return float("nan")
+    count = valid.sum(-1, keepdim=True).clamp(min=1)
+    clean = torch.where(valid, r, torch.zeros_like(r))
+    mean = clean.sum(-1, keepdim=True) / count
+    var = torch.where(valid, (clean - mean) ** 2, torch.zeros_like(r)).sum(-1, keepdim=True) / count
+    return float(var.sqrt().squeeze(-1)[scored].mean())
+
+
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k3 estimator of KL(policy || reference) per token: exp(d) - d - 1 with d = ref_logp - logp.
 
@@ -251,5 +266,6 @@ __all__ = [
     "group_advantages",
     "grpo_loss",
     "kl_k3",
+    "mean_group_std",
     "zero_std_fraction",
 ]
